@@ -1,0 +1,54 @@
+"""The errors adaptermath raises for bad input.
+
+Every error a user can cause (a missing file, a malformed expression, a shape mismatch) is an
+:class:`AdapterMathError`. Its message is one line that says what is wrong and, where it helps,
+what to do; the CLI prints it on stderr and exits with status 2. Anything else that escapes is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AdapterMathError(Exception):
+    """A user-facing error: one line, no traceback needed."""
+
+    exit_code: int = 2
+
+
+class AdapterLoadError(AdapterMathError):
+    """An adapter folder or file cannot be read (missing, corrupt, unsupported, pickle refused)."""
+
+
+class UnsupportedAdapterError(AdapterLoadError):
+    """The adapter is of a kind or variant adaptermath does not handle (yet)."""
+
+
+class ExpressionError(AdapterMathError):
+    """An arithmetic expression is malformed or not linear in its operands."""
+
+    def __init__(self, message: str, expression: str | None = None, position: int | None = None):
+        self.expression = expression
+        self.position = position
+        if expression is not None and position is not None:
+            message = f"{message} at position {position + 1}: {expression[:position]}»{expression[position:]}"
+        super().__init__(message)
+
+
+class CompositionError(AdapterMathError):
+    """Operands cannot be combined (mixed types, different bases, rank or shape mismatch)."""
+
+
+class OutputExistsError(AdapterMathError):
+    """The output path exists and ``force`` was not given."""
+
+
+class DataError(AdapterMathError):
+    """Evaluation or training data is missing, empty or malformed."""
+
+
+class HubError(AdapterMathError):
+    """A Hugging Face Hub reference cannot be resolved, or a push failed."""
+
+
+class RecipeError(AdapterMathError):
+    """A recipe file does not match the schema."""

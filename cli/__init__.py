@@ -1,0 +1,1 @@
+"""The adaptermath command-line application (installed as ``adaptermath.cli``)."""

@@ -1,0 +1,63 @@
+"""The ``adaptermath`` command group: registers every command and turns errors into one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from adaptermath import __version__
+from adaptermath.errors import AdapterMathError
+
+from .common import err_console
+
+
+class AdapterMathGroup(click.Group):
+    """A click group that prints :class:`AdapterMathError` as one line and exits 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdapterMathError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(exc).replace("\n", " ")
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=AdapterMathGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="adaptermath")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Arithmetic on parameter-efficient fine-tuning modules (LoRA, (IA)^3).
+
+    Load PEFT adapters as weight-space tensors, add, negate and combine them with weights,
+    build analogies, and write the result as an adapter that PEFT loads unchanged -- without
+    the base model in memory.
+
+    \b
+    Examples:
+      adaptermath inspect ./my-lora
+      adaptermath compose "0.5*sst2 + 0.5*mnli" -a sst2=./sst2 -a mnli=./mnli -o merged
+      adaptermath negate ./toxic -o detox --scale 0.6
+      adaptermath compare ./a ./b
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    """Import command modules; each adds itself to :data:`main` (one module per command)."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
+_register()
