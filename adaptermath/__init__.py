@@ -1,1 +1,30 @@
+"""adaptermath: arithmetic on parameter-efficient fine-tuning modules (LoRA, (IA)^3).
+
+    >>> import adaptermath as am
+    >>> merged = am.compose("0.5*sst2 + 0.5*mnli", {"sst2": "./sst2", "mnli": "./mnli"})
+    >>> merged.save("./merged")            # a PEFT adapter folder, with adaptermath.json provenance
+
+The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
+:func:`negate`, :func:`compare`, :func:`inspect_adapter`.
+"""
+
 __version__ = "0.1.0"
+
+from .adapter import Adapter, load_adapter  # noqa: E402
+from .compose import ComposedAdapter, compose  # noqa: E402
+from .errors import AdapterMathError  # noqa: E402
+from .expression import LinearCombination, parse_expression  # noqa: E402
+from .modules import Ia3Module, LoraModule  # noqa: E402
+
+__all__ = [
+    "Adapter",
+    "AdapterMathError",
+    "ComposedAdapter",
+    "Ia3Module",
+    "LinearCombination",
+    "LoraModule",
+    "__version__",
+    "compose",
+    "load_adapter",
+    "parse_expression",
+]

@@ -1,0 +1,483 @@
+"""compose(): evaluate an arithmetic expression over adapters, module by module.
+
+``compose("cls + 0.3*(tgt - src)", {"cls": "./cls", "tgt": "./tgt", "src": "./src"})`` parses the
+expression to its normal form Σ cᵢ·Xᵢ, checks that the operands can be combined, and returns a
+:class:`ComposedAdapter`: a lazy plan whose tensors are computed one target module at a time when
+it is saved (:meth:`ComposedAdapter.save`) or materialised (:meth:`ComposedAdapter.state_dict`).
+
+Spaces (see :mod:`adaptermath.algebra.operators` for the formulas):
+
+* ``param`` (default) — the paper's operators on the raw LoRA factors / (IA)^3 vectors.
+* ``delta`` — exact arithmetic on ΔW, stored losslessly by rank concatenation, or compressed to
+  ``rank`` by a truncated SVD of the factored sum (QR + SVD of the small core), reporting each
+  module's relative error. Operands may then have different ranks and target modules (a missing
+  module counts as zero).
+
+For every parameter-space LoRA compose the shared-initialisation diagnostic measures, per module,
+‖ΔW_param − ΔW_delta‖_F / ‖ΔW_delta‖_F from r×r Gram matrices and warns when it is large.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from . import __version__
+from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
+from .algebra.lowrank import lowrank_relative_difference, lowrank_svd
+from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
+from .errors import AdapterMathError, CompositionError
+from .expression import LinearCombination, parse_expression
+from .io import SafetensorsStreamWriter, atomic_output_dir
+from .modules import Ia3Module, LoraModule
+
+SPACES = ("param", "delta")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+PROVENANCE_NAME = "adaptermath.json"
+DEFAULT_DIAGNOSTIC_THRESHOLD = 0.25
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """How to evaluate the expression (every field is recorded in the provenance)."""
+
+    space: str = "param"
+    negate_factor: str = "B"
+    normalize: bool = False
+    rank: int | None = None
+    heads: str | None = None
+    dtype: str | None = None
+    diagnostic_threshold: float = DEFAULT_DIAGNOSTIC_THRESHOLD
+
+    def validate(self, kind: str) -> None:
+        if self.space not in SPACES:
+            raise CompositionError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.negate_factor not in ("A", "B"):
+            raise CompositionError(f"--negate-factor must be A or B, got {self.negate_factor!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise CompositionError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.rank is not None:
+            if self.rank < 1:
+                raise CompositionError(f"--rank must be a positive integer, got {self.rank}")
+            if self.space != "delta":
+                raise CompositionError("--rank compresses a delta-space result; add --space delta")
+            if kind == "ia3":
+                raise CompositionError("--rank applies to LoRA only; (IA)^3 vectors have no rank")
+
+
+@dataclass
+class ModuleReport:
+    """What happened to one module: output rank, compression error, param-vs-delta deviation."""
+
+    rank: int | None = None
+    relative_error: float | None = None  # delta space with --rank: ‖ΔW − ΔW_k‖/‖ΔW‖
+    param_vs_delta: float | None = None  # param space: ‖ΔW_param − ΔW_delta‖/‖ΔW_delta‖
+
+
+@dataclass
+class ComposeReport:
+    modules: dict[str, ModuleReport] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        errs = {n: r.relative_error for n, r in self.modules.items() if r.relative_error is not None}
+        devs = {n: r.param_vs_delta for n, r in self.modules.items() if r.param_vs_delta is not None}
+        out: dict[str, Any] = {"modules": len(self.modules), "warnings": list(self.warnings)}
+        if errs:
+            worst = max(errs, key=lambda n: errs[n])
+            out["relative_error"] = {"max": errs[worst], "mean": sum(errs.values()) / len(errs), "worst_module": worst}
+        if devs:
+            worst = max(devs, key=lambda n: devs[n])
+            out["param_vs_delta"] = {"max": devs[worst], "mean": sum(devs.values()) / len(devs), "worst_module": worst}
+        return out
+
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class ComposedAdapter:
+    """A composed adapter, computed lazily one module at a time.
+
+    Attributes: ``combination`` (the normal form), ``coefficients`` (the numeric cᵢ actually
+    applied, after ``normalize``), ``adapters`` (the loaded operands), ``options``, ``kind``.
+    """
+
+    def __init__(self, combination: LinearCombination, coefficients: dict[str, float], adapters: dict[str, Adapter],
+                 options: ComposeOptions, variables: Mapping[str, float]):
+        self.combination = combination
+        self.coefficients = coefficients
+        self.adapters = adapters
+        self.options = options
+        self.variables = dict(variables)
+        self.kind = _common_kind(adapters)
+        options.validate(self.kind)
+        self.base_model = _common_base_model(adapters)
+        self.module_names = _module_union(adapters)
+        self._check_shapes()
+        self.extra_keys = self._extra_keys()
+        self.report = ComposeReport()
+        self._ranks: dict[str, tuple[int, float]] = {}  # output (rank, alpha) per LoRA module
+        self._plan_ranks()
+
+    # ------------------------------------------------------------------ planning
+    def _terms_for(self, name: str) -> list[tuple[str, float]]:
+        return [(op, c) for op, c in self.coefficients.items() if name in self.adapters[op].modules]
+
+    def _check_shapes(self) -> None:
+        for name in self.module_names:
+            infos = [(op, self.adapters[op].modules[name]) for op, _ in self._terms_for(name)]
+            first_op, first = infos[0]
+            for op, info in infos[1:]:
+                if isinstance(first, LoraModuleInfo):
+                    assert isinstance(info, LoraModuleInfo)
+                    if (info.layer, info.in_features, info.out_features, info.a_shape[1:]) != (first.layer, first.in_features, first.out_features, first.a_shape[1:]):
+                        raise CompositionError(
+                            f"module {name}: {first_op} is {first.layer} {first.out_features}x{first.in_features} but "
+                            f"{op} is {info.layer} {info.out_features}x{info.in_features}; were they trained on the same base model?"
+                        )
+                    if self.options.space == "param" and info.rank != first.rank:
+                        raise CompositionError(
+                            f"module {name}: rank {first.rank} ({first_op}) and rank {info.rank} ({op}) differ; "
+                            "parameter-space LoRA arithmetic needs equal ranks — use --space delta"
+                        )
+                else:
+                    assert isinstance(info, Ia3ModuleInfo) and isinstance(first, Ia3ModuleInfo)
+                    if info.shape != first.shape or info.is_feedforward != first.is_feedforward:
+                        raise CompositionError(
+                            f"module {name}: (IA)^3 vectors of {first_op} ({list(first.shape)}) and {op} ({list(info.shape)}) do not match"
+                        )
+
+    def _extra_keys(self) -> list[str]:
+        heads = self.options.heads
+        if heads is not None:
+            if heads not in self.adapters:
+                raise CompositionError(f"--heads {heads!r} is not an operand; operands: {', '.join(self.adapters)}")
+            return list(self.adapters[heads].extra_keys)
+        keys: dict[str, tuple[int, ...]] = {}
+        for op, adapter in self.adapters.items():
+            for key in adapter.extra_keys:
+                shape = adapter._source.shape(adapter._key_map[key])
+                if key in keys and keys[key] != shape:
+                    raise CompositionError(f"tensor {key}: shapes {list(keys[key])} and {list(shape)} ({op}) differ")
+                keys[key] = shape
+        return sorted(keys, key=natural_key)
+
+    def _plan_ranks(self) -> None:
+        if self.kind != "lora":
+            return
+        for name in self.module_names:
+            ops = [op for op, _ in self._terms_for(name)]
+            infos = [self.adapters[op].modules[name] for op in ops]
+            if self.options.space == "param":
+                info = infos[0]
+                assert isinstance(info, LoraModuleInfo)
+                self._ranks[name] = (info.rank, info.alpha)
+            else:
+                total = sum(i.rank for i in infos)  # type: ignore[union-attr]
+                first = infos[0]
+                assert isinstance(first, LoraModuleInfo)
+                limit = min(first.in_features, first.out_features)
+                rank = total if self.options.rank is None else min(self.options.rank, total, limit)
+                self._ranks[name] = (rank, float(rank))
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        if self.options.dtype is not None:
+            return DTYPES[self.options.dtype]
+        return next(iter(self.adapters.values())).dtype
+
+    # ------------------------------------------------------------------ config
+    @property
+    def first(self) -> Adapter:
+        return next(iter(self.adapters.values()))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The output's ``adapter_config.json``: the first operand's config, made coherent."""
+        cfg = json.loads(json.dumps(self.first.config))
+        cfg["base_model_name_or_path"] = self.base_model
+        cfg["inference_mode"] = True
+        same_modules = all(set(a.modules) == set(self.module_names) for a in self.adapters.values())
+        same_targets = all(a.config.get("target_modules") == cfg.get("target_modules") for a in self.adapters.values())
+        explicit = not (same_modules and same_targets)
+        if explicit:
+            cfg["target_modules"] = list(self.module_names)
+            for key in ("layers_to_transform", "layers_pattern", "exclude_modules"):
+                if key in cfg:
+                    cfg[key] = None
+        if self.kind == "lora":
+            self._lora_config(cfg, explicit)
+        else:
+            ff = [n for n in self.module_names if self.first_info(n).is_feedforward]  # type: ignore[union-attr]
+            if explicit:
+                cfg["feedforward_modules"] = ff
+        save = _merged_modules_to_save(self.adapters, self.options.heads)
+        if save is not None or "modules_to_save" in cfg:
+            cfg["modules_to_save"] = save
+        return cfg
+
+    def first_info(self, name: str):
+        op = self._terms_for(name)[0][0]
+        return self.adapters[op].modules[name]
+
+    def _lora_config(self, cfg: dict[str, Any], explicit_targets: bool) -> None:
+        if self.options.space == "param":
+            use_rslora = bool(self.first.config.get("use_rslora", False))
+            keep = not explicit_targets and all(
+                lora_rank_and_alpha(self.first.config, n) == (r, a) for n, (r, a) in self._ranks.items()
+            )
+            if keep:
+                return
+        else:
+            use_rslora = False
+        cfg["use_rslora"] = use_rslora
+        ranks = Counter(r for r, _ in self._ranks.values())
+        default_r = ranks.most_common(1)[0][0]
+        alphas = Counter(a for r, a in self._ranks.values() if r == default_r)
+        default_alpha = alphas.most_common(1)[0][0]
+        cfg["r"] = int(default_r)
+        cfg["lora_alpha"] = _clean_number(default_alpha)
+        cfg["rank_pattern"] = {n: int(r) for n, (r, _) in self._ranks.items() if r != default_r}
+        cfg["alpha_pattern"] = {n: _clean_number(a) for n, (_, a) in self._ranks.items() if a != default_alpha}
+
+    # ------------------------------------------------------------------ tensors
+    def tensor_keys(self) -> list[str]:
+        keys: list[str] = []
+        for name in self.module_names:
+            info = self.first_info(name)
+            if isinstance(info, LoraModuleInfo):
+                keys += [KEY_PREFIX + info.a_key, KEY_PREFIX + info.b_key]
+            else:
+                keys.append(KEY_PREFIX + info.key)
+        return keys + [KEY_PREFIX + k for k in self.extra_keys]
+
+    def iter_tensors(self, progress: ProgressCallback | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (key, tensor) for the output, one module at a time; fills :attr:`report`."""
+        self.report = ComposeReport()
+        total = len(self.module_names) + len(self.extra_keys)
+        dtype = self.output_dtype
+        for index, name in enumerate(self.module_names):
+            terms = [(c, self.adapters[op].module(name)) for op, c in self._terms_for(name)]
+            if self.kind == "lora":
+                yield from self._lora_module(name, terms, dtype)  # type: ignore[arg-type]
+            else:
+                info = self.first_info(name)
+                vector = ia3_combine(terms)  # type: ignore[arg-type]
+                self.report.modules[name] = ModuleReport()
+                yield KEY_PREFIX + info.key, vector.reshape(info.shape).to(dtype)
+            if progress:
+                progress(index + 1, total, name)
+        for index, key in enumerate(self.extra_keys):
+            yield KEY_PREFIX + key, self._head(key)
+            if progress:
+                progress(len(self.module_names) + index + 1, total, key)
+        self._finish_report()
+
+    def _lora_module(self, name: str, terms: list[tuple[float, LoraModule]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        info = self.first_info(name)
+        assert isinstance(info, LoraModuleInfo)
+        report = ModuleReport()
+        exact_A, exact_B = delta_space_lora(terms)
+        if self.options.space == "param":
+            rank, alpha = self._ranks[name]
+            scaling = info.scaling
+            A, B = param_space_lora(terms, scaling=scaling, negate_factor=self.options.negate_factor)
+            report.param_vs_delta = lowrank_relative_difference(scaling * B, A, exact_B, exact_A)
+        elif self.options.rank is None:
+            A, B = exact_A, exact_B
+        else:
+            rank, _ = self._ranks[name]
+            svd = lowrank_svd(exact_B, exact_A)
+            B, A = svd.factors(rank)
+            report.relative_error = svd.relative_error(rank)
+        report.rank = int(A.shape[0])
+        self.report.modules[name] = report
+        a_shape = (A.shape[0], *info.a_shape[1:])
+        b_shape = (B.shape[0], B.shape[1], *info.b_shape[2:])
+        yield KEY_PREFIX + info.a_key, A.reshape(a_shape).to(dtype).contiguous()
+        yield KEY_PREFIX + info.b_key, B.reshape(b_shape).to(dtype).contiguous()
+
+    def _head(self, key: str) -> torch.Tensor:
+        heads = self.options.heads
+        if heads is not None:
+            tensor = self.adapters[heads].extra_tensor(key)
+            return tensor.to(DTYPES[self.options.dtype]) if self.options.dtype else tensor
+        terms = [(c, self.adapters[op].extra_tensor(key)) for op, c in self.coefficients.items() if key in self.adapters[op].extra_keys]
+        source_dtype = terms[0][1].dtype
+        out = combine_heads(terms)
+        return out.to(DTYPES[self.options.dtype] if self.options.dtype else source_dtype)
+
+    def _finish_report(self) -> None:
+        devs = {n: r.param_vs_delta for n, r in self.report.modules.items() if r.param_vs_delta is not None}
+        if devs:
+            worst = max(devs, key=lambda n: devs[n])
+            if devs[worst] > self.options.diagnostic_threshold:
+                self.report.warnings.append(
+                    f"parameter-space result differs from the exact sum of updates by up to {devs[worst]:.0%} "
+                    f"(module {worst}); this is expected when operands do not share an initialisation or the "
+                    "coefficients' |c| do not sum to 1 — use --space delta for exact arithmetic (docs/algebra.md)"
+                )
+
+    def state_dict(self, progress: ProgressCallback | None = None) -> dict[str, torch.Tensor]:
+        """All output tensors, keyed as PEFT saves them (``base_model.model.…``)."""
+        return dict(self.iter_tensors(progress))
+
+    # ------------------------------------------------------------------ provenance and saving
+    def provenance(self, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The ``adaptermath.json`` record: how this adapter was made, with each input's sha256."""
+        return {
+            "format": "adaptermath.provenance/1",
+            "adaptermath_version": __version__,
+            "expression": self.combination.source,
+            "normal_form": str(self.combination),
+            "coefficients": dict(self.coefficients),
+            "variables": dict(self.variables),
+            "space": self.options.space,
+            "method": "linear",
+            "options": {
+                "negate_factor": self.options.negate_factor,
+                "normalize": self.options.normalize,
+                "rank": self.options.rank,
+                "heads": self.options.heads,
+                "dtype": self.options.dtype,
+            },
+            "adapter_type": self.kind,
+            "base_model": self.base_model,
+            "inputs": [
+                {
+                    "name": name,
+                    "ref": adapter.source,
+                    "path": str(adapter.path),
+                    "revision": adapter.revision,
+                    "commit_sha": adapter.commit_sha,
+                    "files": adapter.file_hashes(),
+                }
+                for name, adapter in self.adapters.items()
+            ],
+            "report": self.report.summary(),
+            "recipe": dict(recipe) if recipe is not None else None,
+            "evaluation": [],
+        }
+
+    def save(self, output: str | Path, *, force: bool = False, progress: ProgressCallback | None = None,
+             recipe: Mapping[str, Any] | None = None) -> Path:
+        """Write a PEFT adapter folder atomically: config, safetensors (streamed), provenance."""
+        output = Path(output).expanduser()
+        for name, adapter in self.adapters.items():
+            if output.resolve() == adapter.path.resolve():
+                raise CompositionError(f"output {output} is the folder of operand {name!r}; choose another output")
+        with atomic_output_dir(output, force=force) as tmp:
+            keys = self.tensor_keys()
+            with SafetensorsStreamWriter(tmp / "adapter_model.safetensors", keys, metadata={"format": "pt"}) as writer:
+                for key, tensor in self.iter_tensors(progress):
+                    writer.add(key, tensor)
+            write_json(tmp / "adapter_config.json", self.config)
+            write_json(tmp / PROVENANCE_NAME, self.provenance(recipe))
+        return output
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _clean_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _common_kind(adapters: Mapping[str, Adapter]) -> str:
+    kinds = {name: a.kind for name, a in adapters.items()}
+    if len(set(kinds.values())) > 1:
+        described = ", ".join(f"{n} is {'LoRA' if k == 'lora' else '(IA)^3'}" for n, k in kinds.items())
+        raise CompositionError(f"cannot combine LoRA with (IA)^3 adapters ({described})")
+    return next(iter(kinds.values()))
+
+
+def _common_base_model(adapters: Mapping[str, Adapter]) -> str | None:
+    bases = {name: a.base_model for name, a in adapters.items() if a.base_model}
+    if len(set(bases.values())) > 1:
+        described = ", ".join(f"{n}: {b}" for n, b in bases.items())
+        raise CompositionError(f"operands were trained on different base models ({described})")
+    return next(iter(bases.values()), None)
+
+
+def _module_union(adapters: Mapping[str, Adapter]) -> list[str]:
+    names: set[str] = set()
+    for adapter in adapters.values():
+        names |= set(adapter.modules)
+    return sorted(names, key=natural_key)
+
+
+def _merged_modules_to_save(adapters: Mapping[str, Adapter], heads: str | None) -> list[str] | None:
+    if heads is not None:
+        return adapters[heads].config.get("modules_to_save")
+    merged: list[str] = []
+    for adapter in adapters.values():
+        for name in adapter.config.get("modules_to_save") or []:
+            if name not in merged:
+                merged.append(name)
+    return merged or None
+
+
+def _coefficients(combination: LinearCombination, variables: Mapping[str, float], normalize: bool) -> dict[str, float]:
+    free = [v for v in combination.free_variables if v not in variables]
+    if free:
+        raise AdapterMathError(
+            f"unknown name {free[0]!r} in the expression: give an adapter with -a {free[0]}=PATH "
+            f"or a value with --var {free[0]}=NUMBER"
+        )
+    coefficients = combination.coefficients(variables)
+    if normalize:
+        total = sum(abs(c) for c in coefficients.values())
+        if total == 0:
+            raise CompositionError("cannot normalise: every coefficient is zero")
+        coefficients = {k: c / total for k, c in coefficients.items()}
+    return coefficients
+
+
+def compose(
+    expression: str | LinearCombination,
+    operands: Mapping[str, Adapter | str | Path],
+    *,
+    variables: Mapping[str, float] | None = None,
+    space: str = "param",
+    negate_factor: str = "B",
+    normalize: bool = False,
+    rank: int | None = None,
+    heads: str | None = None,
+    dtype: str | None = None,
+    diagnostic_threshold: float = DEFAULT_DIAGNOSTIC_THRESHOLD,
+    allow_pickle: bool = False,
+) -> ComposedAdapter:
+    """Evaluate ``expression`` over the adapters in ``operands`` (name → Adapter, folder or hf:// ref).
+
+    The expression is reduced to Σ cᵢ·Xᵢ (free variables take their values from ``variables``),
+    optionally normalised so that Σ|cᵢ| = 1, and evaluated in ``space`` ("param": the paper's
+    operators; "delta": exact ΔW arithmetic, optionally compressed to ``rank``). Nothing is
+    computed until the result is saved or materialised.
+    """
+    variables = dict(variables or {})
+    operand_names = list(operands)
+    if isinstance(expression, LinearCombination):
+        combination = expression
+    else:
+        combination = parse_expression(expression, operand_names)
+    unused = [n for n in operand_names if n not in combination.terms]
+    if unused:
+        raise AdapterMathError(f"adapter {unused[0]!r} is given but not used in the expression")
+    clash = [v for v in variables if v in operands]
+    if clash:
+        raise AdapterMathError(f"{clash[0]!r} is both an adapter and a variable")
+    coefficients = _coefficients(combination, variables, normalize)
+    adapters: dict[str, Adapter] = {}
+    for name in combination.operands:
+        value = operands[name]
+        adapters[name] = value if isinstance(value, Adapter) else load_adapter(value, allow_pickle=allow_pickle)
+    options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
+                             dtype=dtype, diagnostic_threshold=diagnostic_threshold)
+    return ComposedAdapter(combination, coefficients, adapters, options, variables)

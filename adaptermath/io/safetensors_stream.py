@@ -1,0 +1,89 @@
+"""A safetensors writer that streams tensors to disk one at a time.
+
+``safetensors.torch.save_file`` needs every tensor in memory at once; merging a large model
+module by module must not. The file layout is ``u64 header length | JSON header | data``, so
+this writer reserves room for the header (sized from the known tensor names), appends each
+tensor's bytes as it arrives, then writes the header into the reserved room, padded with spaces
+(the format allows trailing whitespace). Data starts on an 8-byte boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_MAX_ENTRY_OVERHEAD = 160  # {"dtype":"BF16","shape":[..],"data_offsets":[..,..]} with 20-digit numbers
+
+
+class SafetensorsStreamWriter:
+    """Write a safetensors file tensor by tensor. Use as a context manager.
+
+    ``keys`` lists every tensor name that will be written (in any order); ``metadata`` is the
+    optional ``__metadata__`` string map. ``add`` must be called once per key.
+    """
+
+    def __init__(self, path: str | Path, keys: Iterable[str], metadata: dict[str, str] | None = None, max_dims: int = 4):
+        self.path = Path(path)
+        self.keys = list(keys)
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("duplicate tensor names")
+        self.metadata = dict(metadata or {})
+        reserve = sum(len(json.dumps(k)) + _MAX_ENTRY_OVERHEAD + 21 * max_dims for k in self.keys)
+        reserve += len(json.dumps({"__metadata__": self.metadata})) + 64
+        self.reserve = (reserve + 7) // 8 * 8
+        self.entries: dict[str, dict] = {}
+        self.offset = 0
+        self._handle = open(self.path, "wb")
+        self._handle.write(b"\0" * (8 + self.reserve))
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        if key in self.entries:
+            raise ValueError(f"tensor {key} written twice")
+        if tensor.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype {tensor.dtype} cannot be stored in safetensors")
+        data = tensor.detach().to("cpu").contiguous()
+        raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
+        self._handle.write(memoryview(raw) if data.numel() else b"")
+        size = data.numel() * data.element_size()
+        self.entries[key] = {"dtype": _DTYPE_NAMES[data.dtype], "shape": list(data.shape), "data_offsets": [self.offset, self.offset + size]}
+        self.offset += size
+
+    def close(self) -> None:
+        missing = [k for k in self.keys if k not in self.entries]
+        if missing:
+            self._handle.close()
+            raise ValueError(f"{len(missing)} tensors never written, e.g. {missing[0]}")
+        header: dict = {}
+        if self.metadata:
+            header["__metadata__"] = self.metadata
+        header.update(self.entries)
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        if len(text) > self.reserve:
+            self._handle.close()
+            raise ValueError("safetensors header larger than reserved")
+        text += b" " * (self.reserve - len(text))
+        self._handle.seek(0)
+        self._handle.write(struct.pack("<Q", self.reserve))
+        self._handle.write(text)
+        self._handle.close()
+
+    def abort(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "SafetensorsStreamWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
