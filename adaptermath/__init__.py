@@ -11,10 +11,13 @@ The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compo
 __version__ = "0.1.0"
 
 from .adapter import Adapter, load_adapter  # noqa: E402
+from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
+from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
+from .negation import negate  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -24,7 +27,10 @@ __all__ = [
     "LinearCombination",
     "LoraModule",
     "__version__",
+    "compare",
     "compose",
+    "inspect_adapter",
     "load_adapter",
+    "negate",
     "parse_expression",
 ]

@@ -81,3 +81,8 @@ def lowrank_svd(P: torch.Tensor, Q: torch.Tensor) -> LowRankSVD:
     U = qp @ um.float()
     Vh = vmh.float() @ qq.T
     return LowRankSVD(U=U, S=s.float(), Vh=Vh)
+
+
+def lowrank_inner(P1: torch.Tensor, Q1: torch.Tensor, P2: torch.Tensor, Q2: torch.Tensor) -> float:
+    """⟨P1·Q1, P2·Q2⟩_F = tr(Q1ᵀP1ᵀP2Q2) = Σ (P1ᵀP2) ⊙ (Q1Q2ᵀ), from r₁×r₂ matrices."""
+    return float(((P1.double().T @ P2.double()) * (Q1.double() @ Q2.double().T)).sum())

@@ -1,0 +1,61 @@
+"""Saving a composed adapter from the CLI: progress bar, summary table, warnings, --json, --push."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from adaptermath.compose import ComposedAdapter
+
+from .common import console, err_console, print_json, progress
+
+
+def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json: bool, push: str | None = None,
+                  private: bool = False) -> dict[str, Any]:
+    """Save ``result`` to ``output`` (with a progress bar), print a summary, optionally push it."""
+    with progress(disable=as_json) as bar:
+        task = bar.add_task("composing", total=len(result.module_names) + len(result.extra_keys))
+
+        def advance(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, description=name.rsplit(".", 2)[-2] if "." in name else name)
+
+        result.save(output, force=force, progress=advance)
+    summary = result.report.summary()
+    payload: dict[str, Any] = {
+        "output": str(output),
+        "expression": result.combination.source,
+        "normal_form": str(result.combination),
+        "coefficients": result.coefficients,
+        "space": result.options.space,
+        "type": "LoRA" if result.kind == "lora" else "(IA)^3",
+        "base_model": result.base_model,
+        "report": summary,
+    }
+    if push:
+        from adaptermath.hub import push_folder
+
+        pushed = push_folder(output, push, private=private)
+        payload["push"] = {k: v for k, v in vars(pushed).items() if k != "files"}
+    if as_json:
+        print_json(payload)
+        return payload
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("[bold]normal form[/]", payload["normal_form"])
+    table.add_row("[bold]space[/]", payload["space"])
+    table.add_row("[bold]type[/]", payload["type"])
+    table.add_row("[bold]modules[/]", str(summary["modules"]))
+    if "relative_error" in summary:
+        err = summary["relative_error"]
+        table.add_row("[bold]rank error[/]", f"max {err['max']:.3g}, mean {err['mean']:.3g} (‖ΔW − ΔW_k‖/‖ΔW‖)")
+    if "param_vs_delta" in summary:
+        dev = summary["param_vs_delta"]
+        table.add_row("[bold]param vs delta[/]", f"max {dev['max']:.3g}, mean {dev['mean']:.3g}")
+    table.add_row("[bold]written[/]", str(output))
+    if push:
+        table.add_row("[bold]pushed[/]", str(payload["push"].get("commit_url") or payload["push"].get("pr_url") or push))
+    console.print(table)
+    for warning in summary["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return payload
