@@ -1,0 +1,361 @@
+"""The model card (README.md) that describes a composed adapter on the Hugging Face Hub.
+
+A card is a pure function of two records in the adapter folder: the provenance record
+``adaptermath.json`` (expression, normal form, space, options, inputs with revisions and file
+hashes, evaluation results) and PEFT's ``adapter_config.json``. It has two parts:
+
+* YAML front matter the Hub indexes: ``base_model``, ``library_name: peft``, ``tags`` (``adaptermath``,
+  the adapter type, ...), ``license`` when every input declares the same one, and ``model-index``
+  when the adapter was scored;
+* a markdown body: how the adapter was made, each input with its source, revision, commit and
+  sha256, the evaluation table, and a snippet that loads it with PEFT.
+
+Cards written here start with :data:`GENERATED_MARKER` after the front matter; a README without it
+is the user's and is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path, PurePath
+from typing import Any
+
+import yaml
+
+from adaptermath.errors import AdapterLoadError, OutputExistsError
+
+PROVENANCE_FILE = "adaptermath.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+MODEL_CARD_FILE = "README.md"
+GENERATED_MARKER = (
+    "<!-- adaptermath:model-card (generated from adaptermath.json; delete this line to keep your "
+    "edits from being replaced on the next push) -->"
+)
+
+ADAPTER_TYPE_NAMES = {"lora": "LoRA", "ia3": "(IA)³"}
+AUTO_CLASS_FOR_TASK = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+AUTO_CLASS_FOR_MODEL_SUFFIX = {
+    "ForCausalLM": "AutoModelForCausalLM",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForMaskedLM": "AutoModelForMaskedLM",
+    "ForConditionalGeneration": "AutoModelForSeq2SeqLM",
+}
+HUB_TASK_FOR_EVALUATION = {
+    "classification": "text-classification",
+    "perplexity": "text-generation",
+    "toxicity": "text-generation",
+    "generate": "text-generation",
+}
+_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def render_model_card(provenance: dict[str, Any], adapter_config: dict[str, Any], *, repo_id: str | None = None) -> str:
+    """The full README.md text: YAML front matter, then the markdown body (deterministic)."""
+    metadata = model_card_metadata(provenance, adapter_config, repo_id=repo_id)
+    front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False, width=4096)
+    return f"---\n{front_matter}---\n\n{GENERATED_MARKER}\n\n{_body(provenance, adapter_config, repo_id)}"
+
+
+def model_card_metadata(
+    provenance: dict[str, Any], adapter_config: dict[str, Any], *, repo_id: str | None = None
+) -> dict[str, Any]:
+    """The card's YAML metadata as a dict (the Hub's model card metadata keys)."""
+    adapter_type = _adapter_type(provenance, adapter_config)
+    base_model = _base_model(provenance, adapter_config)
+    metadata: dict[str, Any] = {}
+    if base_model and _is_hub_model_id(base_model):
+        metadata["base_model"] = base_model
+    metadata["library_name"] = "peft"
+    licence = _common_license(provenance.get("inputs") or [])
+    if licence:
+        metadata["license"] = licence
+    tags = ["adaptermath"]
+    if adapter_type:
+        tags.append(adapter_type)
+    method = provenance.get("method")
+    if isinstance(method, str) and method and method != "linear":
+        tags.append(method)
+    if "base_model" in metadata:
+        tags.append(f"base_model:adapter:{base_model}")
+    metadata["tags"] = tags
+    results = _model_index_results(provenance.get("evaluation") or [])
+    if results:
+        metadata["model-index"] = [{"name": _model_name(repo_id), "results": results}]
+    return metadata
+
+
+def is_generated_card(text: str) -> bool:
+    """Whether a README.md was written by adaptermath (and may be refreshed)."""
+    return GENERATED_MARKER in text
+
+
+def write_model_card(folder: str | Path, *, repo_id: str | None = None, force: bool = False) -> Path:
+    """Render the card from ``folder``'s adaptermath.json and adapter_config.json into README.md.
+
+    A README.md that adaptermath did not write is kept unless ``force`` (raises
+    :class:`OutputExistsError`). The file is written atomically (temporary file, then rename).
+    """
+    folder = Path(folder)
+    provenance = read_json_record(folder / PROVENANCE_FILE, "provenance record")
+    adapter_config = read_json_record(folder / ADAPTER_CONFIG_FILE, "adapter config")
+    target = folder / MODEL_CARD_FILE
+    if target.exists() and not force and not is_generated_card(target.read_text(encoding="utf-8", errors="replace")):
+        raise OutputExistsError(f"{target} exists and was not written by adaptermath; pass force=True to replace it")
+    write_text_atomic(target, render_model_card(provenance, adapter_config, repo_id=repo_id))
+    return target
+
+
+def read_json_record(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON object from ``path`` with one-line errors."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterLoadError(f"no {path.name} in {path.parent} (the {what} is needed for the model card)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterLoadError(f"cannot read the {what} {path}: {error}".replace("\n", " ")) from None
+    if not isinstance(payload, dict):
+        raise AdapterLoadError(f"the {what} {path} is not a JSON object")
+    return payload
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` through a temporary sibling file and a rename."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------- metadata
+
+
+def _adapter_type(provenance: dict[str, Any], adapter_config: dict[str, Any]) -> str:
+    value = provenance.get("adapter_type") or adapter_config.get("peft_type") or ""
+    return str(value).lower()
+
+
+def _base_model(provenance: dict[str, Any], adapter_config: dict[str, Any]) -> str | None:
+    value = provenance.get("base_model") or adapter_config.get("base_model_name_or_path")
+    return str(value) if value else None
+
+
+def _is_hub_model_id(name: str) -> bool:
+    """A Hub model id (``owner/name`` or ``name``), as opposed to a local path."""
+    return bool(_HUB_MODEL_ID.match(name)) and ".." not in name and len(name) <= 96
+
+
+def _common_license(inputs: list[Any]) -> str | None:
+    """The license every input declares, or None when one is missing or they disagree."""
+    licences = {
+        str(entry["license"]).strip().lower() if isinstance(entry, dict) and entry.get("license") else None
+        for entry in inputs
+    }
+    if len(licences) != 1 or None in licences:
+        return None
+    return licences.pop()
+
+
+def _model_name(repo_id: str | None) -> str:
+    return repo_id.split("/")[-1] if repo_id else "adaptermath-composed-adapter"
+
+
+def _evaluation_entries(evaluation: Any) -> list[dict[str, Any]]:
+    if not isinstance(evaluation, list):
+        return []
+    return [entry for entry in evaluation if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _model_index_results(evaluation: Any) -> list[dict[str, Any]]:
+    """``model-index`` results: one per evaluation entry that has numeric metrics."""
+    results = []
+    for entry in _evaluation_entries(evaluation):
+        metrics = [
+            {"type": str(name), "value": value, "name": str(name)}
+            for name, value in entry["metrics"].items()
+            if _is_number(value)
+        ]
+        if not metrics:
+            continue
+        task = str(entry.get("task") or "evaluation")
+        dataset_name = _public_name(str(entry.get("dataset") or "unknown"))
+        dataset: dict[str, Any] = {"name": dataset_name, "type": dataset_name}
+        if entry.get("config"):
+            dataset["config"] = str(entry["config"])
+        if entry.get("split"):
+            dataset["split"] = str(entry["split"])
+        results.append(
+            {
+                "task": {"type": HUB_TASK_FOR_EVALUATION.get(task, task), "name": task},
+                "dataset": dataset,
+                "metrics": metrics,
+            }
+        )
+    return results
+
+
+def _public_name(reference: str) -> str:
+    """A name safe to publish: hub ids and ``hf://`` refs as given, local paths by their last part."""
+    if reference.startswith(("/", "./", "../", "~")) or "\\" in reference or reference.startswith("."):
+        return PurePath(reference.replace("\\", "/")).name or reference
+    return reference
+
+
+# ------------------------------------------------------------------------------------------ body
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: pipes escaped, one line."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(value: Any) -> str:
+    return f"`{_cell(value)}`"
+
+
+def _number(value: Any) -> str:
+    return format(value, ".6g") if _is_number(value) else _cell(value)
+
+
+def _body(provenance: dict[str, Any], adapter_config: dict[str, Any], repo_id: str | None) -> str:
+    adapter_type = _adapter_type(provenance, adapter_config)
+    type_name = ADAPTER_TYPE_NAMES.get(adapter_type, adapter_type or "PEFT")
+    base_model = _base_model(provenance, adapter_config)
+    title = _model_name(repo_id) if repo_id else f"Composed {type_name} adapter"
+    if base_model and _is_hub_model_id(base_model):
+        base_text = f"[`{base_model}`](https://huggingface.co/{base_model})"
+    elif base_model:
+        base_text = f"a local base model ({_code(_public_name(base_model))})"
+    else:
+        base_text = "its base model"
+    version = provenance.get("adaptermath_version")
+    made_with = f"adaptermath {version}" if version else "adaptermath"
+    sections = [
+        f"# {title}\n\n"
+        f"A {type_name} adapter for {base_text}, made with {made_with} by arithmetic on existing PEFT "
+        "adapters. No training was done: its weights are a fixed function of the inputs listed below.\n",
+        _recipe_section(provenance),
+        _inputs_section(provenance),
+        _evaluation_section(provenance),
+        _usage_section(adapter_config, base_model, repo_id),
+        _provenance_section(provenance),
+    ]
+    return "\n".join(section for section in sections if section)
+
+
+def _recipe_section(provenance: dict[str, Any]) -> str:
+    rows = [("Expression", _code(provenance.get("expression", "")))]
+    if provenance.get("normal_form"):
+        rows.append(("Normal form", _code(provenance["normal_form"])))
+    variables = provenance.get("variables") or {}
+    if isinstance(variables, dict) and variables:
+        rows.append(("Variables", ", ".join(f"{_cell(k)} = {_number(v)}" for k, v in variables.items())))
+    for key, label in (("space", "Space"), ("method", "Method"), ("adapter_type", "Adapter type")):
+        if provenance.get(key):
+            rows.append((label, _code(provenance[key])))
+    options = provenance.get("options") or {}
+    if isinstance(options, dict):
+        for name, value in options.items():
+            rows.append((f"Option `{_cell(name)}`", _code(json.dumps(value, ensure_ascii=False))))
+    table = "\n".join(f"| {label} | {value} |" for label, value in rows)
+    return f"## How it was made\n\n| | |\n|---|---|\n{table}\n"
+
+
+def _inputs_section(provenance: dict[str, Any]) -> str:
+    inputs = [entry for entry in provenance.get("inputs") or [] if isinstance(entry, dict)]
+    if not inputs:
+        return ""
+    coefficients = provenance.get("coefficients") or {}
+    lines = [
+        "## Inputs\n",
+        "| Name | Coefficient | Source | Revision | Commit | Files (sha256) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in inputs:
+        name = entry.get("name", "")
+        reference = str(entry.get("ref") or entry.get("path") or "")
+        source = _code(reference) if reference.startswith("hf://") else f"local folder {_code(_public_name(reference))}"
+        files = entry.get("files") or {}
+        hashes = "<br>".join(f"{_code(path)}: {_code(digest)}" for path, digest in sorted(files.items()))
+        coefficient = coefficients.get(name) if isinstance(coefficients, dict) else None
+        lines.append(
+            f"| {_code(name)} | {_number(coefficient) if coefficient is not None else ''} | {source} | "
+            f"{_code(entry['revision']) if entry.get('revision') else ''} | "
+            f"{_code(entry['commit_sha']) if entry.get('commit_sha') else ''} | {hashes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _evaluation_section(provenance: dict[str, Any]) -> str:
+    entries = _evaluation_entries(provenance.get("evaluation"))
+    if not entries:
+        return ""
+    lines = ["## Evaluation\n", "| Task | Dataset | Split | Metric | Value |", "|---|---|---|---|---|"]
+    for entry in entries:
+        for metric, value in entry["metrics"].items():
+            lines.append(
+                f"| {_cell(entry.get('task', ''))} | {_cell(_public_name(str(entry.get('dataset', ''))))} | "
+                f"{_cell(entry.get('split', ''))} | {_cell(metric)} | {_number(value)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _auto_class(adapter_config: dict[str, Any]) -> str:
+    """The transformers Auto class that loads the base model the adapter was saved from."""
+    task_type = str(adapter_config.get("task_type") or "").upper()
+    if task_type in AUTO_CLASS_FOR_TASK:
+        return AUTO_CLASS_FOR_TASK[task_type]
+    auto_mapping = adapter_config.get("auto_mapping") or {}
+    base_class = str(auto_mapping.get("base_model_class") or "") if isinstance(auto_mapping, dict) else ""
+    for suffix, auto_class in AUTO_CLASS_FOR_MODEL_SUFFIX.items():
+        if base_class.endswith(suffix):
+            return auto_class
+    return "AutoModelForCausalLM"
+
+
+def _usage_section(adapter_config: dict[str, Any], base_model: str | None, repo_id: str | None) -> str:
+    auto_class = _auto_class(adapter_config)
+    base = base_model if base_model and _is_hub_model_id(base_model) else "path/to/base-model"
+    adapter = repo_id or "path/to/this-adapter"
+    return (
+        "## Usage\n\n"
+        "```python\n"
+        f"from transformers import {auto_class}\n"
+        "from peft import PeftModel\n\n"
+        f'base = {auto_class}.from_pretrained("{base}")\n'
+        f'model = PeftModel.from_pretrained(base, "{adapter}")\n'
+        "```\n"
+    )
+
+
+def _provenance_section(provenance: dict[str, Any]) -> str:
+    text = (
+        "## Provenance\n\n"
+        f"The complete record ({_code(provenance.get('format', 'adaptermath.provenance'))}) is "
+        f"[`{PROVENANCE_FILE}`]({PROVENANCE_FILE}) in this repository.\n"
+    )
+    recipe = provenance.get("recipe")
+    if isinstance(recipe, dict) and recipe:
+        recipe_yaml = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        text += f"\nRecipe:\n\n```yaml\n{recipe_yaml}```\n"
+    return text
