@@ -178,6 +178,10 @@ class ComposedAdapter:
                 info = infos[0]
                 assert isinstance(info, LoraModuleInfo)
                 self._ranks[name] = (info.rank, info.alpha)
+            elif self.single_operand and self.options.rank is None:
+                info = infos[0]
+                assert isinstance(info, LoraModuleInfo)
+                self._ranks[name] = (info.rank, info.alpha)
             else:
                 total = sum(i.rank for i in infos)  # type: ignore[union-attr]
                 first = infos[0]
@@ -185,6 +189,11 @@ class ComposedAdapter:
                 limit = min(first.in_features, first.out_features)
                 rank = total if self.options.rank is None else min(self.options.rank, total, limit)
                 self._ranks[name] = (rank, float(rank))
+
+    @property
+    def single_operand(self) -> bool:
+        """One operand in delta space is stored as {A, c·B} with its own rank and α (exact, no growth)."""
+        return len(self.adapters) == 1
 
     @property
     def output_dtype(self) -> torch.dtype:
@@ -227,7 +236,7 @@ class ComposedAdapter:
         return self.adapters[op].modules[name]
 
     def _lora_config(self, cfg: dict[str, Any], explicit_targets: bool) -> None:
-        if self.options.space == "param":
+        if self.options.space == "param" or (self.single_operand and self.options.rank is None):
             use_rslora = bool(self.first.config.get("use_rslora", False))
             keep = not explicit_targets and all(
                 lora_rank_and_alpha(self.first.config, n) == (r, a) for n, (r, a) in self._ranks.items()
@@ -289,6 +298,13 @@ class ComposedAdapter:
             scaling = info.scaling
             A, B = param_space_lora(terms, scaling=scaling, negate_factor=self.options.negate_factor)
             report.param_vs_delta = lowrank_relative_difference(scaling * B, A, exact_B, exact_A)
+        elif self.options.rank is None and self.single_operand:
+            (c, module), = terms
+            A, B = module.A.float(), module.B.float()
+            if self.options.negate_factor == "A":
+                A = c * A
+            else:
+                B = c * B
         elif self.options.rank is None:
             A, B = exact_A, exact_B
         else:

@@ -18,7 +18,8 @@ from ..output import save_composed
 @click.argument("path")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output adapter folder.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="λ: the update becomes −λ·ΔW.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True)
+@click.option("--space", type=click.Choice(["param", "delta"]), default="delta", show_default=True,
+              help="delta: ΔW ↦ −λ·ΔW exactly ({A, −λB}); param: both factors scaled ({λA, −λB}, ΔW ↦ −λ²·ΔW).")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="LoRA: flip B ({A, −λB}) or A ({−λA, B}); same ΔW.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None)
@@ -29,8 +30,10 @@ def negate_command(path: str, output: Path, scale: float, space: str, negate_fac
                    force: bool, allow_pickle: bool, as_json: bool) -> None:
     """Write the negation of the adapter at PATH: ΔW ↦ −λ·ΔW.
 
-    LoRA: {A, B} ↦ {A, −λ·B}. (IA)^3: l ↦ (1 + λ) − λ·l (the deviation from the all-ones init is
-    negated, never l itself). "Detoxify by subtraction": negate a PEM trained on toxic text.
+    The same as compose "-λ*x" -a x=PATH, but in delta space by default, where it is the paper's
+    λ-scaled negation. LoRA: {A, B} ↦ {A, −λ·B} with the same rank and α. (IA)^3: l ↦ (1 + λ) − λ·l
+    (the deviation from the all-ones init is negated, never l itself). At λ = 1 both spaces give
+    ⊖{A, B} = {A, −B}. "Detoxify by subtraction": negate a PEM trained on toxic text.
 
     \b
     Examples:
