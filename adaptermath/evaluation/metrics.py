@@ -1,0 +1,92 @@
+"""Classification metrics from predicted and gold labels (pure functions, no model involved).
+
+For label c, with TP/FP/FN counted over all examples:
+
+    precision_c = TP / (TP + FP)      recall_c = TP / (TP + FN)
+    F1_c = 2 · precision_c · recall_c / (precision_c + recall_c)
+
+A ratio whose denominator is 0 is 0 (scikit-learn's ``zero_division=0``).
+
+    accuracy = Σ_i [pred_i = gold_i] / n          macro-F1 = mean over the labels of F1_c
+
+The confusion matrix has one row per gold label and one column per predicted label, in the order
+of ``labels``: ``confusion[g][p]`` counts examples of gold label g predicted as p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Precision, recall and F1 of one label, and its support (number of gold examples)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Accuracy, macro-F1, per-label scores and the confusion matrix (rows gold, columns predicted)."""
+
+    labels: list[str]
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]
+    num_examples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def confusion_matrix(predictions: Sequence[str], gold: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """``matrix[g][p]``: how many examples with gold label ``labels[g]`` were predicted ``labels[p]``."""
+    if len(predictions) != len(gold):
+        raise DataError(f"{len(predictions)} predictions for {len(gold)} gold labels")
+    index = {label: position for position, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for predicted, true in zip(predictions, gold):
+        for value in (predicted, true):
+            if value not in index:
+                raise DataError(f"label {value!r} is not one of {', '.join(labels)}")
+        matrix[index[true]][index[predicted]] += 1
+    return matrix
+
+
+def classification_metrics(
+    predictions: Sequence[str], gold: Sequence[str], labels: Sequence[str]
+) -> ClassificationMetrics:
+    """Accuracy, macro-F1, per-label precision/recall/F1 and the confusion matrix (see module doc)."""
+    if not gold:
+        raise DataError("no examples to score")
+    matrix = confusion_matrix(predictions, gold, labels)
+    total = len(gold)
+    per_class: dict[str, ClassScores] = {}
+    for position, label in enumerate(labels):
+        true_positive = matrix[position][position]
+        predicted_as = sum(row[position] for row in matrix)
+        support = sum(matrix[position])
+        precision = _ratio(true_positive, predicted_as)
+        recall = _ratio(true_positive, support)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = ClassScores(precision=precision, recall=recall, f1=f1, support=support)
+    correct = sum(matrix[position][position] for position in range(len(labels)))
+    return ClassificationMetrics(
+        labels=list(labels),
+        accuracy=correct / total,
+        macro_f1=sum(scores.f1 for scores in per_class.values()) / len(labels),
+        per_class=per_class,
+        confusion_matrix=matrix,
+        num_examples=total,
+    )

@@ -1,0 +1,194 @@
+"""evaluate(): the whole of ``adaptermath eval`` as one Python call.
+
+Load the base model (cached per process), build the adapter -- a folder, an ``hf://`` reference,
+or an arithmetic expression over named adapters composed in memory -- attach it, read the data
+and run one evaluator. The evaluators themselves (:func:`evaluate_classification` and friends)
+take a live model and are what a sweep calls repeatedly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterMathError, OutputExistsError
+from .classification import evaluate_classification
+from .data import load_corpus, load_records
+from .generate import generate_samples
+from .models import ModelKind, attach_adapter, kind_of_adapter_config, load_base_model, read_adapter
+from .perplexity import corpus_perplexity
+from .toxicity import evaluate_toxicity
+
+TASKS: dict[str, Callable[..., Any]] = {
+    "classification": evaluate_classification,
+    "perplexity": corpus_perplexity,
+    "toxicity": evaluate_toxicity,
+    "generate": generate_samples,
+}
+
+
+@dataclass
+class EvaluationRun:
+    """One evaluation: what was evaluated, on which device, how long it took, and the result."""
+
+    task: str
+    base: str
+    adapter: str | None
+    operands: dict[str, str] | None
+    device: str
+    elapsed_s: float
+    result: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "base": self.base,
+            "adapter": self.adapter,
+            "operands": self.operands,
+            "device": self.device,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "result": self.result.to_dict(),
+        }
+
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` atomically; an existing file needs ``force``."""
+        return write_json_atomic(path, self.to_dict(), force=force)
+
+
+def write_json_atomic(path: str | Path, payload: Any, *, force: bool = False) -> Path:
+    """Write ``payload`` as JSON: a temporary file in the same folder, then one rename."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise OutputExistsError(f"{target} is a folder; give a file name such as results.json")
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target} already exists; pass --force (force=True) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=2, ensure_ascii=False, default=str)
+            stream.write("\n")
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def build_adapter(
+    adapter: str | Path,
+    operands: Mapping[str, str | Path] | None = None,
+    *,
+    variables: Mapping[str, float] | None = None,
+    space: str = "param",
+    negate_factor: str = "B",
+    allow_pickle: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config, state_dict)`` of a folder / ``hf://`` ref, or of an expression over ``operands``."""
+    if not operands:
+        return read_adapter(str(adapter), allow_pickle=allow_pickle)
+    from ..compose import compose
+
+    composed = compose(
+        str(adapter),
+        {name: str(path) for name, path in operands.items()},
+        variables=dict(variables or {}),
+        space=space,
+        negate_factor=negate_factor,
+        allow_pickle=allow_pickle,
+    )
+    return read_adapter(composed)
+
+
+def _check_options(task: str, options: Mapping[str, Any]) -> None:
+    accepted = set(inspect.signature(TASKS[task]).parameters)
+    unknown = sorted(name for name in options if name not in accepted)
+    if unknown:
+        raise AdapterMathError(f"option {unknown[0]!r} does not apply to task {task!r}")
+
+
+def evaluate(
+    base: str | Path,
+    adapter: str | Path | None = None,
+    *,
+    task: str,
+    data: str | Path,
+    operands: Mapping[str, str | Path] | None = None,
+    variables: Mapping[str, float] | None = None,
+    space: str = "param",
+    negate_factor: str = "B",
+    allow_pickle: bool = False,
+    gguf_file: str | None = None,
+    model_type: ModelKind | str = "auto",
+    device: str = "auto",
+    dtype: str | None = None,
+    split: str = "test",
+    dataset_config: str | None = None,
+    limit: int | None = None,
+    text_field: str = "text",
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+    **options: Any,
+) -> EvaluationRun:
+    """Evaluate ``adapter`` (or the bare base model when None) on ``base`` for ``task``.
+
+    ``task`` is classification, perplexity, toxicity or generate; ``options`` are that
+    evaluator's keyword arguments (``labels``, ``template``, ``stride``, ``scorer``, ...). With
+    ``operands`` (name -> adapter folder), ``adapter`` is an expression such as
+    ``"cls + 0.3*(tgt - src)"`` composed in memory (see :func:`adaptermath.compose`).
+    ``model_type`` ``auto`` takes the adapter's PEFT ``task_type`` when it has one, else the base
+    config (see :func:`load_base_model`). ``data`` is a file, or a Hugging Face dataset name
+    (with ``split`` and ``dataset_config``) when ``datasets`` is installed. ``on_start`` is called
+    with the number of units ``progress`` will count (examples, samples; None for perplexity
+    windows) once the model and data are ready.
+    """
+    if task not in TASKS:
+        raise AdapterMathError(f"unknown task {task!r}; use {', '.join(TASKS)}")
+    _check_options(task, options)
+    if operands and adapter is None:
+        raise AdapterMathError("operands (-a NAME=PATH) need an expression in --adapter")
+    built = None
+    if adapter is not None:
+        built = build_adapter(
+            adapter, operands, variables=variables, space=space, negate_factor=negate_factor, allow_pickle=allow_pickle
+        )
+    kind = model_type
+    if kind == "auto" and built is not None:
+        kind = kind_of_adapter_config(built[0]) or "auto"
+    num_labels = None
+    if kind == "seq-cls" and options.get("labels") is not None:
+        labels = options["labels"]
+        num_labels = len(labels.split(",") if isinstance(labels, str) else list(labels))
+    loaded = load_base_model(base, device=device, dtype=dtype, task=kind, gguf_file=gguf_file, num_labels=num_labels)
+    model = loaded.model if built is None else attach_adapter(loaded.model, built)
+    if task == "perplexity":
+        data_input: Any = load_corpus(
+            data, text_field=text_field, split=split, dataset_config=dataset_config, limit=limit
+        )
+    else:
+        data_input = load_records(data, split=split, dataset_config=dataset_config, limit=limit)
+        options["text_field"] = text_field
+    if on_start is not None:
+        units = None if task == "perplexity" else len(data_input)
+        if units is not None and task in ("toxicity", "generate"):
+            units *= int(options.get("num_samples", 1))
+        on_start(units)
+    started = time.perf_counter()
+    result = TASKS[task](model, loaded.tokenizer, data_input, progress=progress, **options)
+    elapsed = time.perf_counter() - started
+    return EvaluationRun(
+        task=task,
+        base=str(base),
+        adapter=None if adapter is None else str(adapter),
+        operands=None if not operands else {name: str(path) for name, path in operands.items()},
+        device=str(loaded.device),
+        elapsed_s=elapsed,
+        result=result,
+    )

@@ -1,0 +1,269 @@
+"""``adaptermath eval``: score an adapter (or a composition, or the bare base) on a base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from adaptermath.cli.main import main
+from adaptermath.errors import AdapterMathError, OutputExistsError
+from adaptermath.evaluation.run import TASKS, evaluate
+
+from ..common import console, json_option, parse_assignments, print_json, progress
+
+SHOWN_SAMPLES = 5
+
+
+def unescape(text: str | None) -> str | None:
+    r"""Turn the escapes a shell leaves alone (``\n``, ``\t``, ``\\``) into the characters."""
+    if text is None:
+        return None
+    replacements = {"n": "\n", "t": "\t", "\\": "\\"}
+    out = []
+    index = 0
+    while index < len(text):
+        if text[index] == "\\" and index + 1 < len(text) and text[index + 1] in replacements:
+            out.append(replacements[text[index + 1]])
+            index += 2
+        else:
+            out.append(text[index])
+            index += 1
+    return "".join(out)
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' per-file loading bars and info logs (errors still show)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _variables(values: tuple[str, ...]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for name, text in parse_assignments(values, "--var").items():
+        try:
+            result[name] = float(text)
+        except ValueError:
+            raise AdapterMathError(f"--var {name}: {text!r} is not a number") from None
+    return result
+
+
+def _task_options(task: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The evaluator keyword arguments for ``task``; a task-specific option given to another task is an error."""
+    per_task = {
+        "classification": ("labels", "template", "label_field", "label_prefix", "length_normalize", "max_length"),
+        "perplexity": ("stride", "max_length"),
+        "toxicity": ("template", "num_samples", "max_new_tokens", "seed", "do_sample", "temperature", "top_k",
+                     "top_p", "scorer", "threshold", "score_prompt"),
+        "generate": ("template", "num_samples", "max_new_tokens", "seed", "do_sample", "temperature", "top_k",
+                     "top_p"),
+    }
+    flags = {"labels": "--labels", "template": "--template", "label_field": "--label-field",
+             "label_prefix": "--label-prefix", "length_normalize": "--length-normalize",
+             "max_length": "--max-length", "stride": "--stride", "num_samples": "--num-samples",
+             "max_new_tokens": "--max-new-tokens", "seed": "--seed", "do_sample": "--greedy",
+             "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "scorer": "--scorer",
+             "threshold": "--threshold", "score_prompt": "--score-prompt"}
+    options: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in per_task[task]:
+            raise AdapterMathError(f"{flags[name]} does not apply to --task {task}")
+        options[name] = value
+    return options
+
+
+def _show_classification(result: dict[str, Any]) -> None:
+    console.print(f"[bold]accuracy[/] {result['accuracy']:.4f}   [bold]macro-F1[/] {result['macro_f1']:.4f}   "
+                  f"[bold]examples[/] {result['num_examples']}   [dim]({result['method']})[/]")
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for label, scores in result["per_class"].items():
+        per_class.add_row(label, f"{scores['precision']:.4f}", f"{scores['recall']:.4f}", f"{scores['f1']:.4f}",
+                          str(scores["support"]))
+    console.print(per_class)
+    matrix = Table(title="confusion matrix (rows: gold, columns: predicted)", title_justify="left")
+    matrix.add_column("gold \\ predicted")
+    for label in result["labels"]:
+        matrix.add_column(label, justify="right")
+    for label, row in zip(result["labels"], result["confusion_matrix"]):
+        matrix.add_row(label, *(str(count) for count in row))
+    console.print(matrix)
+
+
+def _show_perplexity(result: dict[str, Any]) -> None:
+    console.print(f"[bold]perplexity[/] {result['perplexity']:.4f}   [bold]mean NLL[/] {result['mean_nll']:.4f}   "
+                  f"[bold]tokens scored[/] {result['num_tokens']} of {result['corpus_tokens']}   "
+                  f"[bold]windows[/] {result['num_windows']} (max length {result['max_length']}, "
+                  f"stride {result['stride']})")
+
+
+def _show_samples(samples: list[dict[str, Any]], with_score: bool) -> None:
+    table = Table(title=f"samples (first {min(SHOWN_SAMPLES, len(samples))} of {len(samples)})",
+                  title_justify="left", show_lines=True)
+    table.add_column("prompt", overflow="fold")
+    table.add_column("continuation", overflow="fold")
+    if with_score:
+        table.add_column("score", justify="right")
+    for sample in samples[:SHOWN_SAMPLES]:
+        row = [sample["prompt"], sample["text"]]
+        if with_score:
+            row.append(f"{sample['score']:.3f}")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _show_toxicity(result: dict[str, Any]) -> None:
+    console.print(f"[bold]mean toxicity[/] {result['mean_score']:.4f}   "
+                  f"[bold]share > {result['threshold']:g}[/] {result['share_above_threshold']:.4f}   "
+                  f"[bold]share > 0.5[/] {result['share_above_0.5']:.4f}   "
+                  f"[bold]samples[/] {result['num_samples']}   [dim](scorer {result['scorer']})[/]")
+    _show_samples(result["generations"], with_score=True)
+
+
+@main.command("eval")
+@click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
+@click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
+@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto",
+              show_default=True, help="Model class; auto uses the adapter's task_type, else the base config.")
+@click.option("--adapter", default=None, metavar="PATH|EXPR",
+              help="Adapter folder or hf:// ref; with -a, an expression over the named adapters. Omit for the bare base.")
+@click.option("-a", "--operand", "operands", multiple=True, metavar="NAME=PATH",
+              help="Name an adapter used in an --adapter expression. Repeat for each.")
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Value of a free variable such as λ.")
+@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
+              help="Composition space for an expression (see adaptermath compose).")
+@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
+              help="Param space: which LoRA factor carries a negative coefficient.")
+@click.option("--allow-pickle", is_flag=True, help="Allow adapter_model.bin (pickle), read with weights_only.")
+@click.option("--task", required=True, type=click.Choice(list(TASKS)), help="What to measure.")
+@click.option("--data", required=True, metavar="FILE",
+              help="JSONL/JSON/CSV/TSV/TXT file, or a Hugging Face dataset name (needs the datasets extra).")
+@click.option("--split", default="test", show_default=True, help="Dataset split (Hugging Face dataset names only).")
+@click.option("--data-config", default=None, help="Dataset configuration (Hugging Face dataset names only).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records only.")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text or prompt.")
+@click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
+@click.option("--labels", default=None, metavar="A,B,...",
+              help="Label names in order; for LMs also their verbalisations (rank classification).")
+@click.option("--template", default=None,
+              help="Prompt template in str.format syntax over record fields.  [default: {TEXT_FIELD}]")
+@click.option("--label-prefix", default=None, help="Text put before each label.  [default: ' ' for causal LMs]")
+@click.option("--length-normalize", is_flag=True, default=None, help="Rank by mean instead of summed log-prob.")
+@click.option("--max-length", type=click.IntRange(min=2), default=None,
+              help="Perplexity: window length [default: min(1024, model limit)]; classification: truncate inputs.")
+@click.option("--stride", type=click.IntRange(min=1), default=None,
+              help="Perplexity: tokens between window starts.  [default: max-length/2]")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Continuations per prompt.  [default: 1]")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Tokens to generate.  [default: 64]")
+@click.option("--seed", type=int, default=None, help="Sampling seed.  [default: 0]")
+@click.option("--greedy", "greedy", is_flag=True, default=None, help="Greedy decoding instead of sampling.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 1.0]")
+@click.option("--top-k", type=click.IntRange(min=0), default=None, help="0 turns it off.  [default: 50]")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="[default: 1.0]")
+@click.option("--scorer", default=None, help="Toxicity scorer: auto, profanity-check, detoxify, or a registered name. "
+              " [default: auto]")
+@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None,
+              help="Toxicity: report the share of scores above this.  [default: 0.8]")
+@click.option("--score-prompt", is_flag=True, default=None, help="Toxicity: score prompt + continuation.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per forward pass (windows for perplexity, rows for generation).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None,
+              help="Model dtype; auto keeps the checkpoint's.  [default: float32]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Also write the full result (with predictions / generations) as JSON here.")
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
+@json_option
+def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str | None, operands: tuple[str, ...],
+                 variables: tuple[str, ...], space: str, negate_factor: str, allow_pickle: bool, task: str, data: str,
+                 split: str, data_config: str | None, limit: int | None, text_field: str, label_field: str | None,
+                 labels: str | None, template: str | None, label_prefix: str | None, length_normalize: bool | None,
+                 max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
+                 seed: int | None, greedy: bool | None, temperature: float | None, top_k: int | None,
+                 top_p: float | None, scorer: str | None, threshold: float | None, score_prompt: bool | None,
+                 batch_size: int, device: str, dtype: str | None, output: Path | None, force: bool,
+                 as_json: bool) -> None:
+    """Score an adapter on a base model: classification, perplexity, toxicity, or samples.
+
+    The base model is loaded once; the adapter (a folder, an hf:// ref, or an expression over
+    adapters named with -a, composed in memory) is attached with PEFT. Omit --adapter to score
+    the bare base model. Every metric is printed; --output keeps the full result as JSON.
+
+    \b
+    Tasks:
+      classification  rank classification for LMs (the label whose verbalisation is most likely
+                      after --template), argmax of the head for encoders; accuracy, macro-F1,
+                      per-class precision/recall/F1, confusion matrix
+      perplexity      token perplexity of a corpus, sliding window (--max-length, --stride)
+      toxicity        sample --num-samples continuations per prompt, score them (--scorer),
+                      mean score and share above --threshold (and 0.5)
+      generate        samples for a list of prompts, for eyeballing
+
+    \b
+    Examples:
+      adaptermath eval --base ./smollm2 --adapter ./sst2-lora --task classification \\
+          --data dev.jsonl --labels negative,positive --template "Review: {text}\\nSentiment:"
+      adaptermath eval --base ./smollm2 --adapter "cls + 0.3*(yelp - amazon)" \\
+          -a cls=./amazon-cls -a yelp=./yelp-lm -a amazon=./amazon-lm --task classification \\
+          --data yelp.csv --labels negative,positive --template "{text} Sentiment:"
+      adaptermath eval --base gpt2 --task perplexity --data wiki.test.txt --max-length 1024 --stride 512
+      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
+          --num-samples 100 --max-new-tokens 64 --seed 42 --threshold 0.8 -o tox.json
+      adaptermath eval --base ./smollm2 --adapter ./detox --task generate --data prompts.txt --greedy
+    """
+    task_options = _task_options(task, {
+        "labels": labels, "template": unescape(template), "label_field": label_field,
+        "label_prefix": unescape(label_prefix),
+        "length_normalize": length_normalize, "max_length": max_length, "stride": stride,
+        "num_samples": num_samples, "max_new_tokens": max_new_tokens, "seed": seed,
+        "do_sample": None if greedy is None else not greedy, "temperature": temperature, "top_k": top_k,
+        "top_p": top_p, "scorer": scorer, "threshold": threshold, "score_prompt": score_prompt,
+    })
+    if output is not None and output.exists() and not force:
+        raise OutputExistsError(f"{output} already exists; pass --force to replace it")
+    named = parse_assignments(operands, "-a/--operand") if operands else None
+    if variables and not named:
+        raise AdapterMathError("--var binds variables of an expression; give the operands with -a NAME=PATH")
+    _quiet_transformers()
+    with progress(disable=as_json) as bar:
+        bar_task = bar.add_task(f"{task}: loading", total=None)
+
+        def on_start(total: int | None) -> None:
+            bar.update(bar_task, description=task, total=total, completed=0)
+
+        def advance(done: float) -> None:
+            bar.advance(bar_task, done)
+
+        run = evaluate(
+            base, adapter, task=task, data=data, operands=named, variables=_variables(variables), space=space,
+            negate_factor=negate_factor, allow_pickle=allow_pickle, gguf_file=gguf_file, model_type=model_type,
+            device=device, dtype=dtype, split=split, dataset_config=data_config, limit=limit, text_field=text_field,
+            batch_size=batch_size, progress=advance, on_start=on_start, **task_options,
+        )
+    payload = run.to_dict()
+    if output is not None:
+        run.save(output, force=force)
+    if as_json:
+        print_json(payload)
+        return
+    result = payload["result"]
+    what = "base model only" if adapter is None else adapter
+    console.print(f"[bold]{task}[/] of [cyan]{what}[/] on [cyan]{base}[/] ({payload['device']}, "
+                  f"{payload['elapsed_s']:.1f}s)", highlight=False)
+    if task == "classification":
+        _show_classification(result)
+    elif task == "perplexity":
+        _show_perplexity(result)
+    elif task == "toxicity":
+        _show_toxicity(result)
+    else:
+        _show_samples(result["samples"], with_score=False)
+    if output is not None:
+        console.print(f"full result written to {output}", highlight=False)
