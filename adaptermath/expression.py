@@ -302,6 +302,10 @@ class _Parser:
                 right.has_operands and not left.has_operands and not left.constant.is_zero
             )
             if mixes:
+                scalar = right if left.has_operands else left
+                if scalar.constant.variables:
+                    name = sorted(scalar.constant.variables)[0]
+                    raise self.fail(f"unknown name {name!r}: give it with -a {name}=PATH (a variable cannot be added to an adapter)", op)
                 raise self.fail("cannot add a number to an adapter", op)
             left = left + right
         return left

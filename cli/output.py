@@ -43,6 +43,9 @@ def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json
         return payload
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("[bold]normal form[/]", payload["normal_form"])
+    if result.variables:
+        bound = ", ".join(f"{k}={v:g}" for k, v in result.variables.items())
+        table.add_row("[bold]coefficients[/]", ", ".join(f"{k}: {c:g}" for k, c in result.coefficients.items()) + f"  ({bound})")
     table.add_row("[bold]space[/]", payload["space"])
     table.add_row("[bold]type[/]", payload["type"])
     table.add_row("[bold]modules[/]", str(summary["modules"]))
