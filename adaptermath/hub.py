@@ -1,9 +1,10 @@
 """Hugging Face Hub references (``hf://owner/repo[@revision][/subfolder]``) and pushing folders.
 
 Reading: :func:`resolve_adapter_ref` downloads only an adapter's files (``adapter_config.json``,
-``adapter_model.safetensors``, and ``adapter_model.bin`` only when pickle is allowed) with
-``huggingface_hub.snapshot_download`` into the user's Hub cache, with the user's token, and
-returns the local folder with the commit sha the revision resolved to (recorded in provenance).
+``adapter_model.safetensors``, and ``adapter_model.bin`` only when pickle is allowed) plus the
+repository's README.md (for its license) with ``huggingface_hub.snapshot_download`` into the
+user's Hub cache, with the user's token, and returns the local folder with the commit sha the
+revision resolved to (recorded in provenance).
 
 Writing: :func:`push_folder` refreshes the model card (see :mod:`adaptermath.modelcard`), creates
 the repository (and branch) when needed and uploads the folder with ``HfApi.upload_folder``.
@@ -31,6 +32,7 @@ from adaptermath.modelcard import (
     MODEL_CARD_FILE,
     PROVENANCE_FILE,
     is_generated_card,
+    read_card_license,
     read_json_record,
     render_model_card,
     write_text_atomic,
@@ -76,6 +78,7 @@ class ResolvedRef:
     revision: str
     commit_sha: str
     subfolder: str | None = None
+    license: str | None = None
 
     @property
     def pinned_ref(self) -> str:
@@ -213,8 +216,9 @@ def resolve_adapter_ref(
     """Download (or find in the cache) the adapter files ``ref`` names and return their folder.
 
     Only ``adapter_config.json`` and ``adapter_model.safetensors`` are fetched, plus
-    ``adapter_model.bin`` when ``allow_pickle``. With ``HF_HUB_OFFLINE=1`` nothing is requested and
-    the cached snapshot is used. ``commit_sha`` is the commit the revision resolved to.
+    ``adapter_model.bin`` when ``allow_pickle`` and the repository's README.md, whose ``license``
+    is reported. With ``HF_HUB_OFFLINE=1`` nothing is requested and the cached snapshot is used.
+    ``commit_sha`` is the commit the revision resolved to.
     """
     from huggingface_hub import snapshot_download
 
@@ -227,7 +231,7 @@ def resolve_adapter_ref(
         snapshot = snapshot_download(
             hub_ref.repo_id,
             revision=revision,
-            allow_patterns=[glob.escape(prefix + name) for name in wanted],
+            allow_patterns=[glob.escape(prefix + name) for name in wanted] + [MODEL_CARD_FILE],
             cache_dir=settings.cache_dir,
             endpoint=settings.endpoint,
             token=token,
@@ -259,6 +263,7 @@ def resolve_adapter_ref(
         revision=revision,
         commit_sha=commit_sha,
         subfolder=hub_ref.subfolder,
+        license=read_card_license(Path(snapshot) / MODEL_CARD_FILE),
     )
 
 

@@ -118,6 +118,23 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, force: b
     return target
 
 
+def read_card_license(readme: str | Path) -> str | None:
+    """The ``license`` in a README.md's YAML front matter (lower case), or None when there is none."""
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    try:
+        metadata = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return None
+    licence = metadata.get("license") if isinstance(metadata, dict) else None
+    return licence.strip().lower() if isinstance(licence, str) and licence.strip() else None
+
+
 def read_json_record(path: Path, what: str) -> dict[str, Any]:
     """Read a JSON object from ``path`` with one-line errors."""
     try:

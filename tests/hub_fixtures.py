@@ -38,11 +38,20 @@ def fake_hub() -> Iterator[FakeHub]:
 
 @pytest.fixture
 def hub_env(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """Point the Hub settings at ``fake_hub`` with an empty cache and no token."""
+    """Point the Hub settings at ``fake_hub`` with an empty cache and no token in the environment.
+
+    A token saved on this machine by ``hf auth login`` is still sent by huggingface_hub; the fake
+    Hub then knows it as a user with access to nothing, so "anonymous" requests fail the same way.
+    """
+    from huggingface_hub import get_token
+
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    stored = get_token()
+    if stored is not None:
+        fake_hub.tokens[stored] = "someone-else"
     return fake_hub
 
 

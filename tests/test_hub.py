@@ -43,6 +43,7 @@ from hub_fixtures import (  # noqa: F401  (pytest fixtures)
 from hub_server import FakeHub
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+FOLDER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"]
 
 
 def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
@@ -101,18 +102,25 @@ def test_resolve_downloads_only_adapter_files_and_records_commit(hub_env: FakeHu
     folder = tiny_adapters["lora"]
     sha = hub_env.add_repo(
         "alice/lora",
-        {**FakeHub.folder_files(folder), "README.md": b"# hi\n", "adapter_model.bin": b"pickle!", "notes.txt": b"x"},
+        {
+            **FakeHub.folder_files(folder),
+            "README.md": b"---\nlicense: Apache-2.0\ntags: [lora]\n---\n# hi\n",
+            "adapter_model.bin": b"pickle!",
+            "notes.txt": b"x",
+            "sub/README.md": b"---\nlicense: mit\n---\n",
+        },
     )
     resolved = resolve_adapter_ref("hf://alice/lora")
     assert resolved.commit_sha == sha
     assert resolved.revision == "main" and resolved.repo_id == "alice/lora" and resolved.subfolder is None
     assert resolved.pinned_ref == f"hf://alice/lora@{sha}"
-    assert sorted(p.name for p in resolved.local_dir.iterdir()) == ADAPTER_FILES
+    assert sorted(p.name for p in resolved.local_dir.iterdir()) == ["README.md", *ADAPTER_FILES]
     for name in ADAPTER_FILES:
         assert sha256_of(resolved.local_dir / name) == sha256_of(folder / name)
+    assert resolved.license == "apache-2.0"  # from the repo's card, for the composed card's license
     assert Path(os.environ["HF_HUB_CACHE"]) in resolved.local_dir.parents
-    downloaded = {r.path.rsplit("/", 1)[-1] for r in hub_env.api_requests("GET", "/resolve/")}
-    assert downloaded == set(ADAPTER_FILES)
+    downloaded = {r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub_env.api_requests("GET", "/resolve/")}
+    assert downloaded == {"README.md", *ADAPTER_FILES}
 
 
 def test_resolve_pickle_only_with_opt_in(hub_env: FakeHub, tiny_adapters) -> None:
@@ -151,6 +159,7 @@ def test_resolve_subfolder(hub_env: FakeHub, tiny_adapters) -> None:
     sha = hub_env.add_repo("alice/many", files)
     resolved = resolve_adapter_ref("hf://alice/many/adapters/sst2")
     assert resolved.subfolder == "adapters/sst2" and resolved.commit_sha == sha
+    assert resolved.license is None  # the repo has no README.md
     assert resolved.local_dir.parts[-2:] == ("adapters", "sst2")
     assert sorted(p.name for p in resolved.local_dir.iterdir()) == ADAPTER_FILES
     assert (resolved.local_dir / "adapter_model.safetensors").read_bytes() == files["adapters/sst2/adapter_model.safetensors"]
@@ -181,7 +190,7 @@ def test_resolve_errors(hub_env: FakeHub, tiny_adapters) -> None:
         assert expected in one_line(error), (ref, str(error.value))
         assert "hf_invalid" not in str(error.value) and BOB_TOKEN not in str(error.value)
     statuses = {(r.path, r.status) for r in hub_env.requests}
-    assert ("/api/models/alice/secret/revision/main", 401) in statuses
+    assert {("/api/models/alice/secret/revision/main", 401), ("/api/models/alice/secret/revision/main", 404)} & statuses
     assert ("/api/models/alice/gated/revision/main", 403) in statuses
 
     # With the right token the private and gated repos resolve.
@@ -348,7 +357,7 @@ def test_write_model_card_keeps_user_readme(tiny_adapters, tmp_path) -> None:
         write_model_card(folder)
     assert written.read_text() == "# My own card\n"
     assert GENERATED_MARKER in write_model_card(folder, force=True).read_text()
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"]
+    assert sorted(p.name for p in folder.iterdir()) == FOLDER_FILES
 
 
 # ----------------------------------------------------------------------------------- pushing
@@ -365,12 +374,12 @@ def test_push_uploads_folder_with_model_card(hub_env: FakeHub, tiny_adapters, tm
     assert repo.private is False
     remote = hub_env.files_at("alice/composed")
     local = FakeHub.folder_files(folder)
-    assert sorted(remote) == [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"]
+    assert sorted(remote) == [".gitattributes", *FOLDER_FILES]
     for name in ("README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"):
         assert remote[name] == local[name], name
     assert result.commit_sha == repo.branches["main"]
     assert result.commit_url == f"{hub_env.url}/alice/composed/commit/{result.commit_sha}"
-    assert result.files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"]
+    assert result.files == FOLDER_FILES
     assert result.card_written and result.revision is None and result.pr_url is None
     assert repo.commits[result.commit_sha].message == "adaptermath: cls + 0.3*(tgt - src)"
 
@@ -429,7 +438,7 @@ def test_push_dry_run_uploads_and_writes_nothing(hub_env: FakeHub, tiny_adapters
     before = FakeHub.folder_files(folder)
     result = push_folder(folder, "alice/composed", dry_run=True, token=ALICE_TOKEN)
     assert result.dry_run and result.commit_sha is None
-    assert result.files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "adaptermath.json"]
+    assert result.files == FOLDER_FILES
     assert result.card == render_model_card(record, json.loads(before["adapter_config.json"]), repo_id="alice/composed")
     assert FakeHub.folder_files(folder) == before
     assert hub_env.requests == [] and "alice/composed" not in hub_env.repos
@@ -491,7 +500,8 @@ def test_cli_push_json_never_shows_the_token(hub_env: FakeHub, tiny_adapters, tm
     folder, _ = composed_folder(tmp_path, tiny_adapters)
     runner = CliRunner()
     env = {"MY_WRITE_TOKEN": ALICE_TOKEN}
-    run = runner.invoke(main, ["push", str(folder), "--repo", "alice/cli", "--private", "--token-env", "MY_WRITE_TOKEN", "--json"], env=env)
+    token_args = ["--token-env", "MY_WRITE_TOKEN"]
+    run = runner.invoke(main, ["push", str(folder), "--repo", "alice/cli", "--private", *token_args, "--json"], env=env)
     assert run.exit_code == 0, run.output
     payload = json.loads(run.stdout)
     assert payload["commit_sha"] == hub_env.repos["alice/cli"].branches["main"]
@@ -500,7 +510,7 @@ def test_cli_push_json_never_shows_the_token(hub_env: FakeHub, tiny_adapters, tm
     assert ALICE_TOKEN not in (folder / "README.md").read_text()
     assert all(r.user == "alice" for r in hub_env.requests)
 
-    human = runner.invoke(main, ["push", str(folder), "--repo", "alice/cli", "--revision", "v2", "--token-env", "MY_WRITE_TOKEN"], env=env)
+    human = runner.invoke(main, ["push", str(folder), "--repo", "alice/cli", "--revision", "v2", *token_args], env=env)
     assert human.exit_code == 0, human.output
     assert hub_env.repos["alice/cli"].branches["v2"] in human.stdout
     assert ALICE_TOKEN not in human.stdout + human.stderr
@@ -522,3 +532,27 @@ def test_cli_push_dry_run_and_errors(hub_env: FakeHub, tiny_adapters, tmp_path) 
 
     bad = runner.invoke(main, ["push", str(folder), "--repo", "alice/cli"], env={"HF_TOKEN": "hf_wrong"})
     assert bad.exit_code == 2 and "401 Unauthorized" in bad.stderr and "hf_wrong" not in bad.stderr + bad.stdout
+
+
+def test_compose_hub_input_and_push(hub_env: FakeHub, tiny_adapters, tmp_path, monkeypatch) -> None:
+    """``compose`` with an hf:// operand and ``--push``: the commit sha reaches the provenance and the card."""
+    from adaptermath.cli.main import main
+
+    sha = seed_adapter_repo(hub_env, "alice/a", tiny_adapters["lora"])
+    monkeypatch.setenv("HF_TOKEN", ALICE_TOKEN)
+    output = tmp_path / "merged"
+    run = CliRunner().invoke(
+        main,
+        ["compose", "0.5*a + 0.5*b", "-a", "a=hf://alice/a", "-a", f"b={tiny_adapters['lora2']}",
+         "-o", str(output), "--push", "alice/merged", "--json"],
+    )
+    assert run.exit_code == 0, run.output
+    provenance = json.loads((output / "adaptermath.json").read_text())
+    hub_input = next(entry for entry in provenance["inputs"] if entry["name"] == "a")
+    assert (hub_input["ref"], hub_input["revision"], hub_input["commit_sha"]) == ("hf://alice/a", "main", sha)
+    remote = hub_env.files_at("alice/merged")
+    assert remote["adapter_model.safetensors"] == (output / "adapter_model.safetensors").read_bytes()
+    assert remote["adaptermath.json"] == (output / "adaptermath.json").read_bytes()
+    card = ModelCard(remote["README.md"].decode())
+    assert "`0.5*a + 0.5*b`" in card.text and sha in card.text
+    assert ALICE_TOKEN not in run.stdout + run.stderr

@@ -16,7 +16,9 @@ from ..common import console, err_console, json_option, print_json
 
 @main.command("push")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--repo", "repo_id", required=True, metavar="OWNER/NAME", help="Model repository to push to (created when missing).")
+@click.option(
+    "--repo", "repo_id", required=True, metavar="OWNER/NAME", help="Model repository to push to (created when missing)."
+)
 @click.option("--private", is_flag=True, help="Create the repository as private; refuse to push to an existing public one.")
 @click.option("--revision", metavar="BRANCH", help="Branch to commit to (created from main when missing).")
 @click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing to it.")
