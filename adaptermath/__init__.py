@@ -18,6 +18,7 @@ from .expression import LinearCombination, parse_expression  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
+from .sweep import sweep  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -33,4 +34,5 @@ __all__ = [
     "load_adapter",
     "negate",
     "parse_expression",
+    "sweep",
 ]

@@ -10,6 +10,8 @@ import click
 from adaptermath import __version__
 from adaptermath.errors import AdapterMathError
 
+from rich.markup import escape
+
 from .common import err_console
 
 
@@ -23,7 +25,7 @@ class AdapterMathGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = str(exc).replace("\n", " ")
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
 
 

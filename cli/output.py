@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from adaptermath.compose import ComposedAdapter
@@ -60,5 +61,5 @@ def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json
         table.add_row("[bold]pushed[/]", str(payload["push"].get("commit_url") or payload["push"].get("pr_url") or push))
     console.print(table)
     for warning in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     return payload

@@ -1,0 +1,195 @@
+"""Sweeps: grid parsing, the choice of λ on validation, test scores and baselines, resume after an
+interruption, and an end-to-end sweep on a tiny model checked against fresh PEFT models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+import adaptermath as am
+from adaptermath.errors import AdapterMathError, OutputExistsError
+from adaptermath.sweep import SweepPlan, parse_grid, run_sweep, sweep
+from evaluation_tiny import tiny_llama, word_tokenizer
+
+
+def test_parse_grid():
+    assert parse_grid(["λ=0:0.2:0.05"]) == {"λ": [0.0, 0.05, 0.1, 0.15, 0.2]}
+    assert parse_grid(["λ=0:1:0.3"]) == {"λ": [0.0, 0.3, 0.6, 0.9]}
+    assert parse_grid(["a=0.1,0.5", "b=1:2:1"]) == {"a": [0.1, 0.5], "b": [1.0, 2.0]}
+    for bad in ["λ", "λ=", "λ=0:1", "λ=1:0:0.1", "λ=0:1:0", "λ=x,y"]:
+        with pytest.raises(AdapterMathError):
+            parse_grid([bad])
+    with pytest.raises(AdapterMathError, match="twice"):
+        parse_grid(["a=1", "a=2"])
+
+
+def fake_scoring(calls: list):
+    """attach/evaluate stand-ins: the 'accuracy' of a composed adapter is a function of its
+    coefficient on t, peaking at 0.3 — so the right λ is known in advance."""
+
+    def attach(composed):
+        return composed
+
+    def evaluate(composed, split):
+        calls.append(split)
+        c = composed.coefficients.get("t", 0.0)
+        return {"accuracy": 1.0 - (c - 0.3) ** 2 - (0.01 if split == "test" else 0.0), "name": "fake"}
+
+    return attach, evaluate
+
+
+def plan_for(tiny) -> SweepPlan:
+    operands = {n: am.load_adapter(tiny[p]) for n, p in (("cls", "lora_a"), ("t", "lora_b"), ("s", "lora_c"))}
+    return SweepPlan("cls + λ*(t - s)", operands, {"λ": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]}, {})
+
+
+def test_sweep_picks_best_on_validation_and_scores_baselines(tiny):
+    calls: list[str] = []
+    attach, evaluate = fake_scoring(calls)
+    result = run_sweep(plan_for(tiny), attach=attach, evaluate=evaluate, metric="accuracy", direction="max")
+    assert result.best_point == {"λ": 0.3}
+    labels = [r.label for r in result.test]
+    assert labels == ["best", "λ=0", "operand:cls", "operand:t", "operand:s"]
+    assert calls.count("val") == 6 and calls.count("test") == 5
+    by_label = {r.label: r for r in result.test}
+    assert by_label["best"].metrics["accuracy"] == pytest.approx(1.0 - 0.01)
+    assert by_label["operand:t"].metrics["accuracy"] == pytest.approx(1.0 - 0.49 - 0.01)
+    rows = result.to_csv().splitlines()
+    assert rows[0].startswith("split,label,λ,expression") and len(rows) == 12
+    assert json.loads(json.dumps(result.to_dict()))["best_point"] == {"λ": 0.3}
+    minimal = run_sweep(plan_for(tiny), attach=attach, evaluate=evaluate, metric="accuracy", direction="min", baselines=False)
+    assert minimal.best_point == {"λ": 0.0} and [r.label for r in minimal.test] == ["best"]
+
+
+def test_interrupted_sweep_resumes_from_its_results_file(tiny, tmp_path):
+    results = tmp_path / "sweep.jsonl"
+    calls: list[str] = []
+    attach, evaluate = fake_scoring(calls)
+
+    def flaky(composed, split):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(composed, split)
+
+    fingerprint = {"run": 1}
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan_for(tiny), attach=attach, evaluate=flaky, metric="accuracy", direction="max",
+                  results=results, fingerprint=fingerprint)
+    with open(results, "a") as handle:
+        handle.write('{"split": "val", "torn')  # an interrupted write
+    done_before = len(calls)
+    resumed_from: list[bool] = []
+    result = run_sweep(plan_for(tiny), attach=attach, evaluate=evaluate, metric="accuracy", direction="max",
+                       results=results, fingerprint=fingerprint, on_record=lambda r, cached: resumed_from.append(cached))
+    assert done_before == 3 and len(calls) - done_before == 11 - 3
+    assert resumed_from[:3] == [True, True, True] and not any(resumed_from[3:])
+    assert result.best_point == {"λ": 0.3}
+    assert len(results.read_text().splitlines()) == 1 + 11
+    with pytest.raises(OutputExistsError, match="different sweep"):
+        run_sweep(plan_for(tiny), attach=attach, evaluate=evaluate, metric="accuracy", direction="max",
+                  results=results, fingerprint={"run": 2})
+
+
+# --------------------------------------------------------------------------- end to end
+
+WORDS = {"positive": ["great", "good", "wonderful", "fun", "loved"], "negative": ["awful", "terrible", "boring", "dull", "hated"]}
+
+
+def write_data(path: Path, seed: int) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(12):
+        label = "positive" if i % 2 else "negative"
+        word = WORDS[label][int(torch.randint(0, 5, (1,), generator=generator))]
+        rows.append({"text": f"the movie was {word}", "label": label})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    base = root / "base"
+    tiny_llama(seed=0).save_pretrained(base)
+    word_tokenizer("causal").save_pretrained(base)
+    adapters = {}
+    for seed, name in enumerate(["cls", "t", "s"], start=1):
+        model = tiny_llama(seed=0)
+        torch.manual_seed(0)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for pname, param in peft_model.named_parameters():
+                if param.requires_grad:
+                    param.add_((0.05 if "lora_A" in pname else 1.0) * torch.randn(param.shape, generator=generator))
+        peft_model.save_pretrained(root / name)
+        adapters[name] = root / name
+    return {"base": base, "adapters": adapters, "val": write_data(root / "val.jsonl", 1), "test": write_data(root / "test.jsonl", 2)}
+
+
+def test_end_to_end_sweep_matches_fresh_peft_models(word_model, tmp_path):
+    options = dict(labels="negative,positive", template="{text} sentiment :")
+    result = sweep("cls + λ*(t - s)", word_model["adapters"], base=word_model["base"], task="classification",
+                   grid=["λ=0:1:0.5"], val=word_model["val"], test=word_model["test"], results=tmp_path / "r.jsonl",
+                   **options)
+    from adaptermath.evaluation import evaluate_classification, load_records
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(word_model["base"])
+    for record in result.validation + [r for r in result.test if r.label == "best"]:
+        out = am.compose("cls + λ*(t - s)", word_model["adapters"], variables=record.point).save(tmp_path / f"p{len(list(tmp_path.iterdir()))}")
+        fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(word_model["base"]), str(out)).eval()
+        data = load_records(word_model["val"] if record.split == "val" else word_model["test"])
+        expected = evaluate_classification(fresh, tokenizer, data, **options).to_dict()
+        assert record.metrics["accuracy"] == expected["accuracy"]
+        assert record.metrics["macro_f1"] == pytest.approx(expected["macro_f1"])
+    accuracies = [r.metrics["accuracy"] for r in result.validation]
+    assert result.best_validation().metrics["accuracy"] == max(accuracies)
+    assert result.best_point == result.validation[accuracies.index(max(accuracies))].point
+    assert {r.label for r in result.test} == {"best", "λ=0", "operand:cls", "operand:t", "operand:s"}
+    # The same sweep again is served from the results file.
+    served: list[bool] = []
+    sweep("cls + λ*(t - s)", word_model["adapters"], base=word_model["base"], task="classification",
+          grid=["λ=0:1:0.5"], val=word_model["val"], test=word_model["test"], results=tmp_path / "r.jsonl",
+          on_record=lambda r, cached: served.append(cached), **options)
+    assert served and all(served)
+
+
+def test_grid_must_cover_the_free_variables(word_model):
+    with pytest.raises(AdapterMathError, match="no grid for λ"):
+        sweep("cls + λ*(t - s)", word_model["adapters"], base=word_model["base"], task="classification",
+              grid=["μ=0,1"], val=word_model["val"], labels="negative,positive")
+
+
+def test_sweep_cli_writes_results_and_resumes(word_model, tmp_path):
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    a = word_model["adapters"]
+    args = ["sweep", "cls + λ*(t - s)", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "-a", f"s={a['s']}",
+            "--base", str(word_model["base"]), "--task", "classification", "--grid", "λ=0,0.5",
+            "--val", str(word_model["val"]), "--test", str(word_model["test"]), "--labels", "negative,positive",
+            "--template", "{text} sentiment :", "-o", str(tmp_path / "out"), "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert len(summary["validation"]) == 2 and {t["label"] for t in summary["test"]} >= {"best", "λ=0"}
+    assert (tmp_path / "out" / "sweep.csv").read_text().startswith("split,label,λ")
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert saved["best_point"] == summary["best_point"]
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "out" / "sweep.png").is_file()
+    except ImportError:
+        assert summary["plot"] is None
+        human = CliRunner().invoke(main, args[:-1])
+        assert human.exit_code == 0 and "adaptermath[plot]" in human.stderr
+    again = CliRunner().invoke(main, args)
+    assert json.loads(again.stdout)["validation"] == summary["validation"]
+    changed = CliRunner().invoke(main, [*args[:-3], "--labels", "negative,positive", "-o", str(tmp_path / "out"), "--limit", "4"])
+    assert changed.exit_code == 2 and "different sweep" in changed.stderr
