@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -31,9 +33,11 @@ from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
 from .algebra.lowrank import lowrank_relative_difference, lowrank_svd
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
+from .algebra.truncation import RankPolicy, dense_to_lora
 from .errors import AdapterMathError, CompositionError
 from .expression import LinearCombination, parse_expression
 from .io import SafetensorsStreamWriter, atomic_output_dir
+from .methods import get_method, module_generator
 from .modules import Ia3Module, LoraModule
 
 SPACES = ("param", "delta")
@@ -54,8 +58,31 @@ class ComposeOptions:
     heads: str | None = None
     dtype: str | None = None
     diagnostic_threshold: float = DEFAULT_DIAGNOSTIC_THRESHOLD
+    method: str = "linear"  # a name in adaptermath.methods; non-linear methods work on ΔW (space "delta")
+    method_options: Mapping[str, Any] = field(default_factory=dict)  # resolved (see MergeMethod.resolve_options)
+    energy: float | None = None  # keep the singular values holding this share of ‖ΔW‖² (per module)
+    max_rank: int | None = None  # cap on every output rank
+
+    @property
+    def rank_policy(self) -> RankPolicy:
+        return RankPolicy(rank=self.rank, energy=self.energy, max_rank=self.max_rank)
+
+    @property
+    def uses_rank_policy(self) -> bool:
+        """True when LoRA modules go through :meth:`ComposedAdapter._policy_module` (method or rank policy)."""
+        return not get_method(self.method).exact_linear or self.energy is not None or self.max_rank is not None
+
+    def validate_method(self, kind: str) -> None:
+        """Checks for ``method``, ``energy`` and ``max_rank`` (the linear checks are in :meth:`validate`)."""
+        method = get_method(self.method)
+        self.rank_policy.validate()
+        if method.exact_linear and (self.energy is not None or self.max_rank is not None) and self.space != "delta":
+            raise CompositionError("--energy and --max-rank compress a delta-space result; add --space delta (or use a --method)")
+        if kind == "ia3" and (self.energy is not None or self.max_rank is not None or self.rank is not None):
+            raise CompositionError("--rank, --energy and --max-rank apply to LoRA only; (IA)^3 vectors have no rank")
 
     def validate(self, kind: str) -> None:
+        self.validate_method(kind)
         if self.space not in SPACES:
             raise CompositionError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
         if self.negate_factor not in ("A", "B"):
@@ -169,7 +196,13 @@ class ComposedAdapter:
         return sorted(keys, key=natural_key)
 
     def _plan_ranks(self) -> None:
+        self._ranks_known = self.kind != "lora" or not self.options.rank_policy.data_dependent
         if self.kind != "lora":
+            return
+        if self.options.uses_rank_policy:
+            for name in self.module_names:
+                planned = self._policy_plan(name)[0]  # with energy, replaced by the kept rank when computed
+                self._ranks[name] = (planned, float(planned))
             return
         for name in self.module_names:
             ops = [op for op, _ in self._terms_for(name)]
@@ -208,7 +241,14 @@ class ComposedAdapter:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The output's ``adapter_config.json``: the first operand's config, made coherent."""
+        """The output's ``adapter_config.json``: the first operand's config, made coherent.
+
+        With ``energy`` the ranks are known only once the tensors are computed: :meth:`save`
+        writes the config after the tensors; asking for it earlier runs one computing pass.
+        """
+        if not self._ranks_known:
+            for _ in self.iter_tensors():
+                pass
         cfg = json.loads(json.dumps(self.first.config))
         cfg["base_model_name_or_path"] = self.base_model
         cfg["inference_mode"] = True
@@ -236,7 +276,8 @@ class ComposedAdapter:
         return self.adapters[op].modules[name]
 
     def _lora_config(self, cfg: dict[str, Any], explicit_targets: bool) -> None:
-        if self.options.space == "param" or (self.single_operand and self.options.rank is None):
+        own_scaling = self.options.space == "param" or (self.single_operand and self.options.rank is None)
+        if own_scaling and not self.options.uses_rank_policy:  # rank-policy factors carry scaling 1 (α = r)
             use_rslora = bool(self.first.config.get("use_rslora", False))
             keep = not explicit_targets and all(
                 lora_rank_and_alpha(self.first.config, n) == (r, a) for n, (r, a) in self._ranks.items()
@@ -277,7 +318,10 @@ class ComposedAdapter:
                 yield from self._lora_module(name, terms, dtype)  # type: ignore[arg-type]
             else:
                 info = self.first_info(name)
-                vector = ia3_combine(terms)  # type: ignore[arg-type]
+                if get_method(self.options.method).exact_linear:
+                    vector = ia3_combine(terms)  # type: ignore[arg-type]
+                else:  # l = 1 + method(cᵢ, lᵢ − 1)
+                    vector = 1.0 + self._dense_method(name, [(c, m.deviation()) for c, m in terms])  # type: ignore[union-attr]
                 self.report.modules[name] = ModuleReport()
                 yield KEY_PREFIX + info.key, vector.reshape(info.shape).to(dtype)
             if progress:
@@ -287,8 +331,12 @@ class ComposedAdapter:
             if progress:
                 progress(len(self.module_names) + index + 1, total, key)
         self._finish_report()
+        self._ranks_known = True
 
     def _lora_module(self, name: str, terms: list[tuple[float, LoraModule]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.options.uses_rank_policy:
+            yield from self._policy_module(name, terms, dtype)
+            return
         info = self.first_info(name)
         assert isinstance(info, LoraModuleInfo)
         report = ModuleReport()
@@ -316,6 +364,50 @@ class ComposedAdapter:
         self.report.modules[name] = report
         a_shape = (A.shape[0], *info.a_shape[1:])
         b_shape = (B.shape[0], B.shape[1], *info.b_shape[2:])
+        yield KEY_PREFIX + info.a_key, A.reshape(a_shape).to(dtype).contiguous()
+        yield KEY_PREFIX + info.b_key, B.reshape(b_shape).to(dtype).contiguous()
+
+    def _policy_plan(self, name: str) -> tuple[int, int, int]:
+        """(planned rank, default rank Σrᵢ, largest useful rank) of a module under the rank policy."""
+        infos = [self.adapters[op].modules[name] for op, _ in self._terms_for(name)]
+        total = sum(i.rank for i in infos)  # type: ignore[union-attr]
+        limit = min(infos[0].in_features, infos[0].out_features)  # type: ignore[union-attr]
+        if get_method(self.options.method).exact_linear:
+            limit = min(limit, total)  # an exact sum of rank-rᵢ updates has rank ≤ Σrᵢ
+        return self.options.rank_policy.planned(total, limit), total, limit
+
+    def _dense_method(self, name: str, terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+        """Apply the non-linear method to one module's dense updates, with the module's generator."""
+        method = get_method(self.options.method)
+        seed = int(self.options.method_options.get("seed", 0))
+        generator = module_generator(seed, name) if method.uses_generator else None
+        return method(terms, self.options.method_options, generator)
+
+    def _policy_module(self, name: str, terms: list[tuple[float, LoraModule]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """A LoRA module under a method or rank policy: ΔW → method → LoRA factors of the chosen rank.
+
+        Linear: the exact factored sum is compressed by :func:`lowrank_svd` (never dense). Other
+        methods: ΔWᵢ = sᵢ·Bᵢ·Aᵢ are formed for this module only, combined, and re-emitted by
+        :func:`dense_to_lora`. The kept rank and the relative error go to the report.
+        """
+        info = self.first_info(name)
+        assert isinstance(info, LoraModuleInfo)
+        policy = self.options.rank_policy
+        _, default, limit = self._policy_plan(name)
+        if get_method(self.options.method).exact_linear:
+            exact_A, exact_B = delta_space_lora(terms)
+            svd = lowrank_svd(exact_B, exact_A)
+            rank = min(policy.for_spectrum(svd.S, svd.energy, default, limit) or limit, len(svd.S))
+            B, A = svd.factors(rank)
+            error = svd.relative_error(rank)
+        else:
+            combined = self._dense_method(name, [(c, module.delta()) for c, module in terms])
+            factors = dense_to_lora(combined, policy, default_rank=default, generator=module_generator(0, name + "/svd"))
+            B, A, rank, error = factors.B, factors.A, factors.rank, factors.relative_error
+        self._ranks[name] = (rank, float(rank))
+        self.report.modules[name] = ModuleReport(rank=rank, relative_error=error)
+        a_shape = (rank, *info.a_shape[1:])
+        b_shape = (B.shape[0], rank, *info.b_shape[2:])
         yield KEY_PREFIX + info.a_key, A.reshape(a_shape).to(dtype).contiguous()
         yield KEY_PREFIX + info.b_key, B.reshape(b_shape).to(dtype).contiguous()
 
@@ -355,11 +447,14 @@ class ComposedAdapter:
             "coefficients": dict(self.coefficients),
             "variables": dict(self.variables),
             "space": self.options.space,
-            "method": "linear",
+            "method": self.options.method,
             "options": {
                 "negate_factor": self.options.negate_factor,
                 "normalize": self.options.normalize,
                 "rank": self.options.rank,
+                "energy": self.options.energy,
+                "max_rank": self.options.max_rank,
+                "method_options": dict(self.options.method_options),
                 "heads": self.options.heads,
                 "dtype": self.options.dtype,
             },
@@ -381,6 +476,12 @@ class ComposedAdapter:
             "evaluation": [],
         }
 
+    @property
+    def streams_small_tensors(self) -> bool:
+        """True when every module is computed from its factors (never a dense out×in matrix): such
+        small, memory-bound operations run best on one torch thread, leaving a core for hashing."""
+        return get_method(self.options.method).exact_linear
+
     def save(self, output: str | Path, *, force: bool = False, progress: ProgressCallback | None = None,
              recipe: Mapping[str, Any] | None = None) -> Path:
         """Write a PEFT adapter folder atomically: config, safetensors (streamed), provenance."""
@@ -388,14 +489,32 @@ class ComposedAdapter:
         for name, adapter in self.adapters.items():
             if output.resolve() == adapter.path.resolve():
                 raise CompositionError(f"output {output} is the folder of operand {name!r}; choose another output")
-        with atomic_output_dir(output, force=force) as tmp:
+        with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher:
+            # The inputs' sha256 (for the provenance) is computed on another core while tensors stream.
+            hashes = [hasher.submit(adapter.file_hashes) for adapter in self.adapters.values()]
             keys = self.tensor_keys()
-            with SafetensorsStreamWriter(tmp / "adapter_model.safetensors", keys, metadata={"format": "pt"}) as writer:
+            with _torch_threads(1 if self.streams_small_tensors else None), \
+                    SafetensorsStreamWriter(tmp / "adapter_model.safetensors", keys, metadata={"format": "pt"}) as writer:
                 for key, tensor in self.iter_tensors(progress):
                     writer.add(key, tensor)
+            for done in hashes:
+                done.result()
             write_json(tmp / "adapter_config.json", self.config)
             write_json(tmp / PROVENANCE_NAME, self.provenance(recipe))
         return output
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run a block with ``count`` torch threads (None: leave the setting alone), then restore it."""
+    previous = torch.get_num_threads()
+    if count is not None and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -469,6 +588,10 @@ def compose(
     dtype: str | None = None,
     diagnostic_threshold: float = DEFAULT_DIAGNOSTIC_THRESHOLD,
     allow_pickle: bool = False,
+    method: str = "linear",
+    method_options: Mapping[str, Any] | None = None,
+    energy: float | None = None,
+    max_rank: int | None = None,
 ) -> ComposedAdapter:
     """Evaluate ``expression`` over the adapters in ``operands`` (name → Adapter, folder or hf:// ref).
 
@@ -476,8 +599,20 @@ def compose(
     optionally normalised so that Σ|cᵢ| = 1, and evaluated in ``space`` ("param": the paper's
     operators; "delta": exact ΔW arithmetic, optionally compressed to ``rank``). Nothing is
     computed until the result is saved or materialised.
+
+    ``method`` picks a merge method from :mod:`adaptermath.methods` (``linear``, ``ties``,
+    ``dare``, ``dare_ties``, ``magnitude_prune``, ``ext_sub``) with ``method_options`` (e.g.
+    ``{"density": 0.2}``, ``{"drop": 0.9, "seed": 1}``; a numeric option may name a variable, and
+    one not given takes a variable of its name from ``variables``, so sweeps can grid over it).
+    Non-linear methods combine each module's dense ΔWᵢ and re-emit LoRA factors by truncated SVD
+    (always delta space). ``energy`` keeps, per module, the singular values holding that share of
+    ‖ΔW‖², ``max_rank`` caps every rank; both apply to delta-space linear composes too.
     """
     variables = dict(variables or {})
+    merge_method = get_method(method)
+    resolved_options = merge_method.resolve_options(method_options, variables)
+    if not merge_method.exact_linear:
+        space = "delta"
     operand_names = list(operands)
     if isinstance(expression, LinearCombination):
         combination = expression
@@ -490,10 +625,12 @@ def compose(
     if clash:
         raise AdapterMathError(f"{clash[0]!r} is both an adapter and a variable")
     coefficients = _coefficients(combination, variables, normalize)
+    merge_method.check_coefficients(coefficients.values())
     adapters: dict[str, Adapter] = {}
     for name in combination.operands:
         value = operands[name]
         adapters[name] = value if isinstance(value, Adapter) else load_adapter(value, allow_pickle=allow_pickle)
     options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
-                             dtype=dtype, diagnostic_threshold=diagnostic_threshold)
+                             dtype=dtype, diagnostic_threshold=diagnostic_threshold, method=method,
+                             method_options=resolved_options, energy=energy, max_rank=max_rank)
     return ComposedAdapter(combination, coefficients, adapters, options, variables)

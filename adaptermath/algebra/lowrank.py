@@ -23,10 +23,13 @@ def lowrank_relative_difference(P1: torch.Tensor, Q1: torch.Tensor, P2: torch.Te
 
     Returns 0 when both products are zero and ``inf`` when only the reference is zero.
     """
-    P = torch.cat([P1.double(), -P2.double()], dim=1)
-    Q = torch.cat([Q1.double(), Q2.double()], dim=0)
-    diff = lowrank_frobenius_norm(P, Q)
-    ref = lowrank_frobenius_norm(P2, Q2)
+    # One pair of Gram matrices serves both norms: ‖P2·Q2‖² is the sum over their lower-right block.
+    P = torch.cat([P1, -P2], dim=1).double()
+    Q = torch.cat([Q1, Q2], dim=0).double()
+    products = (P.T @ P) * (Q @ Q.T)
+    r1 = P1.shape[1]
+    diff = float(torch.sqrt(torch.clamp(products.sum(), min=0.0)))
+    ref = float(torch.sqrt(torch.clamp(products[r1:, r1:].sum(), min=0.0)))
     if ref == 0.0:
         return 0.0 if diff == 0.0 else float("inf")
     return diff / ref
