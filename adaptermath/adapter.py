@@ -48,9 +48,9 @@ _UNSUPPORTED_KEYS = {
     "hada_w": "LoHa",
     "lokr_w": "LoKr",
 }
+# LyCORIS types read through adaptermath.formats (re-emitted exactly as LoRA; delta space only).
+LYCORIS_TYPES = ("LOHA", "LOKR")
 _UNSUPPORTED_TYPES = {
-    "LOHA": "LoHa",
-    "LOKR": "LoKr",
     "OFT": "OFT",
     "BOFT": "BOFT",
     "ADALORA": "AdaLoRA",
@@ -186,6 +186,11 @@ class LoraModuleInfo:
     rank: int
     alpha: float
     scaling: float
+    # Set when the module is stored in another parametrisation (LoHa, LoKr) and re-emitted
+    # exactly as LoRA factors on read (adaptermath.formats.reemit): a_key/b_key then name the
+    # output's LoRA tensors and source_keys the stored ones, as (PEFT tensor name, key) pairs.
+    source_format: str = ""
+    source_keys: tuple[tuple[str, str], ...] = ()
 
     @property
     def in_features(self) -> int:
@@ -235,6 +240,12 @@ class Adapter:
     _tensors: _TensorSource | None = field(default=None, repr=False)
     _key_map: dict[str, str] = field(default_factory=dict, repr=False)
     _hashes: dict[str, str] | None = field(default=None, repr=False)
+    # What is on disk (adaptermath.formats): "peft-lora" | "peft-ia3" | "peft-loha" | "peft-lokr" |
+    # "kohya" | "diffusers". LoHa/LoKr and Stable-Diffusion LoRA files present themselves to the
+    # algebra as LoRA (``kind`` "lora", ``config`` a LoRA config); ``source_config`` is the
+    # file's own config when it differs (LoHa/LoKr).
+    format: str = "peft-lora"
+    source_config: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- properties
     @property
@@ -287,6 +298,10 @@ class Adapter:
         info = self.modules.get(name)
         if info is None:
             raise AdapterLoadError(f"{self.source or self.path}: no target module named {name!r}")
+        if isinstance(info, LoraModuleInfo) and info.source_format:
+            from .formats.reemit import reemit_module
+
+            return reemit_module(info, self.tensor)
         if isinstance(info, LoraModuleInfo):
             a = self.tensor(info.a_key)
             b = self.tensor(info.b_key)
@@ -319,6 +334,8 @@ class Adapter:
 
     # ----------------------------------------------------------------- files
     def files(self) -> dict[str, Path]:
+        if self.path == self.weights_file:  # a single-file format (kohya / diffusers LoRA file)
+            return {self.weights_file.name: self.weights_file}
         return {CONFIG_NAME: self.path / CONFIG_NAME, self.weights_file.name: self.weights_file}
 
     def file_hashes(self) -> dict[str, str]:
@@ -344,7 +361,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _info_keys(info: ModuleInfo) -> list[str]:
-    return [info.a_key, info.b_key] if isinstance(info, LoraModuleInfo) else [info.key]
+    if isinstance(info, LoraModuleInfo):
+        return [key for _, key in info.source_keys] if info.source_keys else [info.a_key, info.b_key]
+    return [info.key]
 
 
 # --------------------------------------------------------------------------- loading
@@ -369,6 +388,10 @@ def load_adapter(ref: str | Path, *, allow_pickle: bool = False) -> Adapter:
         path = Path(ref).expanduser()
         if path.is_file() and path.name in (CONFIG_NAME, SAFETENSORS_NAME, PICKLE_NAME):
             path = path.parent
+        elif path.is_file() and path.suffix == ".safetensors":
+            from .formats.lora_file import load_lora_file
+
+            return load_lora_file(path, source=source)
     if not path.exists():
         raise AdapterLoadError(f"{source}: no such adapter folder")
     if not path.is_dir():
@@ -377,9 +400,16 @@ def load_adapter(ref: str | Path, *, allow_pickle: bool = False) -> Adapter:
     weights, tensors = _open_weights(path, source, allow_pickle)
     key_map = {(k[len(KEY_PREFIX):] if k.startswith(KEY_PREFIX) else k): k for k in tensors.keys()}
     kind, modules, extra = _layout(config, key_map, tensors, source)
+    peft_type = str(config["peft_type"]).upper()
+    source_config = None
+    if peft_type in LYCORIS_TYPES:
+        from .formats.reemit import reemitted_lora_config
+
+        source_config, config = config, reemitted_lora_config(config, modules)
     return Adapter(
         path=path, config=config, kind=kind, modules=modules, extra_keys=extra, weights_file=weights,
         source=source, revision=revision, commit_sha=commit_sha, _tensors=tensors, _key_map=key_map,
+        format=f"peft-{peft_type.lower()}", source_config=source_config,
     )
 
 
@@ -395,9 +425,9 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} must hold a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type in _UNSUPPORTED_TYPES:
-        raise UnsupportedAdapterError(f"{source}: {_UNSUPPORTED_TYPES[peft_type]} adapters are not supported (peft_type {peft_type}); supported: LORA, IA3")
-    if peft_type not in ("LORA", "IA3"):
-        raise UnsupportedAdapterError(f"{source}: unsupported peft_type {config.get('peft_type')!r}; supported: LORA, IA3")
+        raise UnsupportedAdapterError(f"{source}: {_UNSUPPORTED_TYPES[peft_type]} adapters are not supported (peft_type {peft_type}); supported: LORA, IA3, LOHA, LOKR")
+    if peft_type not in ("LORA", "IA3", *LYCORIS_TYPES):
+        raise UnsupportedAdapterError(f"{source}: unsupported peft_type {config.get('peft_type')!r}; supported: LORA, IA3, LOHA, LOKR")
     if peft_type == "LORA":
         if config.get("use_dora"):
             raise UnsupportedAdapterError(f"{source}: DoRA adapters (use_dora=true) are not supported: their update is not a plain low-rank product")
@@ -430,6 +460,10 @@ def _layout(
 ) -> tuple[str, dict[str, ModuleInfo], list[str]]:
     peft_type = str(config["peft_type"]).upper()
     keys = sorted(prefixed, key=natural_key)
+    if peft_type in LYCORIS_TYPES:
+        from .formats.reemit import lycoris_layout
+
+        return "lora", *lycoris_layout(config, keys, prefixed, tensors, source)
     for key in keys:
         for fragment, variant in _UNSUPPORTED_KEYS.items():
             if fragment in key:

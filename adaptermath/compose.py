@@ -36,6 +36,7 @@ from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, par
 from .algebra.truncation import RankPolicy, dense_to_lora
 from .errors import AdapterMathError, CompositionError
 from .expression import LinearCombination, parse_expression
+from .formats.compat import check_composable, uses_format_writer
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .methods import get_method, module_generator
 from .modules import Ia3Module, LoraModule
@@ -143,6 +144,7 @@ class ComposedAdapter:
         self.options = options
         self.variables = dict(variables)
         self.kind = _common_kind(adapters)
+        check_composable(adapters, options.space)  # LoHa/LoKr: delta space only; one module-naming style
         options.validate(self.kind)
         self.base_model = _common_base_model(adapters)
         self.module_names = _module_union(adapters)
@@ -483,8 +485,17 @@ class ComposedAdapter:
         return get_method(self.options.method).exact_linear
 
     def save(self, output: str | Path, *, force: bool = False, progress: ProgressCallback | None = None,
-             recipe: Mapping[str, Any] | None = None) -> Path:
-        """Write a PEFT adapter folder atomically: config, safetensors (streamed), provenance."""
+             recipe: Mapping[str, Any] | None = None, format: str | None = None) -> Path:
+        """Write a PEFT adapter folder atomically: config, safetensors (streamed), provenance.
+
+        ``format`` ("peft" | "kohya" | "diffusers"; default: the first operand's) picks the output
+        format; kohya/diffusers results are single ``.safetensors`` files keeping the first
+        operand's metadata (see :mod:`adaptermath.formats.writers`).
+        """
+        if uses_format_writer(self.adapters, format):
+            from .formats.writers import save_composed_file
+
+            return save_composed_file(self, output, format, force=force, progress=progress, recipe=recipe)
         output = Path(output).expanduser()
         for name, adapter in self.adapters.items():
             if output.resolve() == adapter.path.resolve():

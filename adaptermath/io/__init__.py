@@ -1,6 +1,6 @@
-"""Writing at the edges: streamed safetensors files and atomic output folders."""
+"""Writing at the edges: streamed safetensors files and atomic output folders and files."""
 
-from .atomic import atomic_output_dir
+from .atomic import atomic_output_dir, atomic_output_file
 from .safetensors_stream import SafetensorsStreamWriter
 
-__all__ = ["atomic_output_dir", "SafetensorsStreamWriter"]
+__all__ = ["atomic_output_dir", "atomic_output_file", "SafetensorsStreamWriter"]

@@ -47,3 +47,30 @@ def atomic_output_dir(output: str | Path, *, force: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_output_file(output: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to ``output``; on success it replaces ``output`` (``os.replace``).
+
+    An existing ``output`` is replaced only with ``force=True`` and never when it is a folder. On
+    any error the temporary file is removed and the existing output, if any, is untouched.
+    """
+    output = Path(output)
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{output} already exists; pass --force (force=True) to replace it")
+        if output.is_dir():
+            raise OutputExistsError(f"{output} exists and is a folder; remove it first or choose a file name")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written to {tmp}")
+        if (output.exists() or output.is_symlink()) and not force:
+            raise OutputExistsError(f"{output} already exists; pass --force (force=True) to replace it")
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
