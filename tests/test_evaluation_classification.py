@@ -1,0 +1,164 @@
+"""Classification evaluators against scores the tests compute themselves from raw logits.
+
+The independent computation runs every (prompt, label) pair alone -- no padding, no batching,
+full logits -- and sums the label tokens' log-probabilities by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from evaluation_tiny import (  # one_torch_thread: autouse fixture
+    one_torch_thread,  # noqa: F401
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_t5,
+    word_tokenizer,
+)
+
+from adaptermath.errors import AdapterMathError, DataError
+from adaptermath.evaluation import evaluate_classification
+
+TEXTS = [
+    "the movie was great",
+    "i hated it",
+    "boring plot and dull acting",
+    "fun story , i loved it",
+    "ok",
+    "the book was not really good",
+    "wonderful film , great acting and a fun plot",
+    "awful",
+    "i liked the queen",
+    "so so boring",
+]
+GOLD = ["positive", "negative", "negative", "positive", "neutral", "negative", "positive", "negative", "positive", "neutral"]
+RECORDS = [{"text": text, "label": label} for text, label in zip(TEXTS, GOLD)]
+TEMPLATE = "review : {text} sentiment :"
+
+
+def causal_label_score(model, tokenizer, prompt: str, label: str) -> float:
+    """Σ log p(label tokens | prompt), from one unpadded forward pass."""
+    prompt_ids = tokenizer(prompt).input_ids  # with the tokenizer's own BOS
+    label_ids = tokenizer(" " + label, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt_ids + label_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0], dim=-1)
+    return sum(log_probs[len(prompt_ids) - 1 + j, token].item() for j, token in enumerate(label_ids))
+
+
+def assert_close(actual: list[list[float]], expected: list[list[float]]) -> None:
+    torch.testing.assert_close(torch.tensor(actual), torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def expected_predictions(scores: list[list[float]], labels: list[str]) -> list[str]:
+    return [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
+
+
+def hand_accuracy(predictions: list[str], gold: list[str]) -> float:
+    return sum(p == g for p, g in zip(predictions, gold)) / len(gold)
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama-rope", "gpt2-absolute-positions"])
+@pytest.mark.parametrize(
+    "labels",
+    [["negative", "positive", "neutral"], ["not good", "very good", "so so"]],
+    ids=["single-token", "multi-token"],
+)
+def test_rank_classification_equals_scores_from_raw_logits(build, labels: list[str]) -> None:
+    model = build(seed=3)  # a seed whose random model predicts more than one label
+    tokenizer = word_tokenizer("causal")
+    label_of = dict(zip(["negative", "positive", "neutral"], labels))
+    records = [{"text": r["text"], "label": label_of[r["label"]]} for r in RECORDS]
+    result = evaluate_classification(model, tokenizer, records, labels=labels, template=TEMPLATE, batch_size=4)
+
+    prompts = [TEMPLATE.format(text=text) for text in TEXTS]
+    expected = [[causal_label_score(model, tokenizer, prompt, label) for label in labels] for prompt in prompts]
+    assert_close(result.scores, expected)
+    predictions = expected_predictions(expected, labels)
+    assert len(set(predictions)) > 1, "the random model should not predict one label for everything"
+    assert result.predictions == predictions
+    gold = [label_of[g] for g in GOLD]
+    assert result.gold == gold
+    assert result.accuracy == pytest.approx(hand_accuracy(predictions, gold))
+
+
+def test_batch_size_and_length_normalisation() -> None:
+    model, tokenizer = tiny_llama(), word_tokenizer("causal")
+    labels = ["bad", "very good", "not really ok"]  # 1, 2 and 3 tokens
+    records = [{"text": r["text"], "label": "bad"} for r in RECORDS]
+    one = evaluate_classification(model, tokenizer, records, labels=labels, template=TEMPLATE, batch_size=1)
+    many = evaluate_classification(model, tokenizer, records, labels=labels, template=TEMPLATE, batch_size=7)
+    assert_close(many.scores, one.scores)
+    normalised = evaluate_classification(
+        model, tokenizer, records, labels=labels, template=TEMPLATE, length_normalize=True
+    )
+    lengths = [1, 2, 3]
+    assert_close(normalised.scores, [[score / length for score, length in zip(row, lengths)] for row in one.scores])
+
+
+def test_seq2seq_rank_classification_scores_the_label_as_decoder_target() -> None:
+    model, tokenizer = tiny_t5(seed=1), word_tokenizer("seq2seq")
+    labels = ["negative", "positive", "very good"]
+    records = [{"text": r["text"], "label": "negative"} for r in RECORDS]
+    result = evaluate_classification(model, tokenizer, records, labels=labels, batch_size=5)
+    expected = []
+    for text in TEXTS:
+        row = []
+        encoder = torch.tensor([tokenizer(text).input_ids])  # text </s>
+        for label in labels:
+            target = torch.tensor([tokenizer(label).input_ids])  # label </s>
+            with torch.no_grad():
+                logits = model(input_ids=encoder, labels=target).logits[0]
+            log_probs = torch.log_softmax(logits, dim=-1)
+            row.append(sum(log_probs[j, token].item() for j, token in enumerate(target[0].tolist())))
+        expected.append(row)
+    assert result.method == "rank-seq2seq"
+    assert_close(result.scores, expected)
+    predictions = expected_predictions(expected, labels)
+    assert len(set(predictions)) > 1
+    assert result.predictions == predictions
+
+
+def test_encoder_head_argmax() -> None:
+    model, tokenizer = tiny_bert(num_labels=3, seed=1), word_tokenizer("encoder")
+    labels = ["negative", "positive", "neutral"]
+    result = evaluate_classification(model, tokenizer, RECORDS, labels=labels, batch_size=3)
+    expected = []
+    for text in TEXTS:
+        with torch.no_grad():
+            expected.append(model(torch.tensor([tokenizer(text).input_ids])).logits[0].tolist())
+    assert result.method == "head"
+    assert_close(result.scores, expected)
+    predictions = expected_predictions(expected, labels)
+    assert len(set(predictions)) > 1
+    assert result.predictions == predictions
+    assert result.accuracy == pytest.approx(hand_accuracy(predictions, GOLD))
+    # Without --labels the head's own names are used (config.id2label).
+    model.config.id2label = {0: "negative", 1: "positive", 2: "neutral"}
+    assert evaluate_classification(model, tokenizer, RECORDS).predictions == predictions
+
+
+def test_to_dict_holds_every_metric() -> None:
+    model, tokenizer = tiny_llama(), word_tokenizer("causal")
+    result = evaluate_classification(model, tokenizer, RECORDS, labels="negative,positive,neutral", template=TEMPLATE)
+    data = result.to_dict()
+    assert set(data) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "predictions", "gold", "scores"}
+    assert sum(map(sum, data["confusion_matrix"])) == len(RECORDS)
+    assert data["num_examples"] == len(RECORDS)
+
+
+def test_misuse_is_a_one_line_error() -> None:
+    model, tokenizer = tiny_llama(), word_tokenizer("causal")
+    with pytest.raises(DataError, match="needs the label verbalisations"):
+        evaluate_classification(model, tokenizer, RECORDS, template=TEMPLATE)
+    with pytest.raises(DataError, match="unknown label 'neutral'"):
+        evaluate_classification(model, tokenizer, RECORDS, labels="negative,positive", template=TEMPLATE)
+    with pytest.raises(DataError, match="no label field 'gold'"):
+        evaluate_classification(model, tokenizer, RECORDS, labels="negative,positive,neutral", label_field="gold")
+    with pytest.raises(DataError, match="needs a model with a classification head"):
+        evaluate_classification(model, tokenizer, RECORDS, labels="negative,positive,neutral", method="head")
+    with pytest.raises(DataError, match="2 labels given but the head has 3"):
+        evaluate_classification(tiny_bert(3), word_tokenizer("encoder"), RECORDS, labels="a,b")
+    with pytest.raises(AdapterMathError):
+        evaluate_classification(model, tokenizer, [], labels="a,b")
