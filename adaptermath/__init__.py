@@ -5,7 +5,8 @@
     >>> merged.save("./merged")            # a PEFT adapter folder, with adaptermath.json provenance
 
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
-:func:`negate`, :func:`compare`, :func:`inspect_adapter`.
+:func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`
+(other formats: :mod:`adaptermath.formats`).
 """
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
+from .formats import convert, detect_format  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
@@ -30,6 +32,8 @@ __all__ = [
     "__version__",
     "compare",
     "compose",
+    "convert",
+    "detect_format",
     "inspect_adapter",
     "load_adapter",
     "negate",

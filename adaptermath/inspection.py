@@ -9,6 +9,7 @@ from typing import Any
 
 from .adapter import Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter
 from .compose import PROVENANCE_NAME
+from .formats.detect import describe_format
 
 
 def inspect_adapter(ref: str | Path | Adapter, *, norms: bool = True, allow_pickle: bool = False) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def inspect_adapter(ref: str | Path | Adapter, *, norms: bool = True, allow_pick
         "weights_file": adapter.weights_file.name,
         "modules_to_save": adapter.config.get("modules_to_save"),
         "extra_tensors": list(adapter.extra_keys),
+        "format": adapter.format,  # peft-lora | peft-ia3 | peft-loha | peft-lokr | kohya | diffusers (docs/formats.md)
+        "format_description": describe_format(adapter.format).description,
     }
     if adapter.kind == "lora":
         lora = [i for i in infos if isinstance(i, LoraModuleInfo)]

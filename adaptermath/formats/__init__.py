@@ -10,7 +10,7 @@
 """
 
 from .convert import ConversionResult, convert, read_module_names
-from .detect import FormatInfo, detect_format
+from .detect import FormatInfo, describe_format, detect_format
 from .loha import loha_to_lora
 from .lokr import lokr_to_lora
 from .textual_inversion import Embedding, compose_embeddings, load_embedding, save_embedding
@@ -21,6 +21,7 @@ __all__ = [
     "FormatInfo",
     "compose_embeddings",
     "convert",
+    "describe_format",
     "detect_format",
     "load_embedding",
     "loha_to_lora",

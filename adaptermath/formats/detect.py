@@ -48,6 +48,11 @@ DESCRIPTIONS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+def describe_format(name: str) -> FormatInfo:
+    """The :class:`FormatInfo` of a format name (e.g. an ``Adapter.format``)."""
+    return _info(name) if name in DESCRIPTIONS else FormatInfo(name, name, "unknown", False)
+
+
 def _info(name: str, detail: str | None = None) -> FormatInfo:
     kind, description, supported = DESCRIPTIONS[name]
     return FormatInfo(name, f"{description} ({detail})" if detail else description, kind, supported)

@@ -143,11 +143,12 @@ def _coefficients(combination: LinearCombination, variables: Mapping[str, float]
 
 def compose_embeddings(expression: str | LinearCombination, operands: Mapping[str, Embedding | str | Path], *,
                        variables: Mapping[str, float] | None = None, token: str | None = None,
-                       allow_pickle: bool = False) -> Embedding:
+                       normalize: bool = False, allow_pickle: bool = False) -> Embedding:
     """V = Σ cᵢ·Vᵢ per slot for the expression's normal form Σ cᵢ·Xᵢ (exact; float32, then the first's dtype).
 
-    The result keeps the first operand's format, shapes, metadata and token name (``token``
-    overrides it) and records its provenance, written on :func:`save_embedding`.
+    ``normalize`` rescales the coefficients so that Σ|cᵢ| = 1. The result keeps the first
+    operand's format, shapes, metadata and token name (``token`` overrides it) and records its
+    provenance, written by :func:`save_embedding`.
     """
     variables = dict(variables or {})
     combination = expression if isinstance(expression, LinearCombination) else parse_expression(expression, list(operands))
@@ -155,6 +156,11 @@ def compose_embeddings(expression: str | LinearCombination, operands: Mapping[st
     if unused:
         raise AdapterMathError(f"embedding {unused[0]!r} is given but not used in the expression")
     coefficients = _coefficients(combination, variables)
+    if normalize:
+        total = sum(abs(c) for c in coefficients.values())
+        if total == 0:
+            raise CompositionError("cannot normalise: every coefficient is zero")
+        coefficients = {name: c / total for name, c in coefficients.items()}
     loaded = {name: operands[name] if isinstance(operands[name], Embedding) else load_embedding(operands[name], allow_pickle=allow_pickle)  # type: ignore[arg-type]
               for name in combination.operands}
     first_name, first = next(iter(loaded.items()))
@@ -235,3 +241,33 @@ def save_embedding(embedding: Embedding, output: str | Path, *, format: str | No
                 metadata[PROVENANCE_KEY] = json.dumps(embedding.provenance, sort_keys=True, ensure_ascii=False)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata or None)
     return output
+
+
+def is_embedding_file(path: str | Path, *, allow_pickle: bool = False) -> bool:
+    """True when ``path`` is a textual-inversion embedding file (by its header, or by unpickling with ``allow_pickle``)."""
+    from .detect import detect_format
+
+    return detect_format(path, allow_pickle=allow_pickle).kind == "embedding"
+
+
+def compose_embedding_files(expression: str, operands: Mapping[str, str | Path], output: str | Path, *,
+                            variables: Mapping[str, float] | None = None, token: str | None = None,
+                            normalize: bool = False, force: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
+    """Compose embedding files and save the result to ``output`` (the ``adaptermath compose`` path for embeddings).
+
+    Returns a JSON-ready summary: output, token, format, normal form, coefficients, vector shapes.
+    """
+    result = compose_embeddings(expression, operands, variables=variables, token=token, normalize=normalize,
+                                allow_pickle=allow_pickle)
+    written = save_embedding(result, output, force=force)
+    assert result.provenance is not None
+    return {
+        "output": str(written),
+        "type": "textual-inversion embedding",
+        "format": result.format,
+        "token": result.token,
+        "expression": result.provenance["expression"],
+        "normal_form": result.provenance["normal_form"],
+        "coefficients": result.provenance["coefficients"],
+        "slots": {slot: list(t.shape) for slot, t in result.vectors.items()},
+    }

@@ -42,11 +42,12 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @click.option("--push", metavar="OWNER/NAME", default=None, help="Push the result to this Hub repository.")
 @click.option("--private", is_flag=True, help="With --push: create the repository as private.")
+@click.option("--token", default=None, help="Textual-inversion embeddings: the result's token name (default: the first's).")
 @json_option
 def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
                     variables: tuple[str, ...], force: bool, allow_pickle: bool, push: str | None, private: bool,
-                    as_json: bool) -> None:
+                    token: str | None, as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
 
     EXPRESSION is linear in the adapters: numbers, + - * / and parentheses, with free variables
@@ -62,10 +63,59 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
       adaptermath compose "(1+0.4)*alpaca - 0.4*toxic" --negate-factor A \\
           -a alpaca=./alpaca -a toxic=./toxic -o detox
       adaptermath compose "a + b" -a a=./a -a b=./b --space delta --rank 16 -o merged16
+      adaptermath compose "0.6*s + 0.4*d" -a s=style.safetensors -a d=detail.safetensors --space delta -o mix.safetensors
+      adaptermath compose "0.5*cat + 0.5*dog" -a cat=cat.safetensors -a dog=dog.safetensors -o catdog.safetensors
+
+    Operands may also be LoHa/LoKr folders (delta space only), Stable-Diffusion LoRA files in
+    kohya or diffusers keys (the result is written in the first one's format), or, all of them,
+    textual-inversion embeddings (docs/formats.md).
     """
     operands = parse_assignments(adapters, "--adapter")
+    if _all_embeddings(operands, allow_pickle):
+        _compose_embeddings(expression, operands, output, variables=parse_variables(variables), token=token,
+                            normalize=normalize, force=force, allow_pickle=allow_pickle, as_json=as_json,
+                            adapter_only={"--rank": rank, "--heads": heads, "--dtype": dtype, "--push": push})
+        return
+    if token is not None:
+        raise AdapterMathError("--token applies to textual-inversion embeddings only")
     result = compose_adapters(
         expression, operands, variables=parse_variables(variables), space=space, negate_factor=negate_factor,
         normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle,
     )
     save_composed(result, output, force=force, as_json=as_json, push=push, private=private)
+
+# ------------------------------------------------------------------ textual-inversion embeddings
+# (adaptermath.formats.textual_inversion; they are not adapters of modules, so they take this path)
+
+
+def _all_embeddings(operands: dict[str, str], allow_pickle: bool) -> bool:
+    from adaptermath.formats.textual_inversion import is_embedding_file
+
+    return bool(operands) and all(not p.startswith("hf://") and is_embedding_file(p, allow_pickle=allow_pickle)
+                                  for p in operands.values())
+
+
+def _compose_embeddings(expression: str, operands: dict[str, str], output: Path, *, variables: dict[str, float],
+                        token: str | None, normalize: bool, force: bool, allow_pickle: bool, as_json: bool,
+                        adapter_only: dict[str, object]) -> None:
+    from rich.table import Table
+
+    from adaptermath.formats.textual_inversion import compose_embedding_files
+
+    from ..common import console, print_json
+
+    given = [option for option, value in adapter_only.items() if value is not None]
+    if given:
+        raise AdapterMathError(f"{given[0]} applies to adapters, not to textual-inversion embeddings")
+    payload = compose_embedding_files(expression, operands, output, variables=variables, token=token,
+                                      normalize=normalize, force=force, allow_pickle=allow_pickle)
+    if as_json:
+        print_json(payload)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("[bold]normal form[/]", payload["normal_form"])
+    table.add_row("[bold]type[/]", f"textual-inversion embedding ({payload['format']})")
+    table.add_row("[bold]token[/]", payload["token"])
+    table.add_row("[bold]vectors[/]", ", ".join(f"{slot} {'×'.join(map(str, shape))}" for slot, shape in payload["slots"].items()))
+    table.add_row("[bold]written[/]", payload["output"])
+    console.print(table)

@@ -26,7 +26,7 @@ def _size(n: int) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin with weights_only loading.")
 @json_option
 def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle: bool, as_json: bool) -> None:
-    """Describe the adapter at PATH (a folder or hf://owner/repo).
+    """Describe the adapter at PATH (a folder, a LoRA .safetensors file, an embedding, or hf://owner/repo).
 
     Type, base model, ranks, target modules, parameter count, dtype, size on disk and, per
     module, the Frobenius norm of its update (‖s·B·A‖ for LoRA, ‖l − 1‖ for (IA)^3).
@@ -36,12 +36,15 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
       adaptermath inspect ./my-lora
       adaptermath inspect ./my-lora --json | jq .ranks
     """
+    if _show_embedding(path, allow_pickle, as_json):
+        return
     info = inspect_adapter(path, norms=not no_norms, allow_pickle=allow_pickle)
     if as_json:
         print_json(info)
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("[bold]type[/]", info["type"])
+    table.add_row("[bold]format[/]", f"{info['format']} — {info['format_description']}")
     table.add_row("[bold]base model[/]", str(info["base_model"]))
     if info["type"] == "LoRA":
         ranks = ", ".join(f"r={r} ×{n}" for r, n in info["ranks"].items())
@@ -79,3 +82,26 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
                 cells.append(f"{row['norm']:.4g}")
             modules.add_row(*cells)
         console.print(modules)
+
+
+def _show_embedding(path: str, allow_pickle: bool, as_json: bool) -> bool:
+    """Textual-inversion embeddings are not adapters: describe them here (adaptermath.formats.textual_inversion)."""
+    from adaptermath.formats import detect_format, load_embedding
+
+    if path.startswith("hf://"):
+        return False
+    fmt = detect_format(path, allow_pickle=allow_pickle)
+    if fmt.kind != "embedding":
+        return False
+    info = {**load_embedding(path, allow_pickle=allow_pickle).describe(), "format_description": fmt.description}
+    if as_json:
+        print_json(info)
+        return True
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("[bold]type[/]", info["type"])
+    table.add_row("[bold]format[/]", f"{fmt.name} — {fmt.description}")
+    table.add_row("[bold]token[/]", info["token"])
+    for slot, shape in info["slots"].items():
+        table.add_row(f"[bold]{slot}[/]", f"{'×'.join(map(str, shape))} ({info['dtype']}), ‖V‖ = {info['norms'][slot]:.4g}")
+    console.print(table)
+    return True
