@@ -321,3 +321,16 @@ def test_peft_lora_of_a_bare_unet_converts_with_component(tmp_path):
                                      "lora_unet_down_blocks_0_resnets_0_conv1"]
     for name in source.modules:  # rsLoRA's α/√r becomes the plain α with the same scaling
         assert torch.allclose(kohya.module(dotted_to_kohya(name, component="unet")).delta(), source.module(name).delta(), atol=1e-6)
+
+
+def test_a_lora_file_and_a_differently_rooted_peft_adapter_do_not_mix(kohya_a, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    convert(kohya_a, tmp_path / "d.safetensors", to="diffusers")
+    get_peft_model(TinyPipeline().unet, LoraConfig(r=2, target_modules=["conv1"])).save_pretrained(tmp_path / "bare")
+    with pytest.raises(CompositionError, match="share no module") as info:
+        am.compose("a + b", {"a": tmp_path / "d.safetensors", "b": tmp_path / "bare"}, space="delta")
+    assert "--component unet" in str(info.value) and "\n" not in str(info.value)
+    convert(tmp_path / "bare", tmp_path / "rooted.safetensors", to="diffusers", component="unet")
+    merged = am.compose("a + b", {"a": tmp_path / "d.safetensors", "b": tmp_path / "rooted.safetensors"}, space="delta")
+    assert "unet.down_blocks.0.resnets.0.conv1" in merged.module_names and len(merged.module_names) == len(MODULES)

@@ -41,6 +41,26 @@ def check_composable(adapters: Mapping[str, Any], space: str) -> None:
             f"operand {kohya!r} is a kohya file and {dotted!r} uses diffusers/PEFT module names; "
             "convert one first (adaptermath convert FILE -o OUT --to diffusers, or --to kohya)"
         )
+    _check_roots(adapters)
+
+
+def _check_roots(adapters: Mapping[str, Any]) -> None:
+    """A LoRA file names modules from the pipeline (``unet.…``), a PEFT folder from its model; refuse
+    operands that then share no module and no root, which would only line up as zeros."""
+    if not any(getattr(a, "format", "") in FILE_FORMATS for a in adapters.values()):
+        return
+    items = list(adapters.items())
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
+            if set(a.modules) & set(b.modules):
+                continue
+            roots_a = {m.split(".", 1)[0] for m in a.modules}
+            roots_b = {m.split(".", 1)[0] for m in b.modules}
+            if not roots_a & roots_b:
+                raise CompositionError(
+                    f"operands {name_a!r} ({sorted(roots_a)[0]}.…) and {name_b!r} ({sorted(roots_b)[0]}.…) share no module; "
+                    "root the PEFT adapter's module paths first (adaptermath convert ADAPTER --to diffusers --component unet -o FILE)"
+                )
 
 
 def default_output_format(adapters: Mapping[str, Any]) -> str:
