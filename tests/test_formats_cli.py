@@ -71,6 +71,13 @@ def test_inspect_names_every_format(tmp_path):
         "textual-inversion embedding", "a1111", "tok", {"embedding": [2, 8]})
     code, out, _ = run("inspect", tmp_path / "loha", "--no-modules")
     assert code == 0 and "peft-loha" in out
+    save_file({"lora_unet_x.hada_w1_a": torch.ones(4, 2), "lora_unet_x.hada_w1_b": torch.ones(2, 4)}, str(tmp_path / "lyco.safetensors"))
+    torch.save({"<t>": torch.ones(4)}, tmp_path / "emb.bin")
+    for path, name in ((tmp_path / "lyco.safetensors", "lycoris"), (tmp_path / "emb.bin", "pickle")):
+        code, _, err = run("inspect", path)
+        assert code == 2 and f"{name} — " in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run("inspect", tmp_path / "emb.bin", "--allow-pickle", "--json")
+    assert code == 0 and json.loads(out)["format"] == "diffusers-bin" and json.loads(out)["token"] == "<t>"
 
 
 def test_compose_kohya_files_from_the_command_line_writes_kohya(tmp_path):

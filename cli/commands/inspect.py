@@ -86,11 +86,14 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
 
 def _show_embedding(path: str, allow_pickle: bool, as_json: bool) -> bool:
     """Textual-inversion embeddings are not adapters: describe them here (adaptermath.formats.textual_inversion)."""
+    from adaptermath.errors import AdapterMathError
     from adaptermath.formats import detect_format, load_embedding
 
     if path.startswith("hf://"):
         return False
     fmt = detect_format(path, allow_pickle=allow_pickle)
+    if fmt.name in ("lycoris", "peft-weights", "pickle"):  # recognised, not read: say what it is
+        raise AdapterMathError(f"{path}: {fmt.name} — {fmt.description}")
     if fmt.kind != "embedding":
         return False
     info = {**load_embedding(path, allow_pickle=allow_pickle).describe(), "format_description": fmt.description}
