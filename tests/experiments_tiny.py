@@ -44,7 +44,12 @@ def save_tiny_llama(folder: Path, seed: int = 0) -> Path:
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         pad_token_id=VOCAB["[PAD]"], bos_token_id=VOCAB["<s>"], eos_token_id=VOCAB["</s>"],
     )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # std 0.02 gives near-uniform predictions; larger weights give structure to adapt
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
     word_tokenizer("causal").save_pretrained(folder)
     return folder
 
