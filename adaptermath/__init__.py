@@ -5,7 +5,8 @@
     >>> merged.save("./merged")            # a PEFT adapter folder, with adaptermath.json provenance
 
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
-:func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`
+:func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
+:func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
 (other formats: :mod:`adaptermath.formats`).
 """
 
@@ -20,6 +21,7 @@ from .formats import convert, detect_format  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
+from .recipe import load_recipe, run_recipe  # noqa: E402
 from .sweep import sweep  # noqa: E402
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "detect_format",
     "inspect_adapter",
     "load_adapter",
+    "load_recipe",
     "negate",
     "parse_expression",
+    "run_recipe",
     "sweep",
 ]

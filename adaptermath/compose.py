@@ -439,8 +439,16 @@ class ComposedAdapter:
         return dict(self.iter_tensors(progress))
 
     # ------------------------------------------------------------------ provenance and saving
-    def provenance(self, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The ``adaptermath.json`` record: how this adapter was made, with each input's sha256."""
+    def provenance(self, recipe: Mapping[str, Any] | None = None, output: str | Path | None = None) -> dict[str, Any]:
+        """The ``adaptermath.json`` record: how this adapter was made, with each input's sha256.
+
+        ``recipe`` defaults to the one that rebuilds this adapter into ``output``
+        (:func:`adaptermath.recipe.recorded_recipe`).
+        """
+        if recipe is None:
+            from .recipe import recorded_recipe
+
+            recipe = recorded_recipe(self, output)
         return {
             "format": "adaptermath.provenance/1",
             "adaptermath_version": __version__,
@@ -474,7 +482,7 @@ class ComposedAdapter:
                 for name, adapter in self.adapters.items()
             ],
             "report": self.report.summary(),
-            "recipe": dict(recipe) if recipe is not None else None,
+            "recipe": dict(recipe),
             "evaluation": [],
         }
 
@@ -511,7 +519,7 @@ class ComposedAdapter:
             for done in hashes:
                 done.result()
             write_json(tmp / "adapter_config.json", self.config)
-            write_json(tmp / PROVENANCE_NAME, self.provenance(recipe))
+            write_json(tmp / PROVENANCE_NAME, self.provenance(recipe, output))
         return output
 
 
