@@ -108,16 +108,21 @@ _ST_DTYPES = {
 
 
 class _SafetensorsSource:
-    """Lazy, memory-mapped access to a safetensors file."""
+    """Lazy access to a safetensors file: the header through ``safe_open`` (which validates the
+    file), each tensor by a positioned read (:mod:`adaptermath.io.safetensors_read`), so pages
+    already used do not stay resident while a large model is streamed."""
 
     def __init__(self, path: Path):
         from safetensors import safe_open
+
+        from .io.safetensors_read import SafetensorsTensorReader
 
         self.path = path
         try:
             self._file = safe_open(str(path), framework="pt", device="cpu")
             self._keys = list(self._file.keys())
             self._meta = {k: self._file.get_slice(k) for k in self._keys}
+            self._reader = SafetensorsTensorReader(path)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise AdapterLoadError(f"{path}: not a readable safetensors file ({reason})") from None
@@ -136,7 +141,7 @@ class _SafetensorsSource:
 
     def get(self, key: str) -> torch.Tensor:
         try:
-            return self._file.get_tensor(key)
+            return self._reader.read_bytes(key).view(self.dtype(key)).reshape(self.shape(key))
         except Exception as exc:
             raise AdapterLoadError(f"{self.path}: cannot read tensor {key} ({exc})") from None
 
