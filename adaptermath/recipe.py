@@ -58,6 +58,14 @@ EVALUATION_TASKS = ("classification", "perplexity", "toxicity", "generate")
 SWEEP_TASKS = ("classification", "perplexity", "toxicity")
 MODEL_TYPES = ("auto", "causal-lm", "seq2seq", "seq-cls")
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
+# The metrics of each task recorded in the provenance (and so on the model card); the rest of an
+# evaluator's result (settings, counts, per-example outputs) stays out.
+EVALUATION_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "perplexity": ("perplexity", "mean_nll"),
+    "toxicity": ("mean_score", "share_above_threshold", "share_above_0.5"),
+    "generate": (),
+}
 # Evaluator arguments that are fields of their own (or filled in by adaptermath), not ``options``.
 _RESERVED_EVALUATOR_ARGUMENTS = {"model", "tokenizer", "data", "text", "progress", "text_field", "limit"}
 
@@ -884,9 +892,10 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
                      sweep=sweep_result, push=pushed)
 
 
-def _metrics(result: Mapping[str, Any]) -> dict[str, float | int]:
-    """The scalar numeric metrics of an evaluator's result (per-example lists and texts dropped)."""
-    return {key: value for key, value in result.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+def _metrics(task: str, result: Mapping[str, Any]) -> dict[str, float]:
+    """The task's metrics (:data:`EVALUATION_METRICS`) from an evaluator's result."""
+    return {key: float(result[key]) for key in EVALUATION_METRICS[task]
+            if isinstance(result.get(key), (int, float)) and not isinstance(result.get(key), bool)}
 
 
 def _public_name(value: str, local: bool) -> str:
@@ -915,14 +924,11 @@ def _evaluate(recipe: Recipe, spec: EvaluationSpec, output: Path, progress: Prog
     run = evaluate(base, str(output), task=spec.task, data=data, split=spec.split, dataset_config=spec.data_config,
                    limit=spec.limit, text_field=spec.text_field, model_type=spec.model_type, gguf_file=spec.gguf_file,
                    device=spec.device, dtype=spec.dtype, progress=advance, on_start=on_start, **dict(spec.options))
-    return {
-        "name": spec.name,
-        "task": spec.task,
-        "dataset": _public_name(spec.data, local),
-        "split": None if local else spec.split,
-        "config": spec.data_config,
-        "metrics": _metrics(run.result.to_dict()),
-    }
+    entry = {"name": spec.name, "task": spec.task, "dataset": _public_name(spec.data, local)}
+    if not local:  # a Hub dataset: its split and configuration say what was scored
+        entry.update({"split": spec.split, "config": spec.data_config} if spec.data_config else {"split": spec.split})
+    entry["metrics"] = _metrics(spec.task, run.result.to_dict())
+    return entry
 
 
 def _record_evaluation(output: Path, entries: list[dict[str, Any]]) -> None:

@@ -407,6 +407,7 @@ def test_sweep_then_build_then_evaluate_from_a_recipe(word_model, tmp_path, monk
     assert record["recipe"]["evaluation"][0]["data"] == "../test.txt"
     [entry] = record["evaluation"]
     assert entry["name"] == "test-ppl" and entry["dataset"] == "test.txt" and entry["task"] == "perplexity"
+    assert set(entry["metrics"]) == {"perplexity", "mean_nll"}
     assert entry["metrics"]["perplexity"] == pytest.approx(perplexity_of(root / "base", chosen, root / "test.txt"), rel=1e-5)
 
     # Rebuilding from the output (evaluation included) gives the same three files.

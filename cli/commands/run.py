@@ -102,6 +102,10 @@ def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry
       adaptermath run demo/merged/adaptermath.json --set output=../merged-again
     """
     loaded = load_recipe(recipe, overrides)
+    if loaded.sweep is not None or loaded.evaluation:
+        from .eval import _quiet_transformers
+
+        _quiet_transformers()
     if dry_run:
         plan = plan_recipe(loaded)
         if as_json:
