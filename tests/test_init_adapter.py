@@ -25,6 +25,15 @@ from experiments_tiny import save_tiny_bert, save_tiny_llama
 LORA = {"kind": "lora", "target_modules": ["q_proj", "v_proj"], "r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("llama") / "base")
@@ -54,7 +63,7 @@ def test_identical_across_processes_with_different_hash_seeds(llama: Path, tmp_p
     """PEFT writes target_modules from a set (hash order); the saved list must not depend on it."""
     targets = ["v_proj", "k_proj", "q_proj", "o_proj"]
     here = init_adapter(llama, tmp_path / "here", kind="lora", target_modules=targets, r=2, task_type="CAUSAL_LM", seed=1)
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
     code = "from adaptermath.cli.main import main; main()"
     command = [sys.executable, "-c", code, "init", str(llama), "-o", str(tmp_path / "there"), "--target-modules",
                ",".join(targets), "--r", "2", "--task-type", "CAUSAL_LM", "--seed", "1"]  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from adaptermath.errors import DataError, OutputExistsError
@@ -20,6 +21,15 @@ TEXTS = ["the cat sat on the mat .", "the dog ran .", "i liked the film , it was
 REVIEWS = ["the film was great", "the film was awful", "i liked it", "i hated it", "very good plot", "boring acting"]
 ROWS = [{"text": text, "label": int(any(word in text for word in ("great", "liked", "good")))} for text in REVIEWS] * 4
 TEMPLATE = "review : {text} sentiment :"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +59,10 @@ def _lm_batches(tokenizer, texts):
     return [{"input_ids": torch.tensor([block]), "labels": torch.tensor([block])} for block in blocks]
 
 
-@pytest.mark.parametrize("kind", ["lora", "ia3"])
-def test_lm_training_lowers_the_loss(models: dict[str, Path], tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "bf16"), [("lora", False), ("ia3", False), ("lora", True)])
+def test_lm_training_lowers_the_loss(models: dict[str, Path], tmp_path: Path, kind: str, bf16: bool) -> None:
     result = train_pem(models["llama"], models[kind], TEXTS, tmp_path / "out", objective="lm", steps=30, lr=0.05,
-                       batch_size=4, max_length=8, seed=0)  # fmt: skip
+                       batch_size=4, max_length=8, seed=0, bf16=bf16)  # fmt: skip
     assert not result.skipped and len(result.losses) == 30
     tokenizer = AutoTokenizer.from_pretrained(models["llama"])
     batches = _lm_batches(tokenizer, TEXTS)
@@ -62,7 +72,8 @@ def test_lm_training_lowers_the_loss(models: dict[str, Path], tmp_path: Path, ki
         losses[name] = _mean_loss(model, batches)
     assert losses["trained"] < losses["init"] - 0.5
     record = json.loads((result.output / "training.json").read_text())
-    assert record["key"]["objective"] == "lm" and record["tokens"] == 30 * 4 * 8
+    assert record["key"]["objective"] == "lm" and record["key"]["bf16"] is bf16 and record["tokens"] == 30 * 4 * 8
+    assert load_file(result.output / "adapter_model.safetensors").popitem()[1].dtype == torch.float32
 
 
 def test_packed_blocks_follow_the_token_stream(models: dict[str, Path]) -> None:

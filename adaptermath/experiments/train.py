@@ -257,6 +257,8 @@ def train_pem(
     template: str = "{text}",
     label_words: Sequence[str] = ("negative", "positive"),
     label_prefix: str = " ",
+    bf16: bool = False,
+    device: str = "cpu",
     num_threads: int | None = None,
     progress: Callable[[int, float], None] | None = None,
     force: bool = False,
@@ -265,8 +267,10 @@ def train_pem(
 
     ``data`` is a list of texts (or rows with ``text``) for ``objective="lm"``, rows with ``text``
     and an integer ``label`` for ``"classification"``. ``steps`` optimiser steps of ``batch_size``
-    examples of at most ``max_length`` tokens each. ``num_threads`` sets ``torch.set_num_threads``
-    for the run. ``progress(step, loss)`` is called after every step. See the module doc for the
+    examples of at most ``max_length`` tokens each. ``bf16`` runs forward and backward under
+    ``torch.autocast(dtype=bfloat16)`` (the adapter stays float32; about 1.6x faster for SmolLM2 on
+    a CPU with AVX512-BF16). ``device`` is where the model trains (``cpu``, ``cuda``, ...).
+    ``num_threads`` sets ``torch.set_num_threads`` for the run. ``progress(step, loss)`` is called after every step. See the module doc for the
     losses, the schedule and the cache rule; returns a :class:`TrainingResult`.
     """
     import torch
@@ -307,6 +311,7 @@ def train_pem(
         "warmup_steps": warmup_steps,
         "schedule": schedule,
         "max_grad_norm": max_grad_norm,
+        "bf16": bf16,
         "packing": packing if objective == "lm" else None,
         "template": template if objective == "classification" and not head else None,
         "label_words": list(label_words) if objective == "classification" and not head else None,
@@ -331,6 +336,11 @@ def train_pem(
         model = load_base_for_task(base_model_dir, task_type or "CAUSAL_LM", num_labels=num_labels or 2)
         with quiet_transformers():
             model = PeftModel.from_pretrained(model, str(init_dir), is_trainable=True)
+        try:
+            target = torch.device(device)
+            model.to(target)
+        except (RuntimeError, AssertionError) as exc:
+            raise DataError(f"cannot train on device {device!r}: {str(exc).splitlines()[0]}") from None
         pad_id = _pad_id(tokenizer)
 
         if objective == "lm":
@@ -378,7 +388,9 @@ def train_pem(
         started = time.perf_counter()
         for step in range(steps):
             batch = next(batches)
-            loss = model(**batch.inputs).loss
+            inputs = {name: value.to(target) for name, value in batch.inputs.items()}
+            with torch.autocast(device_type=target.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**inputs).loss
             if not torch.isfinite(loss):
                 raise DataError(f"the loss became {loss.item()} at step {step + 1}; lower the learning rate")
             loss.backward()
@@ -408,6 +420,7 @@ def train_pem(
             "seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else math.inf,
             "threads": torch.get_num_threads(),
+            "device": str(target),
             "versions": _versions(),
         }
         with atomic_output_dir(output, force=True) as staging:
