@@ -69,7 +69,7 @@ EVALUATION_METRICS: dict[str, tuple[str, ...]] = {
 # Evaluator arguments that are fields of their own (or filled in by adaptermath), not ``options``.
 _RESERVED_EVALUATOR_ARGUMENTS = {"model", "tokenizer", "data", "text", "progress", "text_field", "limit"}
 
-Path_ = tuple[Any, ...]  # a field's path in the recipe: ("options", "rank"), ("evaluation", 0, "task")
+FieldPath = tuple[Any, ...]  # a field's path in the recipe: ("options", "rank"), ("evaluation", 0, "task")
 ProgressCallback = Callable[[int, int, str], None]
 
 
@@ -222,17 +222,17 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def _dotted(path: Path_) -> str:
+def _dotted(path: FieldPath) -> str:
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, str]]:
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, str]]:
     """The document and, for every field path, where it was written (``"recipe.yaml line 7"``)."""
     loader = _RecipeLoader(text)
-    origins: dict[Path_, str] = {}
+    origins: dict[FieldPath, str] = {}
     try:
         node = loader.get_single_node()
         if node is None:
@@ -249,7 +249,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, str]]:
         loader.dispose()
 
 
-def _record_lines(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, origins: dict[Path_, str], source: str) -> None:
+def _record_lines(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath, origins: dict[FieldPath, str], source: str) -> None:
     origins.setdefault(path, f"{source} line {node.start_mark.line + 1}")
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -278,7 +278,7 @@ def _parse_value(text: str) -> Any:
         raise RecipeError(f"--set value {text!r} is not valid YAML (quote it)") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], origins: dict[Path_, str] | None = None) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], origins: dict[FieldPath, str] | None = None) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` overrides (``options.rank=8``, ``variables.λ=0.2``, ``evaluation.0.limit=10``) in place."""
     origins = origins if origins is not None else {}
     for item in overrides:
@@ -289,7 +289,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], origins: dic
         where = f"--set {item}"
         value = _parse_value(text)
         container: Any = data
-        path: Path_ = ()
+        path: FieldPath = ()
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             step: Any = part
@@ -332,20 +332,20 @@ def _describe(value: Any) -> str:
 class _Checker:
     """Type checks that raise one-line :class:`RecipeError` naming where and which field."""
 
-    def __init__(self, origins: Mapping[Path_, str], source: str):
+    def __init__(self, origins: Mapping[FieldPath, str], source: str):
         self.origins = origins
         self.source = source
 
-    def where(self, path: Path_) -> str:
+    def where(self, path: FieldPath) -> str:
         for end in range(len(path), -1, -1):
             if path[:end] in self.origins:
                 return self.origins[path[:end]]
         return self.source
 
-    def fail(self, path: Path_, message: str) -> RecipeError:
+    def fail(self, path: FieldPath, message: str) -> RecipeError:
         return RecipeError(f"{self.where(path)}: field '{_dotted(path)}': {message}")
 
-    def mapping(self, path: Path_, value: Any, allowed: Sequence[str], required: Sequence[str] = ()) -> dict[Any, Any]:
+    def mapping(self, path: FieldPath, value: Any, allowed: Sequence[str], required: Sequence[str] = ()) -> dict[Any, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, f"must be a mapping with fields {', '.join(allowed)} (got {_describe(value)})")
         for key in value:
@@ -358,7 +358,7 @@ class _Checker:
                 raise RecipeError(f"{self.where(path + (name,))}: missing field '{_dotted(path + (name,))}'")
         return value
 
-    def names(self, path: Path_, value: Any, what: str) -> dict[str, Any]:
+    def names(self, path: FieldPath, value: Any, what: str) -> dict[str, Any]:
         """A mapping whose keys are names (inputs, variables, grid)."""
         if value is None:
             return {}
@@ -370,7 +370,7 @@ class _Checker:
                                   "(letters, digits and _, not starting with a digit)")
         return value
 
-    def text(self, path: Path_, value: Any, *, optional: bool = False, choices: Sequence[str] = ()) -> Any:
+    def text(self, path: FieldPath, value: Any, *, optional: bool = False, choices: Sequence[str] = ()) -> Any:
         if value is None and optional:
             return None
         if not isinstance(value, str) or not value.strip():
@@ -379,12 +379,12 @@ class _Checker:
             raise self.fail(path, f"must be one of {', '.join(choices)} (got {value!r})")
         return value
 
-    def flag(self, path: Path_, value: Any) -> bool:
+    def flag(self, path: FieldPath, value: Any) -> bool:
         if not isinstance(value, bool):
             raise self.fail(path, f"must be true or false (got {_describe(value)})")
         return value
 
-    def integer(self, path: Path_, value: Any, *, minimum: int | None = None, optional: bool = False) -> Any:
+    def integer(self, path: FieldPath, value: Any, *, minimum: int | None = None, optional: bool = False) -> Any:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
@@ -393,7 +393,7 @@ class _Checker:
             raise self.fail(path, f"must be at least {minimum} (got {value})")
         return value
 
-    def number(self, path: Path_, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+    def number(self, path: FieldPath, value: Any, *, minimum: float | None = None, maximum: float | None = None,
                above: float | None = None, optional: bool = False) -> Any:
         if value is None and optional:
             return None
@@ -409,7 +409,7 @@ class _Checker:
 
 
 def recipe_from_dict(data: Any, *, folder: str | Path = ".", source: str = "<recipe>",
-                     overrides: Sequence[str] = (), origins: Mapping[Path_, str] | None = None) -> Recipe:
+                     overrides: Sequence[str] = (), origins: Mapping[FieldPath, str] | None = None) -> Recipe:
     """Validate recipe data (as :func:`recipe_to_dict` gives it, or parsed YAML) into a :class:`Recipe`.
 
     ``folder`` is what relative paths are relative to; ``origins`` maps field paths to where they
@@ -522,7 +522,7 @@ def _evaluator_parameters(task: str) -> list[str]:
     return [name for name in parameters if name not in _RESERVED_EVALUATOR_ARGUMENTS]
 
 
-def _check_evaluator_options(check: _Checker, path: Path_, task: str, options: Any) -> dict[str, Any]:
+def _check_evaluator_options(check: _Checker, path: FieldPath, task: str, options: Any) -> dict[str, Any]:
     options = check.names(path, options, "evaluator options to values")
     accepted = _evaluator_parameters(task)
     for name in options:
@@ -541,7 +541,7 @@ def _validate_evaluation(check: _Checker, value: Any) -> tuple[EvaluationSpec, .
     specs: list[EvaluationSpec] = []
     names: dict[str, int] = {}
     for index, item in enumerate(value):
-        path: Path_ = ("evaluation", index)
+        path: FieldPath = ("evaluation", index)
         check.mapping(path, item, EVALUATION_FIELDS, required=("task", "base", "data"))
         task = check.text(path + ("task",), item["task"], choices=EVALUATION_TASKS)
         name = check.text(path + ("name",), item.get("name") or task)
@@ -574,7 +574,7 @@ def _validate_grid(check: _Checker, value: Any) -> dict[str, tuple[float, ...]]:
         raise check.fail(("sweep", "grid"), "must give values for at least one variable")
     out: dict[str, tuple[float, ...]] = {}
     for name, values in grid.items():
-        path: Path_ = ("sweep", "grid", name)
+        path: FieldPath = ("sweep", "grid", name)
         if isinstance(values, str):
             try:
                 out[name] = tuple(parse_grid([f"{name}={values}"])[name])
@@ -591,7 +591,7 @@ def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables:
                     options: RecipeOptions) -> SweepSpec | None:
     if value is None:
         return None
-    path: Path_ = ("sweep",)
+    path: FieldPath = ("sweep",)
     check.mapping(path, value, SWEEP_FIELDS, required=("grid", "task", "base", "val", "results"))
     grid = _validate_grid(check, value["grid"])
     for name in grid:
@@ -629,7 +629,7 @@ def _validate_push(check: _Checker, value: Any) -> PushSpec | None:
 
     if value is None:
         return None
-    path: Path_ = ("push",)
+    path: FieldPath = ("push",)
     check.mapping(path, value, PUSH_FIELDS, required=("repo",))
     repo = check.text(path + ("repo",), value["repo"])
     try:
