@@ -416,7 +416,7 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
         # ``extras`` is filled when the factors are drained, before write_peft_folder iterates it.
         return write_peft_folder(output, plan, factors(), force=force, config=peft_config, metadata=meta,
                                  extras=extras, extra_keys=list(composed.extra_keys),
-                                 provenance=lambda: composed.provenance(recipe))
+                                 provenance=lambda: composed.provenance(recipe, output))
     kohya_alpha = None
     if fmt == "kohya":
         kohya_alpha = kohya_alpha_of(first) if first.format == "kohya" else KohyaAlpha(composed.output_dtype)
@@ -424,7 +424,7 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
     def final_metadata() -> dict[str, str]:
         meta = output_metadata(source_meta, first.format, fmt, plan, ranks())
         meta.pop(CONVERT_RECORD_KEY, None)  # a composed file is not a conversion of its first operand
-        meta[PROVENANCE_KEY] = json.dumps(composed.provenance(recipe), sort_keys=True, ensure_ascii=False)
+        meta[PROVENANCE_KEY] = json.dumps(composed.provenance(recipe, output), sort_keys=True, ensure_ascii=False)
         return meta
 
     return write_lora_file(output, plan, factors(), force=force, metadata=final_metadata, kohya_alpha=kohya_alpha, ranks=ranks)
