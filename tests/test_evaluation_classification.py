@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from evaluation_tiny import (  # one_torch_thread: autouse fixture
+    WORDS,
     one_torch_thread,  # noqa: F401
     tiny_bert,
     tiny_gpt2,
@@ -162,3 +163,53 @@ def test_misuse_is_a_one_line_error() -> None:
         evaluate_classification(tiny_bert(3), word_tokenizer("encoder"), RECORDS, labels="a,b")
     with pytest.raises(AdapterMathError):
         evaluate_classification(model, tokenizer, [], labels="a,b")
+
+
+def test_logit_selection_paths_agree() -> None:
+    """The three ways of asking for a few positions' logits give the same numbers."""
+    from adaptermath.evaluation.batching import keep_logits
+
+    model = tiny_llama()
+    ids = torch.tensor([[1, 6, 8, 11, 13, 20, 21, 30]])
+    positions = torch.arange(3, 7)
+    with torch.no_grad():
+        full = model(ids).logits
+        for accepted in ({"logits_to_keep"}, {"num_logits_to_keep"}, set()):
+            kwargs, pick = keep_logits(accepted, positions, ids.shape[1], torch.device("cpu"))
+            if "num_logits_to_keep" in kwargs:  # older transformers' name for an int logits_to_keep
+                kwargs = {"logits_to_keep": kwargs["num_logits_to_keep"]}
+            torch.testing.assert_close(pick(model(ids, **kwargs).logits), full[:, 3:7])
+
+
+def sentencepiece_like_tokenizer():
+    """Like Llama's: '▁' is prepended to every text, so ' positive' alone is ['▁', '▁positive']."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["[PAD]", "<s>", "</s>", "[UNK]", "▁", "▁."] + ["▁" + word for word in WORDS]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]")
+
+
+def test_labels_are_tokenized_as_they_follow_a_prompt() -> None:
+    from adaptermath.evaluation.classification import label_token_ids
+
+    tokenizer = sentencepiece_like_tokenizer()
+    vocab = tokenizer.get_vocab()
+    assert tokenizer(" positive", add_special_tokens=False).input_ids == [vocab["▁"], vocab["▁positive"]]
+    assert label_token_ids(tokenizer, ["positive", "very good"], " ") == [
+        [vocab["▁positive"]],
+        [vocab["▁very"], vocab["▁good"]],
+    ]
+    model = tiny_llama(seed=3)  # same vocabulary size (64) as the tiny tokenizers
+    labels = "negative,positive,neutral"
+    result = evaluate_classification(model, tokenizer, RECORDS[:4], labels=labels, template=TEMPLATE)
+    for row, record in zip(result.scores, RECORDS[:4]):
+        prompt_ids = tokenizer(TEMPLATE.format(text=record["text"])).input_ids
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([prompt_ids])).logits[0, -1], dim=-1)
+        expected = [log_probs[vocab["▁" + label]].item() for label in ("negative", "positive", "neutral")]
+        assert row == pytest.approx(expected, abs=1e-4)

@@ -8,7 +8,7 @@ tokenizer setting.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
@@ -65,6 +65,25 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         raise ValueError(f"batch size must be at least 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def keep_logits(
+    accepted: set[str], positions: torch.Tensor, width: int, device: torch.device
+) -> tuple[dict[str, Any], Callable[[torch.Tensor], torch.Tensor]]:
+    """Forward kwargs that make a causal LM compute logits only at ``positions`` (contiguous,
+    ascending indices into sequences of length ``width``), and a function that turns the returned
+    logits into exactly those positions.
+
+    ``logits_to_keep`` with a 1-D index tensor (transformers >= 4.50) projects only those
+    positions onto the vocabulary; older ``num_logits_to_keep`` keeps a suffix; otherwise all
+    logits are computed and the positions picked afterwards.
+    """
+    count = positions.numel()
+    if "logits_to_keep" in accepted:
+        return {"logits_to_keep": positions.to(device)}, lambda logits: logits
+    if "num_logits_to_keep" in accepted:
+        return {"num_logits_to_keep": width - int(positions[0])}, lambda logits: logits[:, :count]
+    return {}, lambda logits: logits[:, positions.to(logits.device)]
 
 
 def forward_parameters(model: Any) -> set[str]:

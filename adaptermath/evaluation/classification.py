@@ -8,7 +8,7 @@ score of a label is the log-likelihood of its tokens after the prompt,
 
 and the prediction is ``argmax_y s(y)``. Every label is scored exactly, token by token: for a
 causal LM the rows ``prompt + label`` are run left-padded (so all label tokens end the row) and only
-the last ``max |v(y)| + 1`` positions' logits are kept; when every label is a single token, one
+only the ``max |v(y)|`` positions that predict label tokens are projected onto the vocabulary; when every label is a single token, one
 forward pass per prompt scores all labels from the next-token distribution. For a seq2seq model
 the prompt goes to the encoder and the label is the decoder target (with the tokenizer's end token).
 
@@ -26,7 +26,16 @@ from typing import Any, Literal
 import torch
 
 from ..errors import DataError
-from .batching import chunks, encode, forward_parameters, inference, pad, position_ids, special_wrapping
+from .batching import (
+    chunks,
+    encode,
+    forward_parameters,
+    inference,
+    keep_logits,
+    pad,
+    position_ids,
+    special_wrapping,
+)
 from .data import Record, gold_labels, load_records, parse_labels, render_prompts
 from .metrics import ClassificationMetrics, classification_metrics
 from .models import input_device, model_kind, pad_id, unwrap
@@ -89,6 +98,31 @@ class RankBatch:
     single_token: bool
 
 
+_CONTEXT_PROBE = "."
+
+
+def label_token_ids(tokenizer: Any, labels: Sequence[str], prefix: str) -> list[list[int]]:
+    """The token ids of each ``prefix + label`` as they appear *after* some text.
+
+    Encoding ``" positive"`` alone is wrong for tokenizers that add a word-start marker to every
+    text (SentencePiece's dummy prefix gives ``["▁", "▁positive"]``); so each label is encoded
+    after a short context (``"."``) and the context's tokens are dropped. When the context does not
+    tokenize as a prefix (the label merged into it), the label is encoded alone.
+    """
+    context = encode(tokenizer, [_CONTEXT_PROBE])[0]
+    result = []
+    for label, alone, after in zip(
+        labels,
+        encode(tokenizer, [prefix + label for label in labels]),
+        encode(tokenizer, [_CONTEXT_PROBE + prefix + label for label in labels]),
+    ):
+        tokens = after[len(context) :] if after[: len(context)] == context and len(after) > len(context) else alone
+        if not tokens:
+            raise DataError(f"label {label!r} encodes to no tokens")
+        result.append(tokens)
+    return result
+
+
 def build_rank_batches(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -138,8 +172,20 @@ def build_rank_batches(
     return batches
 
 
-def rank_forward_kwargs(model: Any, batch: RankBatch, keep: int) -> dict[str, Any]:
-    """Keyword arguments of the forward pass for one rank batch (on the model's device)."""
+def label_positions(batch: RankBatch, longest_label: int) -> torch.Tensor:
+    """Positions whose logits rank classification needs: the last one when every label is a single
+    token, else the ``longest_label`` positions before the last (rows end with their label)."""
+    width = batch.input_ids.shape[1]
+    if batch.single_token:
+        return torch.tensor([width - 1])
+    return torch.arange(width - 1 - longest_label, width - 1)
+
+
+def rank_forward_kwargs(
+    model: Any, batch: RankBatch, longest_label: int
+) -> tuple[dict[str, Any], Callable[[torch.Tensor], torch.Tensor]]:
+    """Forward kwargs for one rank batch (on the model's device), and the function that maps the
+    returned logits to those at :func:`label_positions`."""
     device = input_device(model)
     accepted = forward_parameters(model)
     kwargs: dict[str, Any] = {
@@ -148,13 +194,10 @@ def rank_forward_kwargs(model: Any, batch: RankBatch, keep: int) -> dict[str, An
     }
     if "position_ids" in accepted:
         kwargs["position_ids"] = position_ids(batch.attention_mask).to(device)
-    if "logits_to_keep" in accepted:
-        kwargs["logits_to_keep"] = keep
-    elif "num_logits_to_keep" in accepted:
-        kwargs["num_logits_to_keep"] = keep
     if "use_cache" in accepted:
         kwargs["use_cache"] = False
-    return kwargs
+    keep_kwargs, pick = keep_logits(accepted, label_positions(batch, longest_label), batch.input_ids.shape[1], device)
+    return {**kwargs, **keep_kwargs}, pick
 
 
 def _score_causal(
@@ -169,11 +212,10 @@ def _score_causal(
     progress: Progress | None,
 ) -> list[list[float]]:
     scores = [[0.0] * len(label_tokens) for _ in prompts]
-    longest_label = max(len(tokens) for tokens in label_tokens)
-    keep = 1 if longest_label == 1 else longest_label + 1
+    longest = max(len(tokens) for tokens in label_tokens)
     for batch in build_rank_batches(tokenizer, prompts, label_tokens, batch_size=batch_size, max_length=max_length):
-        logits = model(**rank_forward_kwargs(model, batch, keep)).logits[:, -keep:, :]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        kwargs, pick = rank_forward_kwargs(model, batch, longest)
+        log_probs = torch.log_softmax(pick(model(**kwargs).logits).float(), dim=-1)
         for row, ((example, label), targets) in enumerate(zip(batch.rows, batch.targets)):
             if batch.single_token:
                 values = log_probs[row, -1, targets].tolist()
@@ -181,8 +223,8 @@ def _score_causal(
                     scores[example][position] = value
                 continue
             length = len(targets)
-            # Row ends with the label; logits at positions -length-1 .. -2 predict its tokens.
-            window = log_probs[row, keep - 1 - length : keep - 1, :]
+            # The row ends with its label; the last `length` kept positions predict its tokens.
+            window = log_probs[row, longest - length :, :]
             target = torch.tensor(targets, device=window.device).unsqueeze(-1)
             total = window.gather(-1, target).sum().item()
             scores[example][label] = total / length if length_normalize else total
@@ -327,10 +369,7 @@ def evaluate_classification(
                 progress=progress,
             )
         else:
-            label_tokens = encode(tokenizer, [prefix + name for name in names])
-            for name, tokens in zip(names, label_tokens):
-                if not tokens:
-                    raise DataError(f"label {name!r} encodes to no tokens")
+            label_tokens = label_token_ids(tokenizer, names, prefix)
             scores = _score_causal(
                 model,
                 tokenizer,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import AdapterMathError, DataError
-from .batching import chunks, forward_parameters, inference, special_wrapping
+from .batching import chunks, forward_parameters, inference, keep_logits, special_wrapping
 from .data import load_corpus
 from .models import input_device, model_kind, unwrap
 
@@ -133,16 +133,16 @@ def corpus_perplexity(
     nll_sum = 0.0
     scored = 0
     with inference(model):
-        for (_, num_targets), group in groups.items():
-            keep = num_targets + 1
+        for (length, num_targets), group in groups.items():
+            # Positions length-1-n .. length-2 predict the window's last n tokens (its targets).
+            positions = torch.arange(length - 1 - num_targets, length - 1)
+            keep_kwargs, pick = keep_logits(accepted, positions, length, device)
             for batch in chunks(group, batch_size):
                 input_ids = torch.stack([stream[item.begin : item.end] for item in batch]).to(device)
-                kwargs: dict[str, Any] = {"input_ids": input_ids}
-                if "logits_to_keep" in accepted:
-                    kwargs["logits_to_keep"] = keep
+                kwargs: dict[str, Any] = {"input_ids": input_ids, **keep_kwargs}
                 if "use_cache" in accepted:
                     kwargs["use_cache"] = False
-                logits = model(**kwargs).logits[:, -keep:-1, :]
+                logits = pick(model(**kwargs).logits)
                 targets = input_ids[:, -num_targets:]
                 losses = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
