@@ -6,6 +6,7 @@
 
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
 :func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
+:func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`),
 :func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
 (other formats: :mod:`adaptermath.formats`).
 """
@@ -16,6 +17,7 @@ from .adapter import Adapter, load_adapter  # noqa: E402
 from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
 from .formats import convert, detect_format  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
@@ -36,6 +38,7 @@ __all__ = [
     "compose",
     "convert",
     "detect_format",
+    "evaluate",
     "inspect_adapter",
     "load_adapter",
     "load_recipe",
