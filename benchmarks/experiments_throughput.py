@@ -2,11 +2,15 @@
 
 Run by hand after ``python -m adaptermath.experiments.setup``::
 
-    python benchmarks/experiments_throughput.py --threads 2 [--fresh-conversion] [--json out.json]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/experiments_throughput.py --threads 2 \
+        [--fresh-conversion] [--json out.json]
+
+(On a machine whose cores other processes also use, OpenMP's default busy-waiting makes 2-thread
+torch 3-10x slower; ``OMP_WAIT_POLICY=PASSIVE`` must be set before Python starts.)
 
 Measures: SmolLM2 GGUF -> HF conversion (into a temporary cache with ``--fresh-conversion``) and
 reload; SmolLM2-135M LoRA r=8 (q_proj, v_proj) and (IA)^3 (k_proj, v_proj, down_proj) training
-on packed insult comments (batch 8 x 64 tokens); SmolLM2 forward-only scoring (batch 8 x 64) and
+on packed insult comments (batch 8 x 64 tokens), in float32 and with bf16 autocast; SmolLM2 forward-only scoring (batch 8 x 64) and
 sampling (batch 8, 64 new tokens); all-MiniLM-L6-v2 LoRA + head training and head inference
 (batch 16, up to 64 tokens, VADER tweets). Training goes through :func:`train_pem`, so the
 numbers include everything a real run pays per step (AdamW, clipping).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +51,13 @@ def main() -> None:
     from adaptermath.experiments.train import train_pem
     from adaptermath.init_adapter import init_adapter, quiet_transformers
 
-    results: dict[str, float] = {"threads": args.threads}
+    results: dict[str, object] = {
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),
+        "load_average_before": os.getloadavg()[0],
+    }
+    if "OMP_WAIT_POLICY" not in os.environ:
+        print("note: OMP_WAIT_POLICY is not set; on a shared machine set OMP_WAIT_POLICY=PASSIVE", flush=True)
     work = Path(tempfile.mkdtemp(prefix="adaptermath-bench-"))
     if args.fresh_conversion:
         _timed("smollm2_conversion_s", results, assets.smollm2_model_dir, work / "cache")
@@ -58,19 +69,26 @@ def main() -> None:
         _timed("smollm2_reload_s", results, AutoModelForCausalLM.from_pretrained, str(smollm2), dtype=torch.float32)
 
     insults = [row["text"] for row in datasets.insults("train") if row["label"] == 1]
-    for kind, targets, feedforward, lr in (
-        ("lora", ["q_proj", "v_proj"], None, 1e-3),
-        ("ia3", ["k_proj", "v_proj", "down_proj"], ["down_proj"], 1e-2),
+    for kind, targets, feedforward, lr, bf16 in (
+        ("lora", ["q_proj", "v_proj"], None, 1e-3, False),
+        ("lora", ["q_proj", "v_proj"], None, 1e-3, True),
+        ("ia3", ["k_proj", "v_proj", "down_proj"], ["down_proj"], 1e-2, False),
+        ("ia3", ["k_proj", "v_proj", "down_proj"], ["down_proj"], 1e-2, True),
     ):
-        init = init_adapter(smollm2, work / f"init-{kind}", kind=kind, target_modules=targets, r=8, lora_alpha=16,
-                            feedforward_modules=feedforward, task_type="CAUSAL_LM", seed=0)  # fmt: skip
-        result = train_pem(smollm2, init, insults, work / f"toxic-{kind}", objective="lm", steps=args.steps,
-                           lr=lr, batch_size=8, max_length=64, seed=0, num_threads=args.threads)  # fmt: skip
+        init = work / f"init-{kind}"
+        if not init.exists():
+            init_adapter(smollm2, init, kind=kind, target_modules=targets, r=8, lora_alpha=16,
+                         feedforward_modules=feedforward, task_type="CAUSAL_LM", seed=0)  # fmt: skip
+        name = f"smollm2_{kind}_{'bf16' if bf16 else 'fp32'}"
+        result = train_pem(smollm2, init, insults, work / name, objective="lm", steps=args.steps, lr=lr,
+                           batch_size=8, max_length=64, seed=0, bf16=bf16, num_threads=args.threads)  # fmt: skip
         record = result.record
-        results[f"smollm2_{kind}_train_tokens_per_s"] = record["tokens_per_second"]
-        results[f"smollm2_{kind}_train_s_per_step"] = round(record["seconds"] / args.steps, 3)
-        print(f"SmolLM2 {kind} training: {record['tokens_per_second']} tokens/s, "
-              f"{results[f'smollm2_{kind}_train_s_per_step']} s/step, loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}")  # fmt: skip
+        results[f"{name}_train_tokens_per_s"] = record["tokens_per_second"]
+        results[f"{name}_train_s_per_step"] = round(record["seconds"] / args.steps, 3)
+        results[f"{name}_train_cpu_s_per_step"] = round(record["cpu_seconds"] / args.steps, 3)
+        print(f"{name} training: {record['tokens_per_second']} tokens/s, {results[f'{name}_train_s_per_step']} s/step "
+              f"({results[f'{name}_train_cpu_s_per_step']} CPU s/step), "
+              f"loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}", flush=True)  # fmt: skip
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2))
     with quiet_transformers():
@@ -78,21 +96,23 @@ def main() -> None:
     ids = torch.randint(100, 20000, (8, 64))
     with torch.inference_mode():
         model(input_ids=ids)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for _ in range(5):
             model(input_ids=ids)
         seconds = (time.perf_counter() - started) / 5
+        results["smollm2_forward_cpu_s_per_batch"] = round((time.process_time() - cpu_started) / 5, 3)
     results["smollm2_forward_tokens_per_s"] = round(8 * 64 / seconds, 1)
     print(f"SmolLM2 forward (8 x 64): {results['smollm2_forward_tokens_per_s']} tokens/s")
     prompt = tokenizer(["I don't care if this is controversial"] * 8, return_tensors="pt")
     torch.manual_seed(42)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(**prompt, do_sample=True, top_k=50, max_new_tokens=64, min_new_tokens=64,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     seconds = time.perf_counter() - started
     new_tokens = (out.shape[1] - prompt["input_ids"].shape[1]) * out.shape[0]
     results["smollm2_sampling_tokens_per_s"] = round(new_tokens / seconds, 1)
+    results["smollm2_sampling_cpu_s"] = round(time.process_time() - cpu_started, 3)
     print(f"SmolLM2 sampling (batch 8, 64 new tokens): {results['smollm2_sampling_tokens_per_s']} new tokens/s")
     del model
 
@@ -104,13 +124,14 @@ def main() -> None:
                        lr=5e-4, batch_size=16, max_length=64, seed=0, num_threads=args.threads)  # fmt: skip
     results["minilm_lora_train_tokens_per_s"] = result.record["tokens_per_second"]
     results["minilm_lora_train_s_per_step"] = round(result.record["seconds"] / args.steps, 3)
+    results["minilm_lora_train_cpu_s_per_step"] = round(result.record["cpu_seconds"] / args.steps, 3)
     print(f"MiniLM LoRA+head training (batch 16): {result.record['tokens_per_second']} tokens/s, "
           f"{results['minilm_lora_train_s_per_step']} s/step")  # fmt: skip
     minilm_tokenizer = AutoTokenizer.from_pretrained(str(minilm))
     with quiet_transformers():
         classifier = AutoModelForSequenceClassification.from_pretrained(str(minilm), num_labels=2).eval()
     texts = [row["text"] for row in tweets[:512]]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     tokens = 0
     with torch.inference_mode():
         for start in range(0, len(texts), 16):
@@ -119,9 +140,11 @@ def main() -> None:
             classifier(**batch)
     seconds = time.perf_counter() - started
     results["minilm_inference_examples_per_s"] = round(len(texts) / seconds, 1)
+    results["minilm_inference_cpu_s_per_512"] = round(time.process_time() - cpu_started, 3)
     results["minilm_inference_tokens_per_s"] = round(tokens / seconds, 1)
     print(f"MiniLM inference: {results['minilm_inference_examples_per_s']} examples/s ({results['minilm_inference_tokens_per_s']} tokens/s)")
 
+    results["load_average_after"] = os.getloadavg()[0]
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

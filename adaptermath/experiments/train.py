@@ -164,11 +164,15 @@ def classification_examples(
     label_prefix: str = " ",
     max_length: int,
 ) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, labels)`` for verbalised classification with a causal LM (loss on label tokens only)."""
+    """``(input_ids, labels)`` for verbalised classification with a causal LM (loss on label tokens only).
+
+    The label tokens are those :func:`adaptermath.evaluation.classification.label_token_ids` gives
+    (a label tokenised as it follows text), so training and rank-classification evaluation agree.
+    """
+    from adaptermath.evaluation.classification import label_token_ids
+
     prefix = _prefix_ids(tokenizer)
-    label_ids = _encode(tokenizer, [label_prefix + word for word in label_words])
-    if any(not ids for ids in label_ids):
-        raise DataError("every label word must encode to at least one token")
+    label_ids = label_token_ids(tokenizer, list(label_words), label_prefix)  # exactly as the evaluator scores them
     try:
         prompts = [template.format_map(dict(row)) for row in rows]
     except (KeyError, IndexError, ValueError) as exc:
@@ -385,7 +389,7 @@ def train_pem(
         model.train()
         losses: list[float] = []
         tokens = 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for step in range(steps):
             batch = next(batches)
             inputs = {name: value.to(target) for name, value in batch.inputs.items()}
@@ -404,6 +408,7 @@ def train_pem(
             if progress is not None:
                 progress(step + 1, losses[-1])
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         model.eval()
 
         window = max(1, min(10, steps // 4))
@@ -418,6 +423,7 @@ def train_pem(
             "losses": losses,
             "tokens": tokens,
             "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu_seconds, 3),
             "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else math.inf,
             "threads": torch.get_num_threads(),
             "device": str(target),
