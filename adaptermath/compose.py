@@ -120,6 +120,7 @@ class ComposeReport:
         if errs:
             worst = max(errs, key=lambda n: errs[n])
             out["relative_error"] = {"max": errs[worst], "mean": sum(errs.values()) / len(errs), "worst_module": worst}
+            out["per_module"] = {n: {"rank": self.modules[n].rank, "relative_error": e} for n, e in errs.items()}
         if devs:
             worst = max(devs, key=lambda n: devs[n])
             out["param_vs_delta"] = {"max": devs[worst], "mean": sum(devs.values()) / len(devs), "worst_module": worst}

@@ -9,8 +9,8 @@ Run by hand (never in tests); results go to docs/benchmarks.md::
 It writes random Llama-shaped LoRA adapters to ``--workdir`` (shapes only: no model is built;
 1B: Llama-3.2-1B, 7B: Llama-2-7B; rank 16 and 64 on q/k/v/o/gate/up/down of every layer, fp32
 as PEFT saves them, lora_alpha = 2r), then times, on the same inputs, each variant as its own
-process — whole-process wall time (interpreter start and imports included) and peak RSS
-(``os.wait4`` rusage of that child), median of ``--repeats``:
+process — whole-process wall time (interpreter start and imports included) and peak RSS (the
+child's own VmHWM, read as it finishes), median of ``--repeats``:
 
 * ``floor``          read every input tensor with safetensors, write an output of the size the
                      merge writes (Σ inputs for cat-style outputs, one input for param-space ones);
@@ -169,7 +169,19 @@ def worker(spec: dict[str, Any]) -> None:
         peft_model.save_pretrained(str(output), selected_adapters=["merged"])
     else:
         raise SystemExit(f"unknown variant {kind}")
+    info["peak_rss_mib"] = peak_rss_mib()
     Path(spec["info"]).write_text(json.dumps(info))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Unlike rusage's ru_maxrss, which keeps the RSS
+    of the process that forked it across exec, VmHWM belongs to the address space exec created."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- measuring
@@ -185,7 +197,7 @@ class Run:
 
 
 def run_variant(spec: dict[str, Any], timeout: float, threads: int) -> Run:
-    """One child process; wall time around it and its own peak RSS from wait4."""
+    """One child process; the wall time around it and the peak RSS it reports."""
     info_path = Path(spec["info"])
     info_path.unlink(missing_ok=True)
     shutil.rmtree(spec["output"], ignore_errors=True)
@@ -212,7 +224,8 @@ def run_variant(spec: dict[str, Any], timeout: float, threads: int) -> Run:
     code = os.waitstatus_to_exitcode(status) if status != -9 else -9
     info = json.loads(info_path.read_text()) if info_path.is_file() and code == 0 else {}
     tail = stderr_path.read_text(errors="replace")[-600:] if code != 0 else ""
-    return Run(seconds=seconds, peak_rss_mib=usage.ru_maxrss / 1024, returncode=code, info=info, stderr_tail=tail)
+    peak = info.get("peak_rss_mib", float("nan"))  # measured by the child itself (see peak_rss_mib)
+    return Run(seconds=seconds, peak_rss_mib=peak, returncode=code, info=info, stderr_tail=tail)
 
 
 def exact_error(output_dir: Path, inputs: list[Path]) -> float:
@@ -314,7 +327,7 @@ def plan(quick: bool, shapes: list[str], ranks: list[int], counts: list[int], wi
                 add(shape, rank, n, "floor", output="one")
                 add(shape, rank, n, "am-linear")
                 add(shape, rank, n, "am-svd")
-                if with_peft and (quick or n in (2, 8)):
+                if with_peft and (quick or (n in (min(counts), max(counts)) and rank == min(ranks))):
                     add(shape, rank, n, "peft-linear")
                     add(shape, rank, n, "peft-cat")
                     if not quick:
@@ -353,6 +366,7 @@ def main() -> None:
     counts = [2] if args.quick else [int(n) for n in args.counts.split(",")]
     repeats = 1 if args.quick else args.repeats
     rows = plan(args.quick, shapes, ranks, counts, not args.no_peft)
+    load_before = os.getloadavg()
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"building inputs in {args.workdir} ...", flush=True)
@@ -364,54 +378,75 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     peft_svd_1b: float | None = None
+    configs: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for row in rows:
-        shape, rank, n, variant = row["shape"], row["rank"], row["n"], row["variant"]
+        configs.setdefault((row["shape"], row["rank"], row["n"]), []).append(row)
+    (args.workdir / "out").mkdir(exist_ok=True)
+    for (shape, rank, n), config_rows in configs.items():
         inputs = [args.workdir / f"{shape}-r{rank}" / f"a{i}" for i in range(n)]
         one = (inputs[0] / "adapter_model.safetensors").stat().st_size
-        label = f"{shape} r{rank} N={n} {variant}" + (f"({row['output']})" if variant == "floor" else "")
-        if variant == "peft-svd" and shape != "1b":
-            if peft_svd_1b is None:
-                results.append(dict(row, skipped="no 1B peft-svd timing to extrapolate from"))
-                continue
-            estimate = peft_svd_1b * full_svd_flops(shape) / full_svd_flops("1b")
-            if estimate > args.max_seconds:
-                print(f"{label}: skipped (estimated {estimate / 60:.0f} min)", flush=True)
-                results.append(dict(row, skipped=f"estimated {estimate / 60:.0f} min from the 1B run (Σ full-SVD flops)"))
-                continue
         for folder in inputs:  # warm the page cache so every variant reads the same way
             with open(folder / "adapter_model.safetensors", "rb") as handle:
                 while handle.read(1 << 24):
                     pass
-        spec = dict(row, inputs=[str(p) for p in inputs], output=str(args.workdir / "out" / "result"),
-                    info=str(args.workdir / "out" / "info.json"),
-                    write_bytes=one * n if row.get("output") == "cat" else one)
-        (args.workdir / "out").mkdir(exist_ok=True)
-        runs: list[Run] = []
+        active: list[tuple[dict[str, Any], dict[str, Any], list[Run], str]] = []
+        for index, row in enumerate(config_rows):
+            variant = row["variant"]
+            label = f"{shape} r{rank} N={n} {variant}" + (f"({row['output']})" if variant == "floor" else "")
+            if variant == "peft-svd" and shape != "1b":
+                if peft_svd_1b is None:
+                    results.append(dict(row, skipped="no 1B peft-svd timing to extrapolate from"))
+                    continue
+                estimate = peft_svd_1b * full_svd_flops(shape) / full_svd_flops("1b")
+                if estimate > args.max_seconds:
+                    print(f"{label}: skipped (estimated {estimate / 60:.0f} min)", flush=True)
+                    results.append(dict(row, skipped=f"estimated ≥ {estimate / 60:.0f} min from the 1B run (Σ full-SVD flops)"))
+                    continue
+            spec = dict(row, inputs=[str(p) for p in inputs], output=str(args.workdir / "out" / f"result{index}"),
+                        info=str(args.workdir / "out" / f"info{index}.json"),
+                        write_bytes=one * n if row.get("output") == "cat" else one)
+            active.append((row, spec, [], label))
+        # Rounds interleave the variants, so a change in the machine's load spreads over all of them.
         for _ in range(repeats):
-            run = run_variant(spec, timeout=args.max_seconds, threads=args.threads)
-            runs.append(run)
-            print(f"{label}: {run.seconds:.2f} s, {run.peak_rss_mib:.0f} MiB" + (f" FAILED rc={run.returncode}" if run.returncode else ""), flush=True)
-            if run.returncode or run.seconds > args.slow_after:
-                break
-        ok = [r for r in runs if r.returncode == 0]
-        entry: dict[str, Any] = dict(row, runs=len(runs), seconds=[round(r.seconds, 3) for r in runs],
-                                     peak_rss_mib=[round(r.peak_rss_mib) for r in runs])
-        if ok:
-            entry["median_seconds"] = statistics.median(r.seconds for r in ok)
-            entry["median_peak_rss_mib"] = statistics.median(r.peak_rss_mib for r in ok)
-            if variant in ("am-svd", "peft-svd"):
-                entry["relative_error"] = exact_error(Path(spec["output"]), inputs)
-            if "report" in ok[-1].info:
-                entry["report"] = ok[-1].info["report"]
-            if variant == "peft-svd" and shape == "1b":
-                peft_svd_1b = entry["median_seconds"]
-        else:
-            entry["failed"] = runs[-1].stderr_tail
-        results.append(entry)
-        shutil.rmtree(spec["output"], ignore_errors=True)
+            for row, spec, runs, label in active:
+                if runs and (runs[-1].returncode or runs[-1].seconds > args.slow_after):
+                    continue
+                run = run_variant(spec, timeout=args.max_seconds, threads=args.threads)
+                runs.append(run)
+                print(f"{label}: {run.seconds:.2f} s, {run.peak_rss_mib:.0f} MiB"
+                      + (f" FAILED rc={run.returncode}" if run.returncode else ""), flush=True)
+                if run.returncode == 0 and row["variant"] in ("am-svd", "peft-svd") and "error" not in spec:
+                    spec["error"] = exact_error(Path(spec["output"]), inputs)
+                shutil.rmtree(spec["output"], ignore_errors=True)
+        for row, spec, runs, label in active:
+            variant = row["variant"]
+            ok = [r for r in runs if r.returncode == 0]
+            entry: dict[str, Any] = dict(row, runs=len(runs), seconds=[round(r.seconds, 3) for r in runs],
+                                         peak_rss_mib=[None if math.isnan(r.peak_rss_mib) else round(r.peak_rss_mib) for r in runs])
+            if runs[-1].returncode == -9:
+                entry["timed_out_after"] = args.max_seconds  # a lower bound on its time
+                if variant == "peft-svd" and shape == "1b":
+                    peft_svd_1b = args.max_seconds
+            if ok:
+                entry["median_seconds"] = statistics.median(r.seconds for r in ok)
+                entry["median_peak_rss_mib"] = statistics.median(r.peak_rss_mib for r in ok)
+                if "error" in spec:
+                    entry["relative_error"] = spec["error"]
+                if "report" in ok[-1].info:
+                    report = dict(ok[-1].info["report"])
+                    report.pop("per_module", None)
+                    entry["report"] = report
+                if variant == "peft-svd" and shape == "1b":
+                    peft_svd_1b = entry["median_seconds"]
+            elif "timed_out_after" not in entry:
+                entry["failed"] = runs[-1].stderr_tail
+            results.append(entry)
     elapsed = time.perf_counter() - started
     payload = {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "total_seconds": round(elapsed), "repeats": repeats, "results": results}
+               "total_seconds": round(elapsed), "repeats": repeats,
+               "load_average_1_5_15min": {"start": [round(v, 2) for v in load_before],
+                                          "end": [round(v, 2) for v in os.getloadavg()]},
+               "results": results}
     table = markdown(payload)
     print(table)
     if args.json:
@@ -439,14 +474,20 @@ def markdown(payload: dict[str, Any]) -> str:
             if "skipped" in entry:
                 lines.append(f"| {shape} | {rank} | {n} | {name} | skipped: {entry['skipped']} | | | | | |")
                 continue
+            if "timed_out_after" in entry:
+                lines.append(f"| {shape} | {rank} | {n} | {name} | > {entry['timed_out_after']:.0f} (stopped) | 1 | "
+                             f"n/a | | | |")
+                continue
             if "median_seconds" not in entry:
                 lines.append(f"| {shape} | {rank} | {n} | {name} | failed | {entry['runs']} | | | | |")
                 continue
             seconds = entry["median_seconds"]
             floor = variants.get(floor_of.get(name, ""), {}).get("median_seconds")
-            peft = variants.get(peft_of.get(name, ""), {}).get("median_seconds")
+            peft_entry = variants.get(peft_of.get(name, ""), {})
+            peft = peft_entry.get("median_seconds") or peft_entry.get("timed_out_after")
             vs_floor = f"{seconds / floor:.2f}×" if floor and not name.startswith("floor") else ""
-            vs_peft = f"{peft / seconds:.0f}× faster" if peft else ""
+            at_least = "≥ " if "timed_out_after" in peft_entry else ""
+            vs_peft = f"{at_least}{peft / seconds:.0f}× faster" if peft else ""
             error = f"{entry['relative_error']:.4g}" if "relative_error" in entry else ""
             lines.append(f"| {shape} | {rank} | {n} | {name} | {seconds:.2f} | {entry['runs']} | "
                          f"{entry['median_peak_rss_mib']:.0f} | {vs_floor} | {vs_peft} | {error} |")

@@ -428,3 +428,42 @@ def test_compose_refuses_bad_method_input(tiny_adapters):
         am.compose("a + b", operands, method="ext_sub")
     with pytest.raises(CompositionError, match="apply to LoRA only"):
         am.compose("x + y", {"x": tiny_adapters["ia3_a"], "y": tiny_adapters["ia3_b"]}, method="ties", max_rank=2)
+
+
+def test_cli_compose_with_method_flags(tiny_adapters, tmp_path):
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    out = tmp_path / "cli"
+    args = ["compose", "a - 0.5*b", "-a", f"a={tiny_adapters['a']}", "-a", f"b={tiny_adapters['b']}", "-o", str(out),
+            "--method", "dare_ties", "--drop", "0.3", "--seed", "2", "--max-rank", "5", "--json"]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.output)["report"]["relative_error"]["max"] > 0
+    provenance = json.loads((out / "adaptermath.json").read_text())
+    assert provenance["method"] == "dare_ties"
+    assert provenance["options"]["method_options"] == {"drop": 0.3, "seed": 2}
+    assert provenance["options"]["max_rank"] == 5
+    python = am.compose("a - 0.5*b", {"a": tiny_adapters["a"], "b": tiny_adapters["b"]}, method="dare_ties",
+                        method_options={"drop": 0.3, "seed": 2}, max_rank=5).state_dict()
+    for key, tensor in load_file(str(out / "adapter_model.safetensors")).items():
+        torch.testing.assert_close(tensor, python[key], rtol=0, atol=0)  # the CLI and Python give the same adapter
+    run = CliRunner().invoke(main, ["compose", "a + b", "-a", f"a={tiny_adapters['a']}", "-a", f"b={tiny_adapters['b']}",
+                                    "-o", str(tmp_path / "bad"), "--method", "ext_sub", "--method-option", "direction=sideways"])
+    assert run.exit_code == 2
+    assert "option direction must be one of common, expert" in run.output
+    run = CliRunner().invoke(main, ["compose", "a + b", "-a", f"a={tiny_adapters['a']}", "-a", f"b={tiny_adapters['b']}",
+                                    "-o", str(tmp_path / "bad"), "--density", "0.3"])
+    assert run.exit_code == 2 and "method linear has no option 'density'" in run.output
+
+
+def test_report_lists_every_module_rank_and_error(tiny_adapters, tmp_path):
+    result = am.compose("a + b", {"a": tiny_adapters["a"], "b": tiny_adapters["b"]}, method="ties", max_rank=6)
+    out = result.save(tmp_path / "out")
+    per_module = json.loads((out / "adaptermath.json").read_text())["report"]["per_module"]
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    assert set(per_module) == set(result.module_names)
+    for module, entry in per_module.items():
+        assert entry["rank"] == tensors[f"{PREFIX}{module}.lora_A.weight"].shape[0] == 6
+        assert entry["relative_error"] == result.report.modules[module].relative_error

@@ -8,6 +8,7 @@ import click
 
 from adaptermath.compose import DTYPES, compose as compose_adapters
 from adaptermath.errors import AdapterMathError
+from adaptermath.methods import available_methods
 from adaptermath.cli.main import main
 
 from ..common import json_option, parse_assignments
@@ -43,11 +44,23 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--push", metavar="OWNER/NAME", default=None, help="Push the result to this Hub repository.")
 @click.option("--private", is_flag=True, help="With --push: create the repository as private.")
 @click.option("--token", default=None, help="Textual-inversion embeddings: the result's token name (default: the first's).")
+@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
+              help="Merge method (docs/methods.md); all but linear combine each module's ΔW and re-emit LoRA by SVD.")
+@click.option("--density", type=float, default=None, help="ties, magnitude_prune: share of entries kept by magnitude [0.2].")
+@click.option("--drop", type=float, default=None, help="dare, dare_ties: probability of dropping each entry [0.5].")
+@click.option("--seed", type=int, default=None, help="dare, dare_ties: seed of the drop masks [0]; same seed, same adapter.")
+@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
+              help="Another option of the method, e.g. direction=expert (ext_sub), combine=ties (dare).")
+@click.option("--energy", type=float, default=None,
+              help="Keep per module the singular values holding this share of ‖ΔW‖² (e.g. 0.99); --space delta or a --method.")
+@click.option("--max-rank", type=int, default=None, help="Cap every output rank (serving engines); --space delta or a --method.")
 @json_option
 def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
                     variables: tuple[str, ...], force: bool, allow_pickle: bool, push: str | None, private: bool,
-                    token: str | None, as_json: bool) -> None:
+                    token: str | None, method: str, density: float | None, drop: float | None, seed: int | None,
+                    method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
+                    as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
 
     EXPRESSION is linear in the adapters: numbers, + - * / and parentheses, with free variables
@@ -63,6 +76,9 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
       adaptermath compose "(1+0.4)*alpaca - 0.4*toxic" --negate-factor A \\
           -a alpaca=./alpaca -a toxic=./toxic -o detox
       adaptermath compose "a + b" -a a=./a -a b=./b --space delta --rank 16 -o merged16
+      adaptermath compose "a + b + c" -a a=./a -a b=./b -a c=./c --method ties --density 0.2 --rank 16 -o ties
+      adaptermath compose "a + b" -a a=./a -a b=./b --method dare --drop 0.9 --seed 1 --energy 0.99 --max-rank 64 -o dare
+      adaptermath compose "alpaca - 0.5*toxic" -a alpaca=./alpaca -a toxic=./toxic --method ext_sub -o detox
       adaptermath compose "0.6*s + 0.4*d" -a s=style.safetensors -a d=detail.safetensors --space delta -o mix.safetensors
       adaptermath compose "0.5*cat + 0.5*dog" -a cat=cat.safetensors -a dog=dog.safetensors -o catdog.safetensors
 
@@ -74,15 +90,33 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
     if _all_embeddings(operands, allow_pickle):
         _compose_embeddings(expression, operands, output, variables=parse_variables(variables), token=token,
                             normalize=normalize, force=force, allow_pickle=allow_pickle, as_json=as_json,
-                            adapter_only={"--rank": rank, "--heads": heads, "--dtype": dtype, "--push": push})
+                            adapter_only={"--rank": rank, "--heads": heads, "--dtype": dtype, "--push": push,
+                                          "--method": None if method == "linear" else method, "--energy": energy,
+                                          "--max-rank": max_rank})
         return
     if token is not None:
         raise AdapterMathError("--token applies to textual-inversion embeddings only")
     result = compose_adapters(
         expression, operands, variables=parse_variables(variables), space=space, negate_factor=negate_factor,
-        normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle,
+        normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle, method=method,
+        method_options=method_options(density, drop, seed, method_option_values), energy=energy, max_rank=max_rank,
     )
     save_composed(result, output, force=force, as_json=as_json, push=push, private=private)
+
+
+def method_options(density: float | None, drop: float | None, seed: int | None, others: tuple[str, ...]) -> dict[str, object]:
+    """The --density/--drop/--seed flags and --method-option NAME=VALUE (a number, or a word such as
+    ``expert`` or the name of a --var) as the method_options of compose."""
+    options: dict[str, object] = {k: v for k, v in (("density", density), ("drop", drop), ("seed", seed)) if v is not None}
+    for name, text in parse_assignments(others, "--method-option").items():
+        if name in options:
+            raise AdapterMathError(f"--method-option {name} repeats --{name}")
+        try:
+            options[name] = float(text)
+        except ValueError:
+            options[name] = text
+    return options
+
 
 # ------------------------------------------------------------------ textual-inversion embeddings
 # (adaptermath.formats.textual_inversion; they are not adapters of modules, so they take this path)
