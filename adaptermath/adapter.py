@@ -350,6 +350,13 @@ class Adapter:
         return self._hashes
 
     @property
+    def license(self) -> str | None:
+        """The ``license`` declared in the adapter's README.md front matter (Hub model cards), if any."""
+        from .modelcard import read_card_license
+
+        return read_card_license(self.path / "README.md")
+
+    @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files().values())
 

@@ -475,9 +475,10 @@ class ComposedAdapter:
                 {
                     "name": name,
                     "ref": adapter.source,
-                    "path": str(adapter.path),
+                    "path": None if adapter.source.startswith("hf://") else str(adapter.path),
                     "revision": adapter.revision,
                     "commit_sha": adapter.commit_sha,
+                    "license": adapter.license,
                     "files": adapter.file_hashes(),
                 }
                 for name, adapter in self.adapters.items()

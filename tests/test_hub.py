@@ -556,3 +556,31 @@ def test_compose_hub_input_and_push(hub_env: FakeHub, tiny_adapters, tmp_path, m
     card = ModelCard(remote["README.md"].decode())
     assert "`0.5*a + 0.5*b`" in card.text and sha in card.text
     assert ALICE_TOKEN not in run.stdout + run.stderr
+
+
+def test_input_licenses_reach_the_provenance_and_the_card(hub_env: FakeHub, tiny_adapters, tmp_path, monkeypatch) -> None:
+    """Each input's card license is recorded; the pushed card declares it only when every input agrees."""
+    from adaptermath.cli.main import main
+
+    card = {"README.md": b"---\nlicense: MIT\n---\n# an adapter\n"}
+    seed_adapter_repo(hub_env, "alice/a", tiny_adapters["lora"])
+    files = FakeHub.folder_files(tiny_adapters["lora"])
+    hub_env.add_repo("alice/a-mit", {**files, **card})
+    hub_env.add_repo("alice/b-mit", {**FakeHub.folder_files(tiny_adapters["lora2"]), **card})
+    monkeypatch.setenv("HF_TOKEN", ALICE_TOKEN)
+
+    def compose_and_push(a: str, b: str, target: str) -> tuple[dict, ModelCard]:
+        output = tmp_path / target
+        run = CliRunner().invoke(main, ["compose", "0.5*a + 0.5*b", "-a", f"a={a}", "-a", f"b={b}", "-o", str(output),
+                                        "--push", f"alice/{target}", "--json"])
+        assert run.exit_code == 0, run.output
+        record = json.loads((output / "adaptermath.json").read_text())
+        return record, ModelCard(hub_env.files_at(f"alice/{target}")["README.md"].decode())
+
+    record, pushed = compose_and_push("hf://alice/a-mit", "hf://alice/b-mit", "agree")
+    assert [entry["license"] for entry in record["inputs"]] == ["mit", "mit"]
+    assert all(entry["path"] is None for entry in record["inputs"])  # no local cache paths are published
+    assert pushed.data.license == "mit"
+    record, pushed = compose_and_push("hf://alice/a-mit", "hf://alice/a", "disagree")
+    assert [entry["license"] for entry in record["inputs"]] == ["mit", None]
+    assert pushed.data.license is None
