@@ -9,20 +9,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from adaptermath.compose import ComposedAdapter
+from adaptermath.errors import AdapterMathError
 
 from .common import console, err_console, print_json, progress
 
 
 def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json: bool, push: str | None = None,
-                  private: bool = False) -> dict[str, Any]:
+                  private: bool = False, output_format: str | None = None) -> dict[str, Any]:
     """Save ``result`` to ``output`` (with a progress bar), print a summary, optionally push it."""
+    if push and output_format not in (None, "peft"):
+        raise AdapterMathError("--push uploads a PEFT adapter folder; drop --format or push a converted folder")
     with progress(disable=as_json) as bar:
         task = bar.add_task("composing", total=len(result.module_names) + len(result.extra_keys))
 
         def advance(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, description=name.rsplit(".", 2)[-2] if "." in name else name)
 
-        result.save(output, force=force, progress=advance)
+        written = result.save(output, force=force, progress=advance, format=output_format)
+    if push and not Path(written).is_dir():
+        raise AdapterMathError(f"{written} is a single LoRA file; --push uploads PEFT adapter folders — "
+                               "write one with --format peft (or adaptermath convert) and push that")
     summary = result.report.summary()
     payload: dict[str, Any] = {
         "output": str(output),

@@ -116,3 +116,22 @@ def test_token_is_refused_for_adapters(tmp_path):
     a = make_kohya(tmp_path / "a.safetensors", seed=1)
     code, _, err = run("compose", "a", "-a", f"a={a}", "--token", "x", "-o", tmp_path / "o.safetensors")
     assert code == 2 and "--token applies to textual-inversion embeddings only" in err
+
+
+def test_compose_format_flag_writes_peft_from_kohya_and_push_needs_a_folder(tmp_path):
+    a, b = make_kohya(tmp_path / "a.safetensors", seed=1), make_kohya(tmp_path / "b.safetensors", seed=2)
+    code, _, err = run("compose", "a - b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta", "--format", "peft",
+                       "-o", tmp_path / "folder")
+    assert code == 0, err
+    folder = am.load_adapter(tmp_path / "folder")
+    file_result = am.compose("a - b", {"a": a, "b": b}, space="delta")
+    reference = am.load_adapter(file_result.save(tmp_path / "ref.safetensors"))
+    assert folder.format == "peft-lora" and (tmp_path / "folder" / "adapter_config.json").is_file()
+    assert len(folder.module_names) == len(reference.module_names) == len(MODULES)
+    deltas = sorted((folder.module(n).delta() for n in folder.module_names), key=lambda d: (d.shape, float(d.norm())))
+    expected = sorted((reference.module(n).delta() for n in reference.module_names), key=lambda d: (d.shape, float(d.norm())))
+    for got, want in zip(deltas, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    code, _, err = run("compose", "a - b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta",
+                       "-o", tmp_path / "file.safetensors", "--push", "alice/x")
+    assert code == 2 and "single LoRA file" in err and len(err.strip().splitlines()) == 1

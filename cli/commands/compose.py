@@ -43,6 +43,8 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @click.option("--push", metavar="OWNER/NAME", default=None, help="Push the result to this Hub repository.")
 @click.option("--private", is_flag=True, help="With --push: create the repository as private.")
+@click.option("--format", "output_format", type=click.Choice(["peft", "kohya", "diffusers"]), default=None,
+              help="Output format (default: the first operand's; kohya/diffusers write one .safetensors file).")
 @click.option("--token", default=None, help="Textual-inversion embeddings: the result's token name (default: the first's).")
 @click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
               help="Merge method (docs/methods.md); all but linear combine each module's ΔW and re-emit LoRA by SVD.")
@@ -58,7 +60,8 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
                     variables: tuple[str, ...], force: bool, allow_pickle: bool, push: str | None, private: bool,
-                    token: str | None, method: str, density: float | None, drop: float | None, seed: int | None,
+                    output_format: str | None, token: str | None, method: str, density: float | None,
+                    drop: float | None, seed: int | None,
                     method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
                     as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
@@ -101,7 +104,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
         normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle, method=method,
         method_options=method_options(density, drop, seed, method_option_values), energy=energy, max_rank=max_rank,
     )
-    save_composed(result, output, force=force, as_json=as_json, push=push, private=private)
+    save_composed(result, output, force=force, as_json=as_json, push=push, private=private, output_format=output_format)
 
 
 def method_options(density: float | None, drop: float | None, seed: int | None, others: tuple[str, ...]) -> dict[str, object]:
