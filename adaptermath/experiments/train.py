@@ -30,6 +30,7 @@ a folder trained differently is replaced only with ``force=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -139,6 +140,32 @@ def _right_pad(rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], p
         attention[i, : len(row)] = 1
         targets[i, : len(label)] = torch.tensor(label, dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": targets}
+
+
+def _causal_batch(chosen: list[tuple[list[int], list[int]]], *, pad_id: int) -> Batch:
+    """Right-padded ``(input_ids, labels)`` pairs; padding is masked out and ignored by the loss."""
+    inputs = _right_pad([ids for ids, _ in chosen], [labels for _, labels in chosen], pad_id)
+    return Batch(inputs, int(inputs["attention_mask"].sum()))
+
+
+def _head_batch(chosen: list[Mapping[str, Any]], *, tokenizer: Any, max_length: int) -> Batch:
+    """Tokenised texts (with the tokenizer's special tokens) and integer labels for a classification head."""
+    import torch
+
+    encoded = tokenizer(
+        [str(row["text"]) for row in chosen], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    inputs = dict(encoded)
+    inputs["labels"] = torch.tensor([int(row["label"]) for row in chosen], dtype=torch.long)
+    return Batch(inputs, int(encoded["attention_mask"].sum()))
+
+
+def _head_rows(data: Sequence[str] | Sequence[Mapping[str, Any]], num_labels: int) -> list[Mapping[str, Any]]:
+    rows = _rows(data)
+    for row in rows:
+        if not isinstance(row["label"], int) or not 0 <= row["label"] < num_labels:
+            raise DataError(f"label {row['label']!r} is outside the head's {num_labels} classes")
+    return rows
 
 
 def lm_examples(tokenizer: Any, texts: Sequence[str], *, max_length: int, packing: bool = True) -> list[list[int]]:
@@ -335,9 +362,25 @@ def train_pem(
         torch.set_num_threads(num_threads)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+        num_labels = (_head_labels(init_weights) or 2) if head else 2
+        make: Callable[[list[Any]], Batch]
+        examples: list[Any]
+        if head:
+            examples = _head_rows(data, num_labels)
+            make = functools.partial(_head_batch, tokenizer=tokenizer, max_length=max_length)
+        else:
+            if objective == "lm":
+                blocks = lm_examples(tokenizer, _texts(data), max_length=max_length, packing=packing)
+                examples = [(block, block) for block in blocks]
+            else:
+                examples = classification_examples(
+                    tokenizer, _rows(data), template=template, label_words=label_words,
+                    label_prefix=label_prefix, max_length=max_length,
+                )  # fmt: skip
+            make = functools.partial(_causal_batch, pad_id=_pad_id(tokenizer))
+
         torch.manual_seed(seed)
-        num_labels = _head_labels(init_weights) if head else 2
-        model = load_base_for_task(base_model_dir, task_type or "CAUSAL_LM", num_labels=num_labels or 2)
+        model = load_base_for_task(base_model_dir, task_type or "CAUSAL_LM", num_labels=num_labels)
         with quiet_transformers():
             model = PeftModel.from_pretrained(model, str(init_dir), is_trainable=True)
         try:
@@ -345,40 +388,6 @@ def train_pem(
             model.to(target)
         except (RuntimeError, AssertionError) as exc:
             raise DataError(f"cannot train on device {device!r}: {str(exc).splitlines()[0]}") from None
-        pad_id = _pad_id(tokenizer)
-
-        if objective == "lm":
-            blocks = lm_examples(tokenizer, _texts(data), max_length=max_length, packing=packing)
-
-            def make(chosen: list[list[int]]) -> Batch:
-                inputs = _right_pad(chosen, chosen, pad_id)
-                return Batch(inputs, int(inputs["attention_mask"].sum()))
-
-            examples: list[Any] = blocks
-        elif not head:
-            examples = classification_examples(
-                tokenizer, _rows(data), template=template, label_words=label_words,
-                label_prefix=label_prefix, max_length=max_length,
-            )  # fmt: skip
-
-            def make(chosen: list[tuple[list[int], list[int]]]) -> Batch:
-                inputs = _right_pad([ids for ids, _ in chosen], [labels for _, labels in chosen], pad_id)
-                return Batch(inputs, int(inputs["attention_mask"].sum()))
-        else:
-            rows = _rows(data)
-            for row in rows:
-                if not isinstance(row["label"], int) or not 0 <= row["label"] < (num_labels or 2):
-                    raise DataError(f"label {row['label']!r} is outside the head's {num_labels} classes")
-            examples = list(rows)
-
-            def make(chosen: list[Mapping[str, Any]]) -> Batch:
-                encoded = tokenizer(
-                    [str(row["text"]) for row in chosen], truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt",
-                )  # fmt: skip
-                inputs = dict(encoded)
-                inputs["labels"] = torch.tensor([int(row["label"]) for row in chosen], dtype=torch.long)
-                return Batch(inputs, int(encoded["attention_mask"].sum()))
 
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
