@@ -124,7 +124,12 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
     evaluator = common.HeadEvaluator(**settings["eval"])
     grid = settings["grid"]
     values = common.lambda_grid(grid["start"], grid["stop"], grid["step"])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    sizes = {k: {"rows": len(v), "negative_share": round(label_share(v), 3)} for k, v in {**splits, **halves}.items()}
+
+    def document() -> dict[str, Any]:
+        return {**common.run_header(NAME, settings, workdir), "rows": list(rows), "timings": dict(timings), "sizes": sizes}
+
     for kind in settings["kinds"]:
         with common.timed(timings, f"training {kind}"):
             pems = train_halves(workdir, kind, settings, halves, threads)
@@ -138,9 +143,10 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
             rows.append(row)
             common.log(f"  λ={row['chosen']:g}: merged {row['test_merged']:.3f}, h0 {row['test_h0']:.3f}, "
                        f"h1 {row['test_h1']:.3f}, union {row['test_union']:.3f}")
+            if checkpoint is not None:
+                checkpoint(document())
     timings["total"] = round(time.perf_counter() - started, 1)
-    sizes = {k: {"rows": len(v), "negative_share": round(label_share(v), 3)} for k, v in {**splits, **halves}.items()}
-    return {**common.run_header(NAME, settings, workdir), "rows": rows, "timings": timings, "sizes": sizes}
+    return {**document(), "complete": True}
 
 
 PAPER = {  # the paper's Table 2 (RoBERTa-base, GLUE average of the merged vs the better single half)

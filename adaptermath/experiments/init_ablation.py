@@ -165,8 +165,10 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         "",
         main_table,
         "",
-        "Paper (§3, and the official code's README): parameter-space LoRA addition is meaningful only for modules "
-        "trained from the same initialisation; it gives no numbers for other inits.",
+        "Paper's direction: its LoRA addition (A and B combined separately) approximates the interpolation of the "
+        "updates only when the modules start from one initialisation, so every PEM it composes shares one init; "
+        "it reports no merges of differently initialised PEMs. Expected here: same init — small diagnostic, "
+        "param ≈ delta; different init — large diagnostic, parameter space below delta space.",
         "",
     ]
     if plot_name:

@@ -63,7 +63,13 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
     evaluator = common.HeadEvaluator(**settings["eval"])
     grid = settings["grid"]
     values = common.lambda_grid(grid["start"], grid["stop"], grid["step"])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    sizes = {name: {k: len(v) for k, v in parts.items()} for name, (parts, _) in tasks.items()}
+
+    def document() -> dict[str, Any]:
+        return {**common.run_header(NAME, settings, workdir), "rows": list(rows), "timings": dict(timings),
+                "sizes": sizes, "labels": {name: list(labels) for name, (_, labels) in tasks.items()}}
+
     for kind in settings["kinds"]:
         adapter = settings["adapters"][kind]
         pems: dict[str, Path] = {}
@@ -101,10 +107,10 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
             rows.append(row)
             common.log(f"  λ={chosen:g}: merged {row['test']['merged']}, sent alone {row['test']['sent alone']}, "
                        f"task2 alone {row['test']['task2 alone']}")
+            if checkpoint is not None:
+                checkpoint(document())
     timings["total"] = round(time.perf_counter() - started, 1)
-    sizes = {name: {k: len(v) for k, v in parts.items()} for name, (parts, _) in tasks.items()}
-    return {**common.run_header(NAME, settings, workdir), "rows": rows, "timings": timings, "sizes": sizes,
-            "labels": {name: list(labels) for name, (_, labels) in tasks.items()}}
+    return {**document(), "complete": True}
 
 
 PAPER_DIRECTION = ("Paper (T5-base, MNLI + RTE, Table 3): the merged PEM stays close to each task's own PEM on "
