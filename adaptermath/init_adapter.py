@@ -27,19 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import AdapterLoadError, AdapterMathError
+from .adapter import sha256_file
 from .io.atomic import atomic_output_dir, check_output_path
+from .modelcard import AUTO_CLASS_FOR_TASK
 
 AdapterKind = Literal["lora", "ia3"]
 INIT_RECORD = "adaptermath-init.json"
 # transformers Auto class per PEFT task type (None: the bare model, e.g. for feature extraction).
-AUTO_CLASSES = {
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-}
+AUTO_CLASSES = AUTO_CLASS_FOR_TASK
 _SET_FIELDS = ("target_modules", "feedforward_modules", "exclude_modules")
 
 
@@ -255,8 +250,6 @@ def init_adapter(
 
 def init_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """What :func:`init_adapter` wrote: its record, tensor and parameter counts, file SHA-256s."""
-    import hashlib
-
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -273,9 +266,5 @@ def init_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
             for size in shape:
                 count *= size
             parameters += count
-    files = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.iterdir())
-        if path.name in ("adapter_config.json", "adapter_model.safetensors")
-    }
+    files = {name: sha256_file(folder / name) for name in ("adapter_config.json", "adapter_model.safetensors")}
     return {"output": str(folder), **record, "tensors": len(names), "parameters": parameters, "files": files}

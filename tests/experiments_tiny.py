@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -18,6 +19,16 @@ WORDS = (
     "so and plot acting story review : . , ! positive negative cat dog sat on mat ran"
 ).split()
 VOCAB = {token: index for index, token in enumerate(SPECIALS + WORDS)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Import into a test module to run it single-threaded: tiny models gain nothing from threads,
+    and on a shared 2-core machine OpenMP's busy-waiting makes 2-thread torch up to 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def word_tokenizer(kind: str) -> PreTrainedTokenizerFast:

@@ -20,18 +20,9 @@ from adaptermath.cli.main import main
 from adaptermath.errors import AdapterLoadError, OutputExistsError
 from adaptermath.init_adapter import AdapterInitError, init_adapter, init_summary
 
-from experiments_tiny import save_tiny_bert, save_tiny_llama
+from experiments_tiny import one_thread, save_tiny_bert, save_tiny_llama  # noqa: F401 (one_thread: autouse fixture)
 
 LORA = {"kind": "lora", "target_modules": ["q_proj", "v_proj"], "r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

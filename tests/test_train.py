@@ -15,21 +15,12 @@ from adaptermath.errors import DataError, OutputExistsError
 from adaptermath.experiments.train import IGNORE_INDEX, classification_examples, lm_examples, train_pem
 from adaptermath.init_adapter import init_adapter
 
-from experiments_tiny import save_tiny_bert, save_tiny_llama
+from experiments_tiny import one_thread, save_tiny_bert, save_tiny_llama  # noqa: F401 (one_thread: autouse fixture)
 
 TEXTS = ["the cat sat on the mat .", "the dog ran .", "i liked the film , it was great !", "a dog sat on a cat ."] * 6
 REVIEWS = ["the film was great", "the film was awful", "i liked it", "i hated it", "very good plot", "boring acting"]
 ROWS = [{"text": text, "label": int(any(word in text for word in ("great", "liked", "good")))} for text in REVIEWS] * 4
 TEMPLATE = "review : {text} sentiment :"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

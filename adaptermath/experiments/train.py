@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adaptermath.adapter import sha256_file
 from adaptermath.errors import AdapterLoadError, DataError, OutputExistsError
 from adaptermath.init_adapter import load_base_for_task, normalise_adapter_config, quiet_transformers
 from adaptermath.io.atomic import atomic_output_dir
@@ -74,14 +75,6 @@ class Batch:
     tokens: int
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_fingerprint(data: Sequence[str] | Sequence[Mapping[str, Any]]) -> str:
     """SHA-256 of the data as canonical JSON (texts, or rows with every field)."""
     canonical = json.dumps(list(data), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
@@ -103,22 +96,6 @@ def _rows(data: Sequence[str] | Sequence[Mapping[str, Any]]) -> list[Mapping[str
         if not isinstance(item, Mapping) or "text" not in item or "label" not in item:
             raise DataError(f"example {index} needs 'text' and 'label' fields for classification")
     return list(data)  # type: ignore[arg-type]
-
-
-def _prefix_ids(tokenizer: Any) -> list[int]:
-    """The ids the tokenizer puts before a text (BOS for Llama-style tokenizers, often nothing)."""
-    plain = list(tokenizer("hello world", add_special_tokens=False)["input_ids"])
-    wrapped = list(tokenizer("hello world", add_special_tokens=True)["input_ids"])
-    for start in range(len(wrapped) - len(plain) + 1):
-        if wrapped[start : start + len(plain)] == plain:
-            return wrapped[:start]
-    return []
-
-
-def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -170,9 +147,11 @@ def _head_rows(data: Sequence[str] | Sequence[Mapping[str, Any]], num_labels: in
 
 def lm_examples(tokenizer: Any, texts: Sequence[str], *, max_length: int, packing: bool = True) -> list[list[int]]:
     """Token rows for the LM objective: packed blocks of ``max_length`` tokens, or one row per text."""
-    prefix = _prefix_ids(tokenizer)
+    from adaptermath.evaluation.batching import encode, special_wrapping
+
+    prefix, _ = special_wrapping(tokenizer)
     eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    encoded = [prefix + ids + eos for ids in _encode(tokenizer, texts) if ids]
+    encoded = [prefix + ids + eos for ids in encode(tokenizer, texts) if ids]
     if not packing:
         return [ids[:max_length] for ids in encoded if len(ids) >= 2]
     stream = [token for ids in encoded for token in ids]
@@ -196,16 +175,17 @@ def classification_examples(
     The label tokens are those :func:`adaptermath.evaluation.classification.label_token_ids` gives
     (a label tokenised as it follows text), so training and rank-classification evaluation agree.
     """
+    from adaptermath.evaluation.batching import encode, special_wrapping
     from adaptermath.evaluation.classification import label_token_ids
 
-    prefix = _prefix_ids(tokenizer)
+    prefix, _ = special_wrapping(tokenizer)
     label_ids = label_token_ids(tokenizer, list(label_words), label_prefix)  # exactly as the evaluator scores them
     try:
         prompts = [template.format_map(dict(row)) for row in rows]
     except (KeyError, IndexError, ValueError) as exc:
         raise DataError(f"template {template!r} does not fit the rows: {exc}") from None
     examples = []
-    for row, ids in zip(rows, _encode(tokenizer, prompts)):
+    for row, ids in zip(rows, encode(tokenizer, prompts)):
         label = row["label"]
         if not isinstance(label, int) or not 0 <= label < len(label_words):
             raise DataError(f"label {label!r} has no word; label_words has {len(label_words)} entries")
@@ -329,8 +309,8 @@ def train_pem(
     key = {
         "objective": objective,
         "base_model": str(base_model_dir),
-        "base_config_sha256": _sha256_file(base_config) if base_config.exists() else None,
-        "init_adapter_sha256": _sha256_file(init_weights),
+        "base_config_sha256": sha256_file(base_config) if base_config.exists() else None,
+        "init_adapter_sha256": sha256_file(init_weights),
         "data_sha256": data_fingerprint(data),
         "examples": len(data),
         "steps": steps,
