@@ -136,13 +136,15 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
             direction = f"{source}→{target}"
             test_rows = splits[target]["test"]
             with common.timed(timings, f"evaluation {kind}"):
-                base_score = score_fixed(f"base|{target}|test", None, test_rows)
+                base_score = (score_fixed(f"base|{target}|test", None, test_rows) if settings.get("score_base_model", True)
+                              else {"accuracy": None})
                 vanilla = score_fixed(f"{kind}|cls_{source}|{target}|test", folders[f"cls_{source}"], test_rows)
                 upper = score_fixed(f"{kind}|cls_{target}|{target}|test", folders[f"cls_{target}"], test_rows)
             operands = {"cls": folders[f"cls_{source}"], "tgt": folders[f"lm_{target}"], "src": folders[f"lm_{source}"]}
             for form in settings["forms"]:
                 expression, variable = FORMS[form]
-                for space in settings["spaces"] if kind == "lora" else ["param"]:
+                spaces = settings["spaces"][form] if isinstance(settings["spaces"], Mapping) else settings["spaces"]
+                for space in spaces if kind == "lora" else ["param"]:
                     grid = settings["grids"][form]
                     values = (common.lambda_grid(grid["start"], grid["stop"], grid["step"]) if isinstance(grid, Mapping)
                               else [float(v) for v in grid])
@@ -236,7 +238,7 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         f"- Data sizes per domain: {json.dumps(document['sizes'])} (seeded split, seed {settings['seed']}).",
         f"- PEMs: {json.dumps(settings['adapters'])}.",
         f"- Training: {json.dumps(settings['train'])}.",
-        f"- Grids: {json.dumps(settings['grids'])}; spaces {settings['spaces']} (LoRA), param for (IA)³.",
+        f"- Grids: {json.dumps(settings['grids'])}; spaces {json.dumps(settings['spaces'])} (LoRA), param for (IA)³.",
         f"- Runtimes (s): {json.dumps(document['timings'])}; training per PEM: {json.dumps(document['training_seconds'])}.",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
         f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
