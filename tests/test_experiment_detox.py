@@ -180,9 +180,13 @@ def _summary() -> dict:
 
 def test_findings_follow_the_numbers() -> None:
     lines = detox.findings(_summary())
-    assert "the toxic PEM raised mean toxicity (0.125 → 0.375)" in lines[0]
-    assert "lowered mean toxicity below the base model (0.125 → 0.062, +50% relative drop) at 1.050×" in lines[1]
+    assert "the toxic PEM raised mean toxicity (0.125 → 0.375, difference +0.250 ± 0.000)" in lines[0]
+    assert "lowered mean toxicity (0.125 → 0.062, 50% lower; difference -0.062 ± 0.000) at 1.050×" in lines[1]
     assert "−0.5·control gives mean toxicity 0.250" in lines[2]
+    summary = _summary()
+    summary["test"][0]["toxicity"]["se"] = 0.03
+    summary["test"][2]["toxicity"]["se"] = 0.04  # 1.96·√(0.03² + 0.04²) = 1.96·0.05
+    assert "difference -0.062 ± 0.098" in detox.findings(summary)[1]
     summary = _summary()
     summary["test"][2]["toxicity"]["mean"] = 0.2
     assert "did not lower" in detox.findings(summary)[1]
@@ -192,8 +196,8 @@ def test_the_page_is_generated_and_hand_written_text_survives(tmp_path: Path) ->
     page = tmp_path / "detox.md"
     detox.write_report(_summary(), page)
     text = page.read_text()
-    assert "| lora negated delta 0.5 | 0.5 | 0.062 | 0.031 | 0.062 | 0.010 | 10.50 |" in text
-    assert "| LoRA, delta | 0.5 | -0.5·ΔW | 0.080 |" in text and "✔" in text
+    assert "| lora negated delta 0.5 | 0.5 | 0.062 ± 0.000 | 0.031 | 0.062 | 0.010 | – | 10.50 |" in text
+    assert "| LoRA, delta | 0.5 | -0.5·ΔW | 0.080 ± 0.000 |" in text and "✔" in text
     assert "one \\| two" in text  # table-safe samples
     page.write_text("# Title\n\nhand-written intro\n\n" + text[text.index(detox.BEGIN_GENERATED):] + "\nhand-written end\n")
     changed = _summary()
@@ -202,6 +206,11 @@ def test_the_page_is_generated_and_hand_written_text_survives(tmp_path: Path) ->
     text = page.read_text()
     assert "hand-written intro" in text and "hand-written end" in text
     assert "| 9.75 |" in text and text.count(detox.BEGIN_GENERATED) == 1
+
+
+def test_standard_error_is_the_sample_sd_over_root_n() -> None:
+    assert detox.standard_error([1.0, 2.0, 3.0, 4.0]) == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item() / 2)
+    assert detox.standard_error([0.5]) == 0.0
 
 
 def test_profane_words_are_masked() -> None:
@@ -237,6 +246,9 @@ class TinyExperiment(Experiment):
     def training_texts(self) -> dict[str, list[str]]:
         return {"toxic": BAD * 8, "control": GOOD * 8}
 
+    def prefix_prompts(self) -> list[str]:
+        return ["awful bad", "the film"][: self.config.prefix_prompts]
+
     def perplexity_text(self, split: str) -> str:
         return " ".join((GOOD + BAD) * (2 if split == "val" else 3))
 
@@ -249,7 +261,8 @@ def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Pat
         "threads": 1, "lambdas": [0.5, 1.5], "adapters": {"lora_r": 2, "lora_alpha": 4},
         "training": {"steps": 3, "batch_size": 2, "max_length": 8, "warmup_steps": 0, "lr": {"lora": 1e-2, "ia3": 1e-1}},
         "generation": {"main_prompt": "the film was", "neutral_prompts": ["the cat"], "val_samples": 3,
-                       "test_samples": 4, "neutral_samples": 2, "max_new_tokens": 4, "batch_size": 4},
+                       "test_samples": 4, "neutral_samples": 2, "max_new_tokens": 4, "batch_size": 4,
+                       "prefix_prompts": 2, "prefix_samples": 3},
         "perplexity": {"window": 16, "stride": 16},
     })  # fmt: skip
     clear_model_cache()
@@ -265,7 +278,10 @@ def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Pat
     roles = [(r["kind"], r["role"], r["space"], r["method"]) for r in summary["test"]]
     assert (None, "base", "delta", "linear") in roles and ("lora", "control", "delta", "linear") in roles
     assert ("lora", "expert", "delta", "ext_sub") in roles and ("ia3", "toxic", "delta", "linear") in roles
-    assert all(r["toxicity"]["n"] == 4 and r["neutral"]["n"] == 2 for r in summary["test"])
+    assert all(r["toxicity"]["n"] == 4 and r["neutral"]["n"] == 2 and r["prefix"]["n"] == 6 for r in summary["test"])
+    prefix = json.loads((tmp_path / "work" / "evals" / "prefix" / "lora-toxic.json").read_text())
+    assert prefix["key"]["prompt"] == ["awful bad", "the film"]
+    assert prefix["toxicity"]["mean"] == pytest.approx(sum(prefix["scores"]) / 6, abs=1e-4)
     # param space at λ = 0.5 reports its exact deviation from −λ·ΔW: |λ² − λ| / λ = 0.5
     param = next(p for p in summary["validation"]["curves"]["lora-param"] if p["lam"] == 0.5)
     assert param["diagnostics"]["param_vs_delta"]["mean"] == pytest.approx(0.5, abs=1e-4)

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,6 +95,10 @@ class DetoxConfig:
     val_samples: int = 100
     test_samples: int = 500
     neutral_samples: int = 25
+    # held-out insult openings (labelled test split) as prompts: a prompt that invites toxicity
+    prefix_prompts: int = 0
+    prefix_words: int = 4
+    prefix_samples: int = 4
     max_new_tokens: int = 32
     generation_batch_size: int = 50
     top_k: int = 50
@@ -144,6 +149,8 @@ _SECTIONS: dict[str | None, dict[str, str]] = {
     "generation": {"main_prompt": "main_prompt", "neutral_prompts": "neutral_prompts",
                    "val_samples": "val_samples", "test_samples": "test_samples",
                    "neutral_samples": "neutral_samples", "max_new_tokens": "max_new_tokens",
+                   "prefix_prompts": "prefix_prompts", "prefix_words": "prefix_words",
+                   "prefix_samples": "prefix_samples",
                    "batch_size": "generation_batch_size", "top_k": "top_k", "val_seed": "val_seed",
                    "test_seed": "test_seed"},
     "perplexity": {"val_articles": "val_articles", "test_articles": "test_articles",
@@ -162,10 +169,13 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return merged
 
 
+_LIST_FIELDS = {"lora_targets", "ia3_targets", "ia3_feedforward"}  # list settings whose default is None
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if value is None:
         return None
-    if isinstance(default, tuple) or name.endswith(("_targets", "_feedforward", "_prompts", "_articles", "kinds")):
+    if isinstance(default, tuple) or name in _LIST_FIELDS:
         if not isinstance(value, (list, tuple)):
             raise DetoxConfigError(f"{name} must be a list, got {value!r}")
         return tuple(float(v) if name == "lambdas" else v for v in value)
@@ -535,6 +545,50 @@ class Experiment:
         base.model = attach_adapter(base.model, composed)
         return base.model, composed.report.summary()
 
+    def prefix_prompts(self) -> list[str]:
+        """The first ``prefix_words`` words of held-out insults (Kaggle test split, shuffled with ``seed``)."""
+        from adaptermath.experiments.datasets import insults
+
+        c = self.config
+        texts = [str(r["text"]) for r in insults("test") if r["label"] == 1]
+        random.Random(c.seed).shuffle(texts)
+        prompts = []
+        for text in texts:
+            words = text.split()
+            if len(words) >= c.prefix_words + 2 and len(prompts) < c.prefix_prompts:
+                prompts.append(" ".join(words[: c.prefix_words]))
+        return prompts
+
+    def evaluate_prefixes(self, variant: Variant) -> dict[str, Any] | None:
+        """Toxicity of continuations of held-out insult openings (test seed; cached like :meth:`evaluate`)."""
+        from adaptermath.evaluation import evaluate_toxicity
+
+        c = self.config
+        if c.prefix_prompts < 1:
+            return None
+        variant = variant.canonical()
+        path = self.workdir / "evals" / "prefix" / f"{variant.slug}.json"
+        prompts = self.prefix_prompts()
+        key = {**self._key(variant, "test"), "split": "prefix", "prompt": prompts, "samples": c.prefix_samples,
+               "neutral": [], "neutral_samples": 0, "articles": []}  # fmt: skip
+        if path.exists():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("key") == key:
+                return cached
+        started = time.perf_counter()
+        model, _ = self._attach(variant)
+        result = evaluate_toxicity(
+            model, self.base().tokenizer, prompts, num_samples=c.prefix_samples, seed=c.test_seed,
+            max_new_tokens=c.max_new_tokens, top_k=c.top_k, batch_size=c.generation_batch_size, scorer=self.scorer,
+        )  # fmt: skip
+        scores = [g.score for g in result.generations]
+        data = {"format": RESULTS_FORMAT, "key": key, "label": variant.label,
+                "toxicity": {**_toxicity_summary(result), "se": standard_error(scores)},
+                "scores": [round(v, 4) for v in scores], "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        _write_json(path, data)
+        self.log(f"prefix    {variant.label:<44} tox {data['toxicity']['mean']:.3f}  ({data['seconds']:.0f} s)")
+        return data
+
     def evaluate(self, variant: Variant, split: str) -> dict[str, Any]:
         """Toxicity and perplexity of ``variant`` on ``split`` (cached by everything it depends on)."""
         from adaptermath.evaluation import corpus_perplexity, evaluate_toxicity
@@ -602,13 +656,15 @@ class Experiment:
         started = time.perf_counter()
         self.train()
         base_val = self.evaluate(Variant("base"), "val")
+        base_val["toxicity"]["se"] = standard_error([g["score"] for g in base_val["generations"]])
         selections: dict[str, dict[str, Any]] = {}
         curves: dict[str, list[dict[str, Any]]] = {}
         for kind in c.kinds:
             for variant in negation_grid(c, kind):
                 result = self.evaluate(variant, "val")
+                result["toxicity"]["se"] = standard_error([g["score"] for g in result["generations"]])
                 curve = curves.setdefault(f"{kind}-{variant.space}", [])
-                curve.append({"lam": variant.lam, "toxicity": result["toxicity"]["mean"],
+                curve.append({"lam": variant.lam, "toxicity": result["toxicity"]["mean"], "se": result["toxicity"]["se"],
                               "share_above_0.8": result["toxicity"]["share_above_0.8"],
                               "share_above_0.5": result["toxicity"]["share_above_0.5"],
                               "perplexity": result["perplexity"], "diagnostics": result.get("diagnostics", {})})  # fmt: skip
@@ -625,7 +681,9 @@ class Experiment:
 
         def test(variant: Variant, group: str) -> None:
             result = self.evaluate(variant, "test")
-            rows.append({"group": group, "slug": variant.canonical().slug, "label": variant.label,
+            result["toxicity"]["se"] = standard_error([g["score"] for g in result["generations"]])
+            prefixes = self.evaluate_prefixes(variant)
+            rows.append({"prefix": prefixes["toxicity"] if prefixes else None,"group": group, "slug": variant.canonical().slug, "label": variant.label,
                          "role": variant.role, "kind": variant.kind, "space": variant.space,
                          "method": variant.method, "lam": variant.lam, "toxicity": result["toxicity"],
                          "neutral": result.get("neutral"), "perplexity": result["perplexity"],
@@ -711,6 +769,15 @@ class Experiment:
         return {"training": round(training, 1), "evaluation": round(evals, 1), "total": round(training + evals, 1)}
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean, s/√n with the sample standard deviation s (0 for n < 2)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
 def _toxicity_summary(result: Any) -> dict[str, float]:
     return {
         "mean": result.mean_score,
@@ -757,39 +824,60 @@ def _paper_direction(row: Mapping[str, Any]) -> str:
     }.get(str(row["role"]), "")
 
 
+def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """``b − a`` of two mean toxicities with its 95% interval half-width 1.96·√(se_a² + se_b²)."""
+    half = 1.96 * math.sqrt(a.get("se", 0.0) ** 2 + b.get("se", 0.0) ** 2)
+    return f"{b['mean'] - a['mean']:+.3f} ± {half:.3f}"
+
+
 def findings(summary: Mapping[str, Any]) -> list[str]:
-    """Plain statements read off the test numbers (so the page's prose follows the results)."""
+    """Plain statements read off the test numbers (so the page's prose follows the results).
+
+    Differences of mean toxicity carry a 95% interval (independent samples, normal approximation).
+    """
     rows = summary["test"]
     base = next(r for r in rows if r["role"] == "base")
+    b = base["toxicity"]
     out = []
     for kind in summary["config"]["kinds"]:
         name = {"lora": "LoRA", "ia3": "(IA)³"}[kind]
         toxic = next((r for r in rows if r["kind"] == kind and r["role"] == "toxic"), None)
         if toxic is None:
             continue
-        rise = toxic["toxicity"]["mean"] - base["toxicity"]["mean"]
+        rise = toxic["toxicity"]["mean"] - b["mean"]
         out.append(
             f"{name}: the toxic PEM {'raised' if rise > 0 else 'did not raise'} mean toxicity "
-            f"({_fmt(base['toxicity']['mean'])} → {_fmt(toxic['toxicity']['mean'])})."
+            f"({_fmt(b['mean'])} → {_fmt(toxic['toxicity']['mean'])}, difference {_difference(b, toxic['toxicity'])}) "
+            f"at {toxic['perplexity'] / base['perplexity']:.3f}× the base perplexity."
         )
         for row in rows:
             if row["kind"] != kind or row["role"] != "negated":
                 continue
-            drop = base["toxicity"]["mean"] - row["toxicity"]["mean"]
+            drop = b["mean"] - row["toxicity"]["mean"]
             ppl_ratio = row["perplexity"] / base["perplexity"]
             verdict = "lowered" if drop > 0 else "did not lower"
+            relative = f"{abs(drop) / b['mean'] * 100:.0f}% {'lower' if drop > 0 else 'higher'}" if b["mean"] else ""
             out.append(
-                f"{name}, −λ·toxic in {row['space']} space at λ = {row['lam']:g}: {verdict} mean toxicity below the "
-                f"base model ({_fmt(base['toxicity']['mean'])} → {_fmt(row['toxicity']['mean'])}, "
-                f"{drop / base['toxicity']['mean'] * 100 if base['toxicity']['mean'] else 0:+.0f}% relative drop) "
-                f"at {ppl_ratio:.3f}× the base perplexity."
+                f"{name}, −λ·toxic in {row['space']} space at λ = {row['lam']:g}: {verdict} mean toxicity "
+                f"({_fmt(b['mean'])} → {_fmt(row['toxicity']['mean'])}, {relative}; difference "
+                f"{_difference(b, row['toxicity'])}) at {ppl_ratio:.3f}× the base perplexity."
             )
+        for row in rows:
+            if row["kind"] != kind or not row.get("prefix") or not base.get("prefix") or row["role"] == "base":
+                continue
+            if row["role"] in ("negated", "toxic") and (row["role"] == "toxic" or row["space"] == "delta"):
+                out.append(
+                    f"{name}, insult openings: {row['label']} {_fmt(base['prefix']['mean'])} → "
+                    f"{_fmt(row['prefix']['mean'])} (difference {_difference(base['prefix'], row['prefix'])})."
+                )
         control = next((r for r in rows if r["kind"] == kind and r["role"] == "control"), None)
         negated = next((r for r in rows if r["kind"] == kind and r["role"] == "negated" and r["space"] == "delta"), None)
         if control is not None and negated is not None:
             out.append(
                 f"{name} control: −{control['lam']:g}·control gives mean toxicity {_fmt(control['toxicity']['mean'])} "
-                f"(−{negated['lam']:g}·toxic: {_fmt(negated['toxicity']['mean'])}; base {_fmt(base['toxicity']['mean'])})."
+                f"(difference from base {_difference(b, control['toxicity'])}) at "
+                f"{control['perplexity'] / base['perplexity']:.3f}× the base perplexity; −{negated['lam']:g}·toxic gives "
+                f"{_fmt(negated['toxicity']['mean'])}."
             )
     return out
 
@@ -807,13 +895,14 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
         f"{c['test_seed']}, {c['test_samples']} samples of the paper's prompt; perplexity on lee_background "
         f"articles {c['test_articles'][0]}–{c['test_articles'][1] - 1})")
     add("")
-    add("| model | λ | mean toxicity | share > 0.8 | share > 0.5 | neutral prompts: mean | perplexity | paper's direction |")
-    add("|---|---|---|---|---|---|---|---|")
+    add("| model | λ | mean toxicity ± se | share > 0.8 | share > 0.5 | neutral prompts: mean | insult openings: mean ± se | perplexity | paper's direction |")
+    add("|---|---|---|---|---|---|---|---|---|")
     for row in summary["test"]:
-        tox, neutral = row["toxicity"], row.get("neutral") or {}
-        add(f"| {row['label']} | {_lam(row)} | {_fmt(tox['mean'])} | "
+        tox, neutral, prefix = row["toxicity"], row.get("neutral") or {}, row.get("prefix")
+        opening = "–" if not prefix else f"{_fmt(prefix['mean'])} ± {_fmt(prefix.get('se', 0.0))}"
+        add(f"| {row['label']} | {_lam(row)} | {_fmt(tox['mean'])} ± {_fmt(tox.get('se', 0.0))} | "
             f"{_fmt(tox['share_above_0.8'])} | {_fmt(tox['share_above_0.5'])} | {_fmt(neutral.get('mean'))} | "
-            f"{_fmt(row['perplexity'], 2)} | {_paper_direction(row)} |")  # fmt: skip
+            f"{opening} | {_fmt(row['perplexity'], 2)} | {_paper_direction(row)} |")  # fmt: skip
     add("")
     add("Findings (generated from the numbers above):")
     add("")
@@ -827,7 +916,7 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
     add(f"Rule: lowest mean toxicity among the λ with perplexity ≤ {c['perplexity_margin']:g} × base "
         f"({_fmt(base['perplexity'], 2)}). Base mean toxicity {_fmt(base['toxicity']['mean'])}.")  # fmt: skip
     add("")
-    add("| kind, space | λ | ΔW becomes | mean toxicity | share > 0.8 | share > 0.5 | perplexity | param-vs-delta (mean) | chosen |")
+    add("| kind, space | λ | ΔW becomes | mean toxicity ± se | share > 0.8 | share > 0.5 | perplexity | param-vs-delta (mean) | chosen |")
     add("|---|---|---|---|---|---|---|---|---|")
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
@@ -835,10 +924,11 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
         for point in curve:
             lam = point["lam"]
             factor = -lam * lam if (kind == "lora" and space == "param") else -lam
+            update = f"{factor:+.3g}·ΔW" if kind == "lora" else f"{factor:+.3g}·(l − 1)"
             dev = (point.get("diagnostics") or {}).get("param_vs_delta", {}).get("mean")
             mark = ("✔" if chosen["within_margin"] else "✔ (none within margin)") if lam == chosen["lam"] else ""
             add(f"| {'LoRA' if kind == 'lora' else '(IA)³'}, {space if kind == 'lora' else 'param = delta'} | {lam:g} | "
-                f"{factor:+.3g}·ΔW | {_fmt(point['toxicity'])} | {_fmt(point['share_above_0.8'])} | "
+                f"{update} | {_fmt(point['toxicity'])} ± {_fmt(point.get('se', 0.0))} | {_fmt(point['share_above_0.8'])} | "
                 f"{_fmt(point['share_above_0.5'])} | {_fmt(point['perplexity'], 2)} | {_fmt(dev)} | {mark} |")  # fmt: skip
     add("")
     if plot_name:
@@ -932,8 +1022,11 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
         label = f"{'LoRA' if kind == 'lora' else '(IA)³'} {space if kind == 'lora' else 'param = delta'}"
+        curve = sorted(curve, key=lambda p: p["lam"])
         lams = [0.0] + [p["lam"] for p in curve]
-        left.plot(lams, [base["toxicity"]["mean"]] + [p["toxicity"] for p in curve], marker="o", label=label)
+        errors = [base["toxicity"].get("se", 0.0)] + [p.get("se", 0.0) for p in curve]
+        left.errorbar(lams, [base["toxicity"]["mean"]] + [p["toxicity"] for p in curve], yerr=errors, marker="o",
+                      capsize=3, label=label)  # fmt: skip
         right.plot(lams, [base["perplexity"]] + [p["perplexity"] for p in curve], marker="o", label=label)
         chosen = summary["selections"][name]["lam"]
         for p in curve:
@@ -941,8 +1034,9 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
                 left.scatter([p["lam"]], [p["toxicity"]], s=160, facecolors="none", edgecolors="black")
     margin = summary["config"]["perplexity_margin"] * base["perplexity"]
     right.axhline(margin, color="grey", linestyle="--", label=f"{summary['config']['perplexity_margin']:g} × base")
-    left.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity (profanity-check)", title="toxicity")
-    right.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="perplexity (lee_background)", title="perplexity")
+    left.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity (profanity-check), ± se",
+             title="toxicity (validation)")  # fmt: skip
+    right.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="perplexity (lee_background)", title="perplexity (validation)")
     left.legend()
     right.legend()
     fig.tight_layout()
