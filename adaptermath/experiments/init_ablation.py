@@ -42,6 +42,8 @@ def load_settings(path: Path | None, quick: bool) -> dict[str, Any]:
     base = common.load_config(distribution.NAME, own.get("distribution_config"), quick=quick)
     merged = common.merge_settings(base, {k: v for k, v in own.items() if k not in ("config_path", "quick")})
     merged["config_path"] = own["config_path"]
+    # The same-init merges are exactly the distribution experiment's LoRA sweeps: share its results files.
+    merged["distribution_fingerprint"] = common.settings_fingerprint(base)
     return merged
 
 
@@ -91,11 +93,15 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
         diagnostic = diagnostic_summary(compare(operands["h0"], operands["h1"]))
         common.log(f"{label}: {json.dumps({k: round(v, 4) if v is not None else None for k, v in diagnostic.items()})}")
         for space in ("param", "delta"):
+            if label == "same init":  # the distribution experiment's own sweep (cached when it has run)
+                shared_fingerprint = settings["distribution_fingerprint"]
+                results = workdir / "sweeps" / shared_fingerprint / f"{kind}-{space}.jsonl"
+            else:
+                shared_fingerprint = fingerprint
+                results = workdir / "sweeps" / fingerprint / f"{NAME}-different-{space}.jsonl"
             with common.timed(timings, "evaluation"):
-                swept = distribution.sweep_merge(
-                    evaluator, operands, space, values, splits,
-                    workdir / "sweeps" / fingerprint / f"{NAME}-{label.split()[0]}-{space}.jsonl", {"settings": fingerprint},
-                )  # fmt: skip
+                swept = distribution.sweep_merge(evaluator, operands, space, values, splits, results,
+                                                 {"settings": shared_fingerprint})
 
                 def at_half(space: str = space) -> dict[str, Any]:
                     composed = compose(distribution.EXPRESSION, operands, variables={"λ": 0.5}, space=space)
