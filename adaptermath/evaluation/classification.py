@@ -7,10 +7,12 @@ score of a label is the log-likelihood of its tokens after the prompt,
     s(y) = Σ_j log p(v(y)_j | x, v(y)_<j)          (divided by |v(y)| with length_normalize)
 
 and the prediction is ``argmax_y s(y)``. Every label is scored exactly, token by token: for a
-causal LM the rows ``prompt + label`` are run left-padded (so all label tokens end the row) and only
-only the ``max |v(y)|`` positions that predict label tokens are projected onto the vocabulary; when every label is a single token, one
-forward pass per prompt scores all labels from the next-token distribution. For a seq2seq model
-the prompt goes to the encoder and the label is the decoder target (with the tokenizer's end token).
+causal LM the rows ``prompt + label`` are run left-padded (so all label tokens end the row) and
+only the ``max |v(y)|`` positions that predict label tokens are projected onto the vocabulary;
+when every label is a single token, one forward pass per prompt scores all labels from the
+next-token distribution. Labels are tokenized as they appear after text (see
+:func:`label_token_ids`). For a seq2seq model the prompt goes to the encoder and the label is the
+decoder target (with the tokenizer's end token).
 
 Encoder classifiers (``*ForSequenceClassification``, e.g. a LoRA with ``modules_to_save`` on the
 head): the prediction is ``argmax`` of the head's logits, and the scores are those logits.
