@@ -278,6 +278,7 @@ def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Pat
     roles = [(r["kind"], r["role"], r["space"], r["method"]) for r in summary["test"]]
     assert (None, "base", "delta", "linear") in roles and ("lora", "control", "delta", "linear") in roles
     assert ("lora", "expert", "delta", "ext_sub") in roles and ("ia3", "toxic", "delta", "linear") in roles
+    assert any(r["role"] == "control" and r["lam"] is None for r in summary["test"])  # the expert alone
     assert all(r["toxicity"]["n"] == 4 and r["neutral"]["n"] == 2 and r["prefix"]["n"] == 6 for r in summary["test"])
     prefix = json.loads((tmp_path / "work" / "evals" / "prefix" / "lora-toxic.json").read_text())
     assert prefix["key"]["prompt"] == ["awful bad", "the film"]

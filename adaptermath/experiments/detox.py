@@ -701,6 +701,7 @@ class Experiment:
             if kind in c.control_kinds:
                 test(Variant("control", kind, "-l*control", "delta", "linear", lam), kind)
             if kind in c.ext_sub_kinds:
+                test(Variant("control", kind), kind)  # the expert alone, the reference for the rows below
                 test(Variant("expert", kind, "control - l*toxic", "delta", "linear", lam), kind)
                 if has_methods:
                     test(Variant("expert", kind, "control - l*toxic", "delta", "ext_sub", lam), kind)
@@ -815,6 +816,8 @@ def _lam(row: Mapping[str, Any]) -> str:
 
 
 def _paper_direction(row: Mapping[str, Any]) -> str:
+    if row["role"] == "control" and row.get("lam") is None:
+        return "reference: the expert of the rows below"
     return {
         "base": "reference",
         "toxic": "toxicity ↑ (the PEM learned the style)",
@@ -870,7 +873,7 @@ def findings(summary: Mapping[str, Any]) -> list[str]:
                     f"{name}, insult openings: {row['label']} {_fmt(base['prefix']['mean'])} → "
                     f"{_fmt(row['prefix']['mean'])} (difference {_difference(base['prefix'], row['prefix'])})."
                 )
-        control = next((r for r in rows if r["kind"] == kind and r["role"] == "control"), None)
+        control = next((r for r in rows if r["kind"] == kind and r["role"] == "control" and r["lam"] is not None), None)
         negated = next((r for r in rows if r["kind"] == kind and r["role"] == "negated" and r["space"] == "delta"), None)
         if control is not None and negated is not None:
             out.append(
