@@ -274,6 +274,8 @@ def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Pat
         expected = select_lambda([PointScore(p["lam"], p["toxicity"], p["perplexity"]) for p in curve], base_ppl, 1.1)
         assert summary["selections"][name]["lam"] == expected.lam
     assert set(summary["validation"]["curves"]) == {"lora-delta", "lora-param", "ia3-delta"}
+    assert all(p["prefix"]["n"] == 6 for curve in summary["validation"]["curves"].values() for p in curve)
+    assert set(summary["samples"]) == {r["label"] for r in summary["test"] if r["role"] in ("base", "toxic", "negated")}
     # every reported model was scored on test with the configured counts
     roles = [(r["kind"], r["role"], r["space"], r["method"]) for r in summary["test"]]
     assert (None, "base", "delta", "linear") in roles and ("lora", "control", "delta", "linear") in roles

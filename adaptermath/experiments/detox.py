@@ -668,6 +668,8 @@ class Experiment:
                               "share_above_0.8": result["toxicity"]["share_above_0.8"],
                               "share_above_0.5": result["toxicity"]["share_above_0.5"],
                               "perplexity": result["perplexity"], "diagnostics": result.get("diagnostics", {})})  # fmt: skip
+                prefixes = self.evaluate_prefixes(variant)  # test seed: a dose-response curve, never used to choose
+                curve[-1]["prefix"] = prefixes["toxicity"] if prefixes else None
             for name, curve in curves.items():
                 if not name.startswith(kind + "-"):
                     continue
@@ -678,8 +680,10 @@ class Experiment:
                 selections[name] = dataclasses.asdict(chosen)
 
         rows: list[dict[str, Any]] = []
+        tested: list[Variant] = []
 
         def test(variant: Variant, group: str) -> None:
+            tested.append(variant)
             result = self.evaluate(variant, "test")
             result["toxicity"]["se"] = standard_error([g["score"] for g in result["generations"]])
             prefixes = self.evaluate_prefixes(variant)
@@ -713,7 +717,7 @@ class Experiment:
             "validation": {"base": {"toxicity": base_val["toxicity"], "perplexity": base_val["perplexity"]},
                            "curves": curves},
             "test": rows,
-            "samples": self.sample_generations(),
+            "samples": self.sample_generations([v for v in tested if v.role in ("base", "toxic", "negated")]),
             "diagnostics": diagnostics,
             "training": self.training_records(),
             "seconds": self.total_seconds(),
@@ -741,17 +745,20 @@ class Experiment:
         out["compare_toxic_control"] = {k: v for k, v in pair.items() if not isinstance(v, list)}
         return out
 
-    def sample_generations(self, count: int = 4) -> dict[str, list[str]]:
-        """The first test generations of the main prompt per variant (profane words masked)."""
+    def sample_generations(self, variants: Sequence[Variant], count: int = 3) -> dict[str, list[str]]:
+        """The first test generations of the main prompt of each variant (profane words masked)."""
         try:
             from profanity_check import predict
         except ImportError:
             return {}
         out: dict[str, list[str]] = {}
-        for path in sorted((self.workdir / "evals" / "test").glob("*.json")):
+        for variant in variants:
+            path = self.workdir / "evals" / "test" / f"{variant.canonical().slug}.json"
+            if not path.exists():
+                continue
             data = json.loads(path.read_text(encoding="utf-8"))
             texts = [g["text"] for g in data["generations"][:count]]
-            out[data["label"]] = [mask_profanity(t, lambda ws: [int(v) for v in predict(list(ws))]) for t in texts]
+            out[variant.label] = [mask_profanity(t, lambda ws: [int(v) for v in predict(list(ws))]) for t in texts]
         return out
 
     def training_records(self) -> dict[str, Any]:
@@ -823,8 +830,10 @@ def _paper_direction(row: Mapping[str, Any]) -> str:
         "toxic": "toxicity ↑ (the PEM learned the style)",
         "negated": "toxicity ↓, perplexity ≈ base",
         "control": "no comparable drop (module-specific)",
-        "expert": "beyond the paper (Ext-Sub: keeps the expert's skills)",
-    }.get(str(row["role"]), "")
+    }.get(str(row["role"]), "") or (
+        "beyond the paper: Ext-Sub (subtracts only what the expert does not share)" if row.get("method") == "ext_sub"
+        else "beyond the paper: expert − λ·anti-expert"
+    )
 
 
 def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
@@ -919,8 +928,8 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
     add(f"Rule: lowest mean toxicity among the λ with perplexity ≤ {c['perplexity_margin']:g} × base "
         f"({_fmt(base['perplexity'], 2)}). Base mean toxicity {_fmt(base['toxicity']['mean'])}.")  # fmt: skip
     add("")
-    add("| kind, space | λ | ΔW becomes | mean toxicity ± se | share > 0.8 | share > 0.5 | perplexity | param-vs-delta (mean) | chosen |")
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("| kind, space | λ | ΔW becomes | mean toxicity ± se | share > 0.8 | share > 0.5 | perplexity | insult openings (test seed) | param-vs-delta (mean) | chosen |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
         chosen = summary["selections"][name]
@@ -929,10 +938,12 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
             factor = -lam * lam if (kind == "lora" and space == "param") else -lam
             update = f"{factor:+.3g}·ΔW" if kind == "lora" else f"{factor:+.3g}·(l − 1)"
             dev = (point.get("diagnostics") or {}).get("param_vs_delta", {}).get("mean")
+            prefix = point.get("prefix")
+            opening = "–" if not prefix else f"{_fmt(prefix['mean'])} ± {_fmt(prefix.get('se', 0.0))}"
             mark = ("✔" if chosen["within_margin"] else "✔ (none within margin)") if lam == chosen["lam"] else ""
             add(f"| {'LoRA' if kind == 'lora' else '(IA)³'}, {space if kind == 'lora' else 'param = delta'} | {lam:g} | "
                 f"{update} | {_fmt(point['toxicity'])} ± {_fmt(point.get('se', 0.0))} | {_fmt(point['share_above_0.8'])} | "
-                f"{_fmt(point['share_above_0.5'])} | {_fmt(point['perplexity'], 2)} | {_fmt(dev)} | {mark} |")  # fmt: skip
+                f"{_fmt(point['share_above_0.5'])} | {_fmt(point['perplexity'], 2)} | {opening} | {_fmt(dev)} | {mark} |")  # fmt: skip
     add("")
     if plot_name:
         add(f"![toxicity and perplexity against λ]({plot_name})")
@@ -1021,7 +1032,12 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     base = summary["validation"]["base"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    curves = summary["validation"]["curves"]
+    has_prefix = any(p.get("prefix") for curve in curves.values() for p in curve)
+    base_prefix = next((r.get("prefix") for r in summary["test"] if r["role"] == "base"), None)
+    has_prefix = has_prefix and base_prefix is not None
+    fig, axes = plt.subplots(1, 3 if has_prefix else 2, figsize=(15 if has_prefix else 10, 4))
+    left, right = axes[0], axes[1]
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
         label = f"{'LoRA' if kind == 'lora' else '(IA)³'} {space if kind == 'lora' else 'param = delta'}"
@@ -1031,6 +1047,11 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
         left.errorbar(lams, [base["toxicity"]["mean"]] + [p["toxicity"] for p in curve], yerr=errors, marker="o",
                       capsize=3, label=label)  # fmt: skip
         right.plot(lams, [base["perplexity"]] + [p["perplexity"] for p in curve], marker="o", label=label)
+        if has_prefix:
+            points = [(p["lam"], p["prefix"]) for p in curve if p.get("prefix")]
+            axes[2].errorbar([0.0] + [lam for lam, _ in points], [base_prefix["mean"]] + [q["mean"] for _, q in points],
+                             yerr=[base_prefix.get("se", 0.0)] + [q.get("se", 0.0) for _, q in points], marker="o",
+                             capsize=3, label=label)  # fmt: skip
         chosen = summary["selections"][name]["lam"]
         for p in curve:
             if p["lam"] == chosen:
@@ -1040,8 +1061,13 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
     left.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity (profanity-check), ± se",
              title="toxicity (validation)")  # fmt: skip
     right.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="perplexity (lee_background)", title="perplexity (validation)")
+    right.set_yscale("log")
     left.legend()
     right.legend()
+    if has_prefix:
+        axes[2].set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity, ± se",
+                    title="insult openings (test seed; not used to choose λ)")  # fmt: skip
+        axes[2].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
