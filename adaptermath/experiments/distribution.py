@@ -154,6 +154,10 @@ PAPER = {  # the paper's Table 2 (RoBERTa-base, GLUE average of the merged vs th
 }
 
 
+# How to read the full run (written after it; no numbers here: the tables above are generated).
+NOTES = ""
+
+
 def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     settings = document["settings"]
     table = common.markdown_table(
@@ -187,6 +191,8 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     ]
     if plot_name:
         lines += [f"![validation accuracy against λ]({plot_name})", ""]
+    if NOTES and not settings.get("quick"):
+        lines += ["## Reading the results", "", NOTES, ""]
     lines += [
         "## Setup",
         "",

@@ -96,7 +96,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
     torch.set_num_threads(threads)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    fingerprint = common.settings_fingerprint(settings)
+    # Which kinds run does not change any result of a kind: a kind can be added to a finished run.
+    fingerprint = common.settings_fingerprint({k: v for k, v in settings.items() if k != "kinds"})
     store = common.ResultStore(workdir / "results-store.json", fingerprint)
     base = smollm2_model_dir()
     domains = sorted({domain for pair in settings["directions"] for domain in pair})
@@ -189,6 +190,10 @@ PAPER_DIRECTION = (
 )
 
 
+# How to read the full run (written after it; no numbers here: the tables above are generated).
+NOTES = ""
+
+
 def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     """The results page (markdown) generated from a results document."""
     rows = document["rows"]
@@ -232,6 +237,8 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     ]
     if plot_name:
         lines += [f"![validation accuracy against λ and c0]({plot_name})", ""]
+    if NOTES and not settings.get("quick"):
+        lines += ["## Reading the results", "", NOTES, ""]
     lines += [
         "## Setup",
         "",

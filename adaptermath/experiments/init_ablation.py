@@ -133,6 +133,10 @@ def drops(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# How to read the full run (written after it; no numbers here: the tables above are generated).
+NOTES = ""
+
+
 def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     settings = document["settings"]
     rows = document["rows"]
@@ -179,6 +183,8 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
     ]
     if plot_name:
         lines += [f"![validation accuracy against λ]({plot_name})", ""]
+    if NOTES and not settings.get("quick"):
+        lines += ["## Reading the results", "", NOTES, ""]
     lines += [
         "## Setup",
         "",
