@@ -79,6 +79,8 @@ def test_settings_reject_unknown_keys_and_bad_values() -> None:
         config_from_mapping({"generation": {"val_seed": 42}})
     with pytest.raises(DetoxConfigError, match="integer"):
         config_from_mapping({"training": {"steps": "many"}})
+    with pytest.raises(DetoxConfigError, match="note must be text"):
+        config_from_mapping({"note": 3})
     with pytest.raises(DetoxConfigError, match="unknown profile"):
         config_from_mapping({}, profile="huge")
 
@@ -194,8 +196,11 @@ def test_findings_follow_the_numbers() -> None:
 
 def test_the_page_is_generated_and_hand_written_text_survives(tmp_path: Path) -> None:
     page = tmp_path / "detox.md"
-    detox.write_report(_summary(), page)
+    summary = _summary()
+    summary["config"]["note"] = "**Reduced run.** fewer\n  samples"
+    detox.write_report(summary, page)
     text = page.read_text()
+    assert "> **Reduced run.** fewer samples" in text and "note=" not in text
     assert "| lora negated delta 0.5 | 0.5 | 0.062 ± 0.000 | 0.031 | 0.062 | 0.010 | – | 10.50 |" in text
     assert "| LoRA, delta | 0.5 | -0.5·ΔW | 0.080 ± 0.000 |" in text and "✔" in text
     assert "one \\| two" in text  # table-safe samples

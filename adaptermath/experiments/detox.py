@@ -114,6 +114,7 @@ class DetoxConfig:
     perplexity_margin: float = 1.1
     control_kinds: tuple[str, ...] = ("lora", "ia3")
     ext_sub_kinds: tuple[str, ...] = ("lora",)
+    note: str = ""  # put atop the results page (a profile says how it departs from the full recipe)
 
     def check(self) -> None:
         if not self.kinds or any(kind not in ("lora", "ia3") for kind in self.kinds):
@@ -140,7 +141,7 @@ class DetoxConfig:
 
 # YAML section -> {yaml key: DetoxConfig field}
 _SECTIONS: dict[str | None, dict[str, str]] = {
-    None: {"seed": "seed", "threads": "threads", "kinds": "kinds", "lambdas": "lambdas", "control_kinds": "control_kinds",
+    None: {"seed": "seed", "threads": "threads", "kinds": "kinds", "lambdas": "lambdas", "control_kinds": "control_kinds", "note": "note",
            "ext_sub_kinds": "ext_sub_kinds"},
     "adapters": {"lora_r": "lora_r", "lora_alpha": "lora_alpha", "lora_targets": "lora_targets",
                  "ia3_targets": "ia3_targets", "ia3_feedforward": "ia3_feedforward"},
@@ -191,6 +192,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise DetoxConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise DetoxConfigError(f"{name} must be text, got {value!r}")
+        return value
     if name == "lr":
         if not isinstance(value, Mapping):
             raise DetoxConfigError(f"training.lr must map each kind to a learning rate, got {value!r}")
@@ -899,9 +904,9 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
     c = summary["config"]
     lines: list[str] = []
     add = lines.append
-    reduced = summary.get("reduced_note")
-    if reduced:
-        add(f"> **Reduced run.** {reduced}")
+    note = " ".join(str(c.get("note") or "").split())
+    if note:
+        add(f"> {note}")
         add("")
     add("### Test results (sampling seed "
         f"{c['test_seed']}, {c['test_samples']} samples of the paper's prompt; perplexity on lee_background "
@@ -990,7 +995,7 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
     add(f"- Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs.")
     add("- Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()) + ".")
     add("- Settings: " + ", ".join(
-        f"{k}={v}" for k, v in c.items() if k not in ("main_prompt", "neutral_prompts")) + ".")  # fmt: skip
+        f"{k}={v}" for k, v in c.items() if k not in ("main_prompt", "neutral_prompts", "note")) + ".")  # fmt: skip
     add(f"- Neutral prompts: {'; '.join(repr(p) for p in c['neutral_prompts'])}.")
     return "\n".join(lines)
 
@@ -1115,7 +1120,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (overrides the recipe)")
     parser.add_argument("--kinds", default=None, help="comma-separated subset of the recipe's kinds, e.g. lora")
     parser.add_argument("--report", type=Path, default=None, help="write the results page here (and its plot beside it)")
-    parser.add_argument("--reduced-note", default=None, help="a sentence saying how this run was reduced, put atop the page")
     args = parser.parse_args(argv)
     profile = "quick" if args.quick else args.profile
     config = load_config(args.config, profile=profile)
@@ -1128,8 +1132,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console = Console()
     console.print(f"[bold]detox[/bold]: work folder {workdir}")
     summary = run_detox(config, workdir, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
-    if args.reduced_note:
-        summary["reduced_note"] = args.reduced_note
     print_summary(summary)
     if args.report is not None:
         page = write_report(summary, args.report)
