@@ -20,6 +20,7 @@ from .errors import AdapterMathError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
 from .formats import convert, detect_format  # noqa: E402
+from .init_adapter import init_adapter  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
@@ -39,6 +40,7 @@ __all__ = [
     "convert",
     "detect_format",
     "evaluate",
+    "init_adapter",
     "inspect_adapter",
     "load_adapter",
     "load_recipe",
