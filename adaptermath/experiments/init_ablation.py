@@ -71,7 +71,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
     torch.set_num_threads(threads)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    fingerprint = common.settings_fingerprint(settings)
+    # Extra learning rates add rows without touching the base ones (their keys carry the rate).
+    fingerprint = common.settings_fingerprint({k: v for k, v in settings.items() if k != "extra_lora_lrs"})
     store = common.ResultStore(workdir / f"{NAME}-store.json", fingerprint)
     splits, halves = distribution.prepare(settings)
     evaluator = common.HeadEvaluator(**settings["eval"])
@@ -79,39 +80,48 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2,
     values = common.lambda_grid(grid["start"], grid["stop"], grid["step"])
     kind = "lora"
     other_seed = int(settings["other_init_seed"])
-    with common.timed(timings, "training"):
-        shared = distribution.train_halves(workdir, kind, settings, halves, threads, union=False)
-        different = distribution.train_halves(workdir, kind, settings, halves, threads, h1_init_seed=other_seed, union=False)
-    pairs = {"same init": shared, f"different init (h1 seed {other_seed})": different}
+    base_lr = float(settings["adapters"][kind]["lr"])
     rows: list[dict[str, Any]] = []
 
     def document() -> dict[str, Any]:
         return {**common.run_header(NAME, settings, workdir), "rows": list(rows), "timings": dict(timings)}
 
-    for label, pems in pairs.items():
-        operands = {"h0": pems["h0"], "h1": pems["h1"]}
-        diagnostic = diagnostic_summary(compare(operands["h0"], operands["h1"]))
-        common.log(f"{label}: {json.dumps({k: round(v, 4) if v is not None else None for k, v in diagnostic.items()})}")
-        for space in ("param", "delta"):
-            if label == "same init":  # the distribution experiment's own sweep (cached when it has run)
-                shared_fingerprint = settings["distribution_fingerprint"]
-                results = workdir / "sweeps" / shared_fingerprint / f"{kind}-{space}.jsonl"
-            else:
-                shared_fingerprint = fingerprint
-                results = workdir / "sweeps" / fingerprint / f"{NAME}-different-{space}.jsonl"
-            with common.timed(timings, "evaluation"):
-                swept = distribution.sweep_merge(evaluator, operands, space, values, splits, results,
-                                                 {"settings": shared_fingerprint})
+    for lr in [base_lr, *[float(v) for v in settings.get("extra_lora_lrs") or []]]:
+        is_base = lr == base_lr
+        suffix = "" if is_base else f", lr {lr:g}"
+        # PEMs at another learning rate live in their own folder (never over the distribution experiment's).
+        pem_workdir = workdir if is_base else workdir / f"lora-lr{lr:g}"
+        lr_settings = common.merge_settings(settings, {"adapters": {kind: {"lr": lr}}})
+        with common.timed(timings, "training"):
+            shared = distribution.train_halves(pem_workdir, kind, lr_settings, halves, threads, union=False)
+            different = distribution.train_halves(pem_workdir, kind, lr_settings, halves, threads,
+                                                  h1_init_seed=other_seed, union=False)
+        pairs = {f"same init{suffix}": shared, f"different init (h1 seed {other_seed}){suffix}": different}
+        for label, pems in pairs.items():
+            operands = {"h0": pems["h0"], "h1": pems["h1"]}
+            diagnostic = diagnostic_summary(compare(operands["h0"], operands["h1"]))
+            common.log(f"{label}: {json.dumps({k: round(v, 4) if v is not None else None for k, v in diagnostic.items()})}")
+            for space in ("param", "delta"):
+                if label == "same init":  # the distribution experiment's own sweep (cached when it has run)
+                    shared_fingerprint = settings["distribution_fingerprint"]
+                    results = workdir / "sweeps" / shared_fingerprint / f"{kind}-{space}.jsonl"
+                else:
+                    shared_fingerprint = fingerprint
+                    tag = "different" if is_base else f"lr{lr:g}-{label.split()[0]}"
+                    results = workdir / "sweeps" / fingerprint / f"{NAME}-{tag}-{space}.jsonl"
+                with common.timed(timings, "evaluation"):
+                    swept = distribution.sweep_merge(evaluator, operands, space, values, splits, results,
+                                                     {"settings": shared_fingerprint})
 
-                def at_half(space: str = space) -> dict[str, Any]:
-                    composed = compose(distribution.EXPRESSION, operands, variables={"λ": 0.5}, space=space)
-                    return evaluator.evaluate(composed, splits["test"], SENTIMENT_LABELS)
+                    def at_half(space: str = space, operands: Mapping[str, Path] = operands) -> dict[str, Any]:
+                        composed = compose(distribution.EXPRESSION, operands, variables={"λ": 0.5}, space=space)
+                        return evaluator.evaluate(composed, splits["test"], SENTIMENT_LABELS)
 
-                half = store.get_or_compute(f"{label}|{space}|λ=0.5|test", at_half)
-            rows.append({"pair": label, "space": space, **diagnostic, **swept, "test_at_half": half["accuracy"]})
-            common.log(f"  {space}: λ={swept['chosen']:g} test {swept['test_merged']:.3f}; λ=½ test {half['accuracy']:.3f}")
-            if checkpoint is not None:
-                checkpoint(document())
+                    half = store.get_or_compute(f"{label}|{space}|λ=0.5|test", at_half)
+                rows.append({"pair": label, "lr": lr, "space": space, **diagnostic, **swept, "test_at_half": half["accuracy"]})
+                common.log(f"  {space}: λ={swept['chosen']:g} test {swept['test_merged']:.3f}; λ=½ test {half['accuracy']:.3f}")
+                if checkpoint is not None:
+                    checkpoint(document())
     timings["total"] = round(time.perf_counter() - started, 1)
     return {**document(), "complete": True}
 
@@ -150,7 +160,7 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
          "delta − param acc. (chosen λ)", "delta − param acc. (λ=½)", "expected"],
         [[d["pair"], d["a_cosine_mean"], d["param_vs_delta_max"], d["param_vs_delta_mean"],
           f"{d['drop_chosen']:+.3f}", f"{d['drop_half']:+.3f}",
-          "≈ 0, small diagnostic" if d["pair"] == "same init" else "param space drops, large diagnostic"]
+          "≈ 0, small diagnostic" if d["pair"].startswith("same init") else "param space drops, large diagnostic"]
          for d in drops(rows)],
     )  # fmt: skip
     versions = document["versions"]
