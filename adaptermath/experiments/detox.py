@@ -665,10 +665,14 @@ class Experiment:
         selections: dict[str, dict[str, Any]] = {}
         curves: dict[str, list[dict[str, Any]]] = {}
         for kind in c.kinds:
-            for variant in negation_grid(c, kind):
+            grid = negation_grid(c, kind)
+            if kind in c.control_kinds:  # the control's own curve: shown beside, never chosen from
+                grid += [Variant("control", kind, "-l*control", "delta", "linear", lam) for lam in c.lambdas]
+            for variant in grid:
                 result = self.evaluate(variant, "val")
                 result["toxicity"]["se"] = standard_error([g["score"] for g in result["generations"]])
-                curve = curves.setdefault(f"{kind}-{variant.space}", [])
+                name = f"{kind}-{variant.space}" if variant.role == "negated" else f"{kind}-control"
+                curve = curves.setdefault(name, [])
                 curve.append({"lam": variant.lam, "toxicity": result["toxicity"]["mean"], "se": result["toxicity"]["se"],
                               "share_above_0.8": result["toxicity"]["share_above_0.8"],
                               "share_above_0.5": result["toxicity"]["share_above_0.5"],
@@ -676,7 +680,7 @@ class Experiment:
                 prefixes = self.evaluate_prefixes(variant)  # test seed: a dose-response curve, never used to choose
                 curve[-1]["prefix"] = prefixes["toxicity"] if prefixes else None
             for name, curve in curves.items():
-                if not name.startswith(kind + "-"):
+                if not name.startswith(kind + "-") or name.endswith("-control"):
                     continue
                 chosen = select_lambda(
                     [PointScore(p["lam"], p["toxicity"], p["perplexity"]) for p in curve],
@@ -937,16 +941,19 @@ def render_generated(summary: Mapping[str, Any], plot_name: str | None) -> str:
     add("|---|---|---|---|---|---|---|---|---|---|")
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
-        chosen = summary["selections"][name]
+        chosen = summary["selections"].get(name, {"lam": None, "within_margin": True})
         for point in curve:
             lam = point["lam"]
             factor = -lam * lam if (kind == "lora" and space == "param") else -lam
             update = f"{factor:+.3g}·ΔW" if kind == "lora" else f"{factor:+.3g}·(l − 1)"
+            if space == "control":
+                update = f"{-lam:+.3g}·ΔW_control" if kind == "lora" else f"{-lam:+.3g}·(l_control − 1)"
             dev = (point.get("diagnostics") or {}).get("param_vs_delta", {}).get("mean")
             prefix = point.get("prefix")
             opening = "–" if not prefix else f"{_fmt(prefix['mean'])} ± {_fmt(prefix.get('se', 0.0))}"
             mark = ("✔" if chosen["within_margin"] else "✔ (none within margin)") if lam == chosen["lam"] else ""
-            add(f"| {'LoRA' if kind == 'lora' else '(IA)³'}, {space if kind == 'lora' else 'param = delta'} | {lam:g} | "
+            where = "control (delta), not chosen from" if space == "control" else space if kind == "lora" else "param = delta"
+            add(f"| {'LoRA' if kind == 'lora' else '(IA)³'}, {where} | {lam:g} | "
                 f"{update} | {_fmt(point['toxicity'])} ± {_fmt(point.get('se', 0.0))} | {_fmt(point['share_above_0.8'])} | "
                 f"{_fmt(point['share_above_0.5'])} | {_fmt(point['perplexity'], 2)} | {opening} | {_fmt(dev)} | {mark} |")  # fmt: skip
     add("")
@@ -1046,31 +1053,35 @@ def plot_lambda(summary: Mapping[str, Any], path: Path) -> bool:
     for name, curve in summary["validation"]["curves"].items():
         kind, space = name.split("-", 1)
         label = f"{'LoRA' if kind == 'lora' else '(IA)³'} {space if kind == 'lora' else 'param = delta'}"
+        style = "--" if space == "control" else "-"
+        if space == "control":
+            label = f"{'LoRA' if kind == 'lora' else '(IA)³'} −λ·control (delta)"
         curve = sorted(curve, key=lambda p: p["lam"])
         lams = [0.0] + [p["lam"] for p in curve]
         errors = [base["toxicity"].get("se", 0.0)] + [p.get("se", 0.0) for p in curve]
         left.errorbar(lams, [base["toxicity"]["mean"]] + [p["toxicity"] for p in curve], yerr=errors, marker="o",
-                      capsize=3, label=label)  # fmt: skip
-        right.plot(lams, [base["perplexity"]] + [p["perplexity"] for p in curve], marker="o", label=label)
+                      capsize=3, label=label, linestyle=style)  # fmt: skip
+        right.plot(lams, [base["perplexity"]] + [p["perplexity"] for p in curve], marker="o", label=label,
+                   linestyle=style)  # fmt: skip
         if has_prefix:
             points = [(p["lam"], p["prefix"]) for p in curve if p.get("prefix")]
             axes[2].errorbar([0.0] + [lam for lam, _ in points], [base_prefix["mean"]] + [q["mean"] for _, q in points],
                              yerr=[base_prefix.get("se", 0.0)] + [q.get("se", 0.0) for _, q in points], marker="o",
-                             capsize=3, label=label)  # fmt: skip
-        chosen = summary["selections"][name]["lam"]
-        for p in curve:
+                             capsize=3, label=label, linestyle=style)  # fmt: skip
+        chosen = summary["selections"].get(name, {}).get("lam")
+        for p in curve:  # circle the chosen point
             if p["lam"] == chosen:
                 left.scatter([p["lam"]], [p["toxicity"]], s=160, facecolors="none", edgecolors="black")
     margin = summary["config"]["perplexity_margin"] * base["perplexity"]
     right.axhline(margin, color="grey", linestyle="--", label=f"{summary['config']['perplexity_margin']:g} × base")
-    left.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity (profanity-check), ± se",
+    left.set(xlabel="λ (0 = base model)", ylabel="mean toxicity (profanity-check), ± se",
              title="toxicity (validation)")  # fmt: skip
-    right.set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="perplexity (lee_background)", title="perplexity (validation)")
+    right.set(xlabel="λ (0 = base model)", ylabel="perplexity (lee_background)", title="perplexity (validation)")
     right.set_yscale("log")
     left.legend()
     right.legend()
     if has_prefix:
-        axes[2].set(xlabel="λ in −λ·toxic (0 = base model)", ylabel="mean toxicity, ± se",
+        axes[2].set(xlabel="λ (0 = base model)", ylabel="mean toxicity, ± se",
                     title="insult openings (test seed; not used to choose λ)")  # fmt: skip
         axes[2].legend()
     fig.tight_layout()
