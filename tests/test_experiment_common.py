@@ -127,3 +127,14 @@ def test_multitask_and_domain_transfer_pages_from_synthetic_results():
     page = domain_transfer.render_page({**_header(settings), "rows": [row], "sizes": {}, "training_seconds": {}}, None)
     assert "| amazon→movies | lora | lambda | delta | λ=0.2 | 0.700 | 0.600 | 0.650 | 0.660 | +0.010 | 0.750 |" in page
     assert "beat vanilla transfer in 1 of 1" in page
+
+
+def test_keep_work_timings_keeps_the_longest_run_with_the_same_settings(tmp_path: Path):
+    previous = tmp_path / "results.json"
+    document = {"settings": {"a": 1}, "timings": {"training": 2.0, "sweep": 50.0}}
+    assert common.keep_work_timings(previous, document) == document  # nothing before
+    previous.write_text(json.dumps({"settings": {"a": 1}, "timings": {"training": 300.0, "sweep": 10.0, "old": 1.0}}))
+    merged = common.keep_work_timings(previous, document)
+    assert merged["timings"] == {"training": 300.0, "sweep": 50.0, "old": 1.0}
+    previous.write_text(json.dumps({"settings": {"a": 2}, "timings": {"training": 300.0}}))
+    assert common.keep_work_timings(previous, document)["timings"] == document["timings"]

@@ -400,10 +400,31 @@ def sized_splits(rows: Sequence[Mapping[str, Any]], seed: int, sizes: Mapping[st
 def publish(name: str, document: Mapping[str, Any], workdir: Path, docs: Path,
             render_page: Callable[[Mapping[str, Any], str | None], str],
             plot: Callable[[Mapping[str, Any], Path], Path | None]) -> Path:
-    """Write ``results.json`` in the work folder, and the page and λ plot (generated from it) in ``docs``."""
+    """Write ``results.json`` in the work folder, and the page and λ plot (generated from it) in ``docs``.
+
+    A re-run finds most stages cached and takes seconds; the runtimes kept are, per stage, the longest
+    measured by any run with the same settings (the run that did the work), see :func:`keep_work_timings`.
+    """
+    document = keep_work_timings(workdir / "results.json", document)
     write_json_atomic(workdir / "results.json", document)
     plot_path = plot(document, docs / f"{name}-lambda.png") if document.get("rows") else None
     return write_text_atomic(docs / f"{name}.md", render_page(document, plot_path.name if plot_path else None))
+
+
+def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` with ``timings[stage] = max(previous run's, this run's)`` when ``previous`` has the same settings."""
+    merged = dict(document)
+    if previous.exists():
+        try:
+            old = json.loads(previous.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = {}
+        if settings_fingerprint(old.get("settings") or {}) == settings_fingerprint(document.get("settings") or {}):
+            timings = dict(old.get("timings") or {})
+            for stage, seconds in (document.get("timings") or {}).items():
+                timings[stage] = max(float(seconds), float(timings.get(stage, 0.0)))
+            merged["timings"] = timings
+    return merged
 
 
 def docs_dir(args: argparse.Namespace, workdir: Path) -> Path:
