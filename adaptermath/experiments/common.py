@@ -424,6 +424,8 @@ def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, 
             for stage, seconds in (document.get("timings") or {}).items():
                 timings[stage] = max(float(seconds), float(timings.get(stage, 0.0)))
             merged["timings"] = timings
+            if old.get("timing_note") and "timing_note" not in merged:
+                merged["timing_note"] = old["timing_note"]
     return merged
 
 

@@ -144,7 +144,23 @@ def drops(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # How to read the full run (written after it; no numbers here: the tables above are generated).
-NOTES = ""
+NOTES = (
+    "The expected effect does not appear: at the distribution experiment's settings the merge of differently "
+    "initialised PEMs loses nothing measurable in parameter space against delta space, and the diagnostic is "
+    "large for *both* pairs, so here it predicts no difference between them. Why: (1) with a learning rate of "
+    "2e-3, 60 Adam steps can move each entry of A by as much as its initial value or more, so the same-init "
+    "PEMs' A factors are far apart too (mean cos(A₀, A₁) well below 1) — sharing an init is necessary for "
+    "faithful parameter-space addition but not sufficient once A has moved; (2) the two halves' updates point "
+    "in nearly unrelated or opposite directions (update cosine about 0), so the exact ½/½ average ‖½ΔW₀ + ½ΔW₁‖ "
+    "is small and any deviation is large relative to it; (3) the classification is decided mostly by the heads, "
+    "which are interpolated identically in both spaces, while h1 predicts positive for every snippet, so "
+    "accuracy is insensitive to how the LoRA bodies are combined. At the smaller learning rate (5e-4) the "
+    "diagnostic does separate the pairs — A stays close to the shared A₀ and the deviation is clearly smaller "
+    "for the same-init pair than for the different-init one — but at that rate both PEMs trained in 60 steps "
+    "are constant classifiers (each predicts one class for every snippet), so accuracy cannot show any drop. "
+    "A faithful test of the drop needs PEMs that are individually good while A stays near A₀ (more steps at a "
+    "small rate, or SGD), which did not fit the time budget of this run."
+)
 
 
 def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
@@ -201,7 +217,8 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         f"- PEM and training settings as in the distribution experiment: {json.dumps(settings['adapters']['lora'])}, "
         f"{json.dumps(settings['train'])}; data {json.dumps(settings['data'])}.",
         f"- λ grid {json.dumps(settings['grid'])}.",
-        f"- Runtimes (s): {json.dumps(document['timings'])} (h0 and h1 re-used from the distribution run when present).",
+        f"- Runtimes (s): {json.dumps(document['timings'])} (h0 and h1 re-used from the distribution run when present)"
+        + (f"; {document['timing_note']}" if document.get("timing_note") else "") + ".",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
         f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
         "",
@@ -234,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     docs = common.docs_dir(args, workdir)
 
     def publish(document: Mapping[str, Any]) -> Path:
+        document = common.keep_work_timings(workdir / f"{NAME}-results.json", document)
         common.write_json_atomic(workdir / f"{NAME}-results.json", document)
         plot_path = plot(document, docs / f"{NAME}-lambda.png") if document.get("rows") else None
         return common.write_text_atomic(docs / f"{NAME}.md", render_page(document, plot_path.name if plot_path else None))
