@@ -191,7 +191,8 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         f"once with h1 trained from h0's initial adapter (seed {settings['seed']}) and once from an initial adapter "
         f"drawn with seed {settings['other_init_seed']} (its head is initialised from that seed too). Parameter space "
         "combines A and B separately (the paper's operator); delta space is the exact interpolation of ΔW. "
-        "The diagnostic is `adaptermath.compare(h0, h1)`.",
+        "The diagnostic is `adaptermath.compare(h0, h1)`. Rows marked `lr …` repeat both pairs with all three PEMs "
+        "trained at that LoRA learning rate instead (recipe key `extra_lora_lrs`), so that A moves less from A₀.",
         "",
         "## Diagnostic against accuracy drop (test)",
         "",
