@@ -294,7 +294,7 @@ class Adapter:
         """Read one tensor by key (without the ``base_model.model.`` prefix); checks it is finite."""
         full = self._full_key(key)
         tensor = self._source.get(full)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _all_finite(tensor):
             raise AdapterLoadError(f"{self.source or self.path}: tensor {full} contains NaN or Inf values")
         return tensor
 
@@ -344,9 +344,12 @@ class Adapter:
         return {CONFIG_NAME: self.path / CONFIG_NAME, self.weights_file.name: self.weights_file}
 
     def file_hashes(self) -> dict[str, str]:
-        """sha256 of the config and weights files (computed once)."""
+        """sha256 of the config and weights files (computed once; large files remembered by identity
+        across runs, see :mod:`adaptermath.io.hash_cache`)."""
         if self._hashes is None:
-            self._hashes = {name: sha256_file(path) for name, path in self.files().items()}
+            from .io.hash_cache import cached_sha256
+
+            self._hashes = {name: cached_sha256(path) for name, path in self.files().items()}
         return self._hashes
 
     @property
@@ -362,6 +365,12 @@ class Adapter:
 
     def metadata(self) -> dict[str, str]:
         return self._source.metadata()  # type: ignore[attr-defined]
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf entry. One reduction: the sum is finite unless an entry is not (or the sum
+    overflows — then each entry is checked)."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

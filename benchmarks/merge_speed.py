@@ -16,6 +16,9 @@ child's own VmHWM, read as it finishes), median of ``--repeats``:
                      merge writes (Σ inputs for cat-style outputs, one input for param-space ones);
 * ``am-linear``      ``compose("a0 + a1 + …")`` — the paper's parameter-space sum (rank r);
 * ``am-cat``         ``compose(..., space="delta")`` — exact ΔW sum by rank concatenation (rank N·r);
+* ``am-cat-cold``    the same with the sha256 cache off (adaptermath remembers its inputs' digests
+                     by file identity; the other am variants run with it warm, as after any
+                     earlier merge of the same files);
 * ``am-svd``         ``compose(..., space="delta", rank=r)`` — exact truncated SVD to rank r;
 * ``am-ties``        ``compose(..., method="ties", rank=r)`` — TIES on ΔW, randomized SVD to rank r;
 * ``peft-linear``, ``peft-cat``, ``peft-svd``, ``peft-ties``  ``PeftModel.add_weighted_adapter``
@@ -24,7 +27,8 @@ child's own VmHWM, read as it finishes), median of ``--repeats``:
                      and given uninitialised CPU storage (``to_empty``), which is never touched —
                      PEFT's best case (no weights read, no random init, base pages not resident).
 
-Inputs are read from the page cache (warm) by every variant alike. Variants whose single run
+Inputs are read from the page cache (warm) by every variant alike, and every run starts after an
+``os.sync()`` so that no run pays for the writeback of another's output. Variants whose single run
 exceeds ``--slow-after`` seconds are run once. PEFT's ``svd`` is run on the 1B shape only; for
 the 7B shape the script estimates its time from the 1B run (ratio of Σ full-SVD flops) and skips
 it when the estimate exceeds ``--max-seconds``. Relative errors of the SVD outputs against the
@@ -137,6 +141,8 @@ def worker(spec: dict[str, Any]) -> None:
     elif kind.startswith("am-"):
         import adaptermath as am
 
+        kind = kind.removesuffix("-cold")  # the same merge, run with the sha256 cache off
+
         names = [f"a{i}" for i in range(len(inputs))]
         expression = " + ".join(names)
         operands = dict(zip(names, map(str, inputs)))
@@ -190,6 +196,7 @@ def peak_rss_mib() -> float:
 @dataclass
 class Run:
     seconds: float
+    cpu_seconds: float  # user + system time of the child (all its threads)
     peak_rss_mib: float
     returncode: int
     info: dict[str, Any]
@@ -201,8 +208,13 @@ def run_variant(spec: dict[str, Any], timeout: float, threads: int) -> Run:
     info_path = Path(spec["info"])
     info_path.unlink(missing_ok=True)
     shutil.rmtree(spec["output"], ignore_errors=True)
+    # Start every run with no dirty pages waiting for the disk: otherwise a run pays for the
+    # writeback of the previous run's output (deleted, but already being written), not its own.
+    os.sync()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
+               ADAPTERMATH_CACHE=str(Path(spec["output"]).parent / "cache"),
+               ADAPTERMATH_HASH_CACHE="0" if spec["variant"].endswith("-cold") else "1")
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     stderr_path = info_path.with_suffix(".stderr")
     with open(stderr_path, "wb") as stderr:
@@ -225,7 +237,8 @@ def run_variant(spec: dict[str, Any], timeout: float, threads: int) -> Run:
     info = json.loads(info_path.read_text()) if info_path.is_file() and code == 0 else {}
     tail = stderr_path.read_text(errors="replace")[-600:] if code != 0 else ""
     peak = info.get("peak_rss_mib", float("nan"))  # measured by the child itself (see peak_rss_mib)
-    return Run(seconds=seconds, peak_rss_mib=peak, returncode=code, info=info, stderr_tail=tail)
+    return Run(seconds=seconds, cpu_seconds=usage.ru_utime + usage.ru_stime, peak_rss_mib=peak, returncode=code,
+               info=info, stderr_tail=tail)
 
 
 def exact_error(output_dir: Path, inputs: list[Path]) -> float:
@@ -324,6 +337,8 @@ def plan(quick: bool, shapes: list[str], ranks: list[int], counts: list[int], wi
             for n in counts:
                 add(shape, rank, n, "floor", output="cat")
                 add(shape, rank, n, "am-cat")
+                if n == max(counts) or quick:
+                    add(shape, rank, n, "am-cat-cold")
                 add(shape, rank, n, "floor", output="one")
                 add(shape, rank, n, "am-linear")
                 add(shape, rank, n, "am-svd")
@@ -389,6 +404,13 @@ def main() -> None:
             with open(folder / "adapter_model.safetensors", "rb") as handle:
                 while handle.read(1 << 24):
                     pass
+        # adaptermath remembers its inputs' sha256 (adaptermath.io.hash_cache): warm it here, as after
+        # any earlier merge of these files; the -cold variants run with the cache off.
+        os.environ["ADAPTERMATH_CACHE"] = str(args.workdir / "out" / "cache")
+        from adaptermath.io.hash_cache import cached_sha256
+
+        for folder in inputs:
+            cached_sha256(folder / "adapter_model.safetensors")
         active: list[tuple[dict[str, Any], dict[str, Any], list[Run], str]] = []
         for index, row in enumerate(config_rows):
             variant = row["variant"]
@@ -466,9 +488,9 @@ def markdown(payload: dict[str, Any]) -> str:
         by_key.setdefault((entry["shape"], entry["rank"], entry["n"]), {})[name] = entry
     lines = ["| shape | r | N | variant | wall s (median) | runs | peak RSS MiB | vs floor | vs PEFT | rel. error vs exact ΔW |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    floor_of = {"am-cat": "floor(cat)", "peft-cat": "floor(cat)", "am-linear": "floor(one)", "peft-linear": "floor(one)",
+    floor_of = {"am-cat": "floor(cat)", "am-cat-cold": "floor(cat)", "peft-cat": "floor(cat)", "am-linear": "floor(one)", "peft-linear": "floor(one)",
                 "am-svd": "floor(one)", "peft-svd": "floor(one)", "am-ties": "floor(one)", "peft-ties": "floor(one)"}
-    peft_of = {"am-cat": "peft-cat", "am-linear": "peft-linear", "am-svd": "peft-svd", "am-ties": "peft-ties"}
+    peft_of = {"am-cat": "peft-cat", "am-cat-cold": "peft-cat", "am-linear": "peft-linear", "am-svd": "peft-svd", "am-ties": "peft-ties"}
     for (shape, rank, n), variants in by_key.items():
         for name, entry in variants.items():
             if "skipped" in entry:

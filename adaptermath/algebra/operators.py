@@ -63,7 +63,11 @@ def delta_space_lora(terms: Sequence[LoraTerm]) -> tuple[torch.Tensor, torch.Ten
     B = [c₁s₁B₁ | … | cₙsₙBₙ] (out × Σrᵢ), A = [A₁; …; Aₙ] (Σrᵢ × in); B·A = Σ cᵢsᵢBᵢAᵢ.
     """
     A = torch.cat([m.A.float() for _, m in terms], dim=0)
-    B = torch.cat([(c * m.scaling) * m.B.float() for c, m in terms], dim=1)
+    B = torch.empty(terms[0][1].B.shape[0], A.shape[0], dtype=torch.float32)
+    start = 0
+    for c, m in terms:  # each block scaled straight into place (one pass, no temporary)
+        torch.mul(m.B.float(), c * m.scaling, out=B[:, start:start + m.rank])
+        start += m.rank
     return A, B
 
 

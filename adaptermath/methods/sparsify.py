@@ -49,7 +49,7 @@ def disjoint_mean(tensors: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.
     total = torch.zeros_like(tensors[0])
     count = torch.zeros_like(tensors[0])
     for tensor in tensors:
-        agree = (torch.sign(tensor) == sign) & (sign != 0)
-        total.add_(tensor * agree)
-        count.add_(agree.to(count.dtype))
+        agree = (tensor * sign) > 0  # sign(τᵢ) = γ ≠ 0 (γ is ±1 or 0)
+        total.add_(torch.where(agree, tensor, 0.0))
+        count.add_(agree)
     return total / count.clamp(min=1.0)
