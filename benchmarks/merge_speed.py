@@ -451,6 +451,7 @@ def main() -> None:
                     peft_svd_1b = args.max_seconds
             if ok:
                 entry["median_seconds"] = statistics.median(r.seconds for r in ok)
+                entry["median_cpu_seconds"] = statistics.median(r.cpu_seconds for r in ok)
                 entry["median_peak_rss_mib"] = statistics.median(r.peak_rss_mib for r in ok)
                 if "error" in spec:
                     entry["relative_error"] = spec["error"]
@@ -486,22 +487,22 @@ def markdown(payload: dict[str, Any]) -> str:
     for entry in payload["results"]:
         name = entry["variant"] + (f"({entry['output']})" if entry["variant"] == "floor" else "")
         by_key.setdefault((entry["shape"], entry["rank"], entry["n"]), {})[name] = entry
-    lines = ["| shape | r | N | variant | wall s (median) | runs | peak RSS MiB | vs floor | vs PEFT | rel. error vs exact ΔW |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | r | N | variant | wall s (median) | CPU s | runs | peak RSS MiB | vs floor | vs PEFT | rel. error vs exact ΔW |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     floor_of = {"am-cat": "floor(cat)", "am-cat-cold": "floor(cat)", "peft-cat": "floor(cat)", "am-linear": "floor(one)", "peft-linear": "floor(one)",
                 "am-svd": "floor(one)", "peft-svd": "floor(one)", "am-ties": "floor(one)", "peft-ties": "floor(one)"}
     peft_of = {"am-cat": "peft-cat", "am-cat-cold": "peft-cat", "am-linear": "peft-linear", "am-svd": "peft-svd", "am-ties": "peft-ties"}
     for (shape, rank, n), variants in by_key.items():
         for name, entry in variants.items():
             if "skipped" in entry:
-                lines.append(f"| {shape} | {rank} | {n} | {name} | skipped: {entry['skipped']} | | | | | |")
+                lines.append(f"| {shape} | {rank} | {n} | {name} | skipped: {entry['skipped']} | | | | | | |")
                 continue
             if "timed_out_after" in entry:
-                lines.append(f"| {shape} | {rank} | {n} | {name} | > {entry['timed_out_after']:.0f} (stopped) | 1 | "
+                lines.append(f"| {shape} | {rank} | {n} | {name} | > {entry['timed_out_after']:.0f} (stopped) | | 1 | "
                              f"n/a | | | |")
                 continue
             if "median_seconds" not in entry:
-                lines.append(f"| {shape} | {rank} | {n} | {name} | failed | {entry['runs']} | | | | |")
+                lines.append(f"| {shape} | {rank} | {n} | {name} | failed | | {entry['runs']} | | | | |")
                 continue
             seconds = entry["median_seconds"]
             floor = variants.get(floor_of.get(name, ""), {}).get("median_seconds")
@@ -511,7 +512,7 @@ def markdown(payload: dict[str, Any]) -> str:
             at_least = "≥ " if "timed_out_after" in peft_entry else ""
             vs_peft = f"{at_least}{peft / seconds:.0f}× faster" if peft else ""
             error = f"{entry['relative_error']:.4g}" if "relative_error" in entry else ""
-            lines.append(f"| {shape} | {rank} | {n} | {name} | {seconds:.2f} | {entry['runs']} | "
+            lines.append(f"| {shape} | {rank} | {n} | {name} | {seconds:.2f} | {entry['median_cpu_seconds']:.2f} | {entry['runs']} | "
                          f"{entry['median_peak_rss_mib']:.0f} | {vs_floor} | {vs_peft} | {error} |")
     return "\n".join(lines) + "\n"
 
