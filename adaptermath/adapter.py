@@ -77,14 +77,14 @@ def pattern_key(patterns: Mapping[str, Any], module_name: str) -> str | None:
     return None
 
 
-def lora_rank_and_alpha(config: Mapping[str, Any], module_name: str) -> tuple[int, float]:
-    """(r, α) of a module from ``r``/``lora_alpha`` and the rank/alpha patterns."""
+def lora_rank_and_alpha(config: Mapping[str, Any], module_name: str, alpha_key: str = "lora_alpha") -> tuple[int, float]:
+    """(r, α) of a module from ``r``/``lora_alpha`` (``alpha`` for LoHa/LoKr) and the rank/alpha patterns."""
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     key = pattern_key(rank_pattern, module_name)
     r = int(rank_pattern[key]) if key is not None else int(config.get("r", 8))
     key = pattern_key(alpha_pattern, module_name)
-    alpha = float(alpha_pattern[key]) if key is not None else float(config.get("lora_alpha", 8))
+    alpha = float(alpha_pattern[key]) if key is not None else float(config.get(alpha_key, 8))
     return r, alpha
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..adapter import LoraModuleInfo, ModuleInfo, natural_key, pattern_key
+from ..adapter import LoraModuleInfo, ModuleInfo, lora_rank_and_alpha, natural_key
 from ..errors import AdapterLoadError, UnsupportedAdapterError
 from ..modules import LoraModule
 from .config import lora_config
@@ -34,13 +34,7 @@ _SHARED_CONFIG_KEYS = (
 
 def lycoris_rank_and_alpha(config: Mapping[str, Any], module_name: str) -> tuple[int, float]:
     """(r, α) of a LoHa/LoKr module: ``r``/``alpha`` overridden by ``rank_pattern``/``alpha_pattern`` (PEFT's matching)."""
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
-    key = pattern_key(rank_pattern, module_name)
-    r = int(rank_pattern[key]) if key is not None else int(config.get("r", 8))
-    key = pattern_key(alpha_pattern, module_name)
-    alpha = float(alpha_pattern[key]) if key is not None else float(config.get("alpha", 8))
-    return r, alpha
+    return lora_rank_and_alpha(config, module_name, alpha_key="alpha")
 
 
 def lycoris_layout(config: Mapping[str, Any], keys: list[str], prefixed: Mapping[str, str], tensors: Any,
