@@ -69,6 +69,29 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def infer_task_type(base_model: str | os.PathLike[str], *, gguf_file: str | None = None) -> str | None:
+    """The PEFT task type the base model's ``architectures`` imply (``LlamaForCausalLM`` → CAUSAL_LM).
+
+    Without it the base would load as a bare ``AutoModel`` and the adapter's keys would not line up
+    with the task model (``base_model.model.layers…`` instead of ``base_model.model.model.layers…``).
+    """
+    import transformers
+
+    try:
+        with quiet_transformers():
+            config = transformers.AutoConfig.from_pretrained(str(base_model), **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, KeyError):
+        return None
+    for architecture in getattr(config, "architectures", None) or []:
+        if architecture.endswith("ForCausalLM"):
+            return "CAUSAL_LM"
+        if architecture.endswith("ForSequenceClassification"):
+            return "SEQ_CLS"
+        if architecture.endswith("ForConditionalGeneration") and getattr(config, "is_encoder_decoder", False):
+            return "SEQ_2_SEQ_LM"
+    return None
+
+
 def load_base_for_task(
     base_model: str | os.PathLike[str],
     task_type: str | None,
@@ -207,6 +230,8 @@ def init_adapter(
 
     output = Path(output)
     check_output_path(output, force)
+    if task_type is None:
+        task_type = infer_task_type(base_model, gguf_file=gguf_file)
     config = build_peft_config(
         kind,
         target_modules=target_modules,

@@ -162,3 +162,14 @@ def test_cli_writes_json_summary_and_errors_in_one_line(llama: Path, tmp_path: P
     bad = runner.invoke(main, ["init", str(llama), "-o", str(tmp_path / "z"), "--target-modules", "nope"])
     assert bad.exit_code == 2 and "not found" in bad.output
     assert runner.invoke(main, [*args, "--force"]).exit_code == 0
+
+
+def test_task_type_is_inferred_from_the_base_architecture(llama: Path, tmp_path: Path) -> None:
+    """Without a task type, a causal LM still gets CAUSAL_LM keys (base_model.model.model.…) that PEFT loads with no missing key."""
+    options = {k: v for k, v in LORA.items() if k != "task_type"}
+    folder = init_adapter(llama, tmp_path / "init", seed=0, **options)
+    assert json.loads((folder / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert all(key.startswith("base_model.model.model.") for key in load_file(str(folder / "adapter_model.safetensors")))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama), str(folder))
+    result = model.load_adapter(str(folder), adapter_name="check")
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if "check" in k]
