@@ -33,7 +33,7 @@ from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
 from .algebra.lowrank import lowrank_relative_difference, lowrank_svd
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
-from .algebra.truncation import RankPolicy, dense_to_lora
+from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
 from .errors import AdapterMathError, CompositionError
 from .expression import LinearCombination, parse_expression
 from .formats.compat import check_composable, uses_format_writer
@@ -71,7 +71,8 @@ class ComposeOptions:
     @property
     def uses_rank_policy(self) -> bool:
         """True when LoRA modules go through :meth:`ComposedAdapter._policy_module` (method or rank policy)."""
-        return not get_method(self.method).exact_linear or self.energy is not None or self.max_rank is not None
+        return (not get_method(self.method).exact_linear or self.energy is not None or self.max_rank is not None
+                or self.rank is not None)
 
     def validate_method(self, kind: str) -> None:
         """Checks for ``method``, ``energy`` and ``max_rank`` (the linear checks are in :meth:`validate`)."""
@@ -399,14 +400,11 @@ class ComposedAdapter:
         _, default, limit = self._policy_plan(name)
         if get_method(self.options.method).exact_linear:
             exact_A, exact_B = delta_space_lora(terms)
-            svd = lowrank_svd(exact_B, exact_A)
-            rank = min(policy.for_spectrum(svd.S, svd.energy, default, limit) or limit, len(svd.S))
-            B, A = svd.factors(rank)
-            error = svd.relative_error(rank)
+            factors = factored_to_lora(exact_B, exact_A, policy, default_rank=default, limit=limit)
         else:
             combined = self._dense_method(name, [(c, module.delta()) for c, module in terms])
             factors = dense_to_lora(combined, policy, default_rank=default, generator=module_generator(0, name + "/svd"))
-            B, A, rank, error = factors.B, factors.A, factors.rank, factors.relative_error
+        B, A, rank, error = factors.B, factors.A, factors.rank, factors.relative_error
         self._ranks[name] = (rank, float(rank))
         self.report.modules[name] = ModuleReport(rank=rank, relative_error=error)
         a_shape = (rank, *info.a_shape[1:])

@@ -428,9 +428,11 @@ def main() -> None:
                         info=str(args.workdir / "out" / f"info{index}.json"),
                         write_bytes=one * n if row.get("output") == "cat" else one)
             active.append((row, spec, [], label))
-        # Rounds interleave the variants, so a change in the machine's load spreads over all of them.
-        for _ in range(repeats):
-            for row, spec, runs, label in active:
+        # Rounds interleave the variants and rotate their order, so a change in the machine's state
+        # (load; on VMs, memory freed to the host and faulted back in) spreads over all of them.
+        for round_index in range(repeats):
+            shift = round_index % max(1, len(active))
+            for row, spec, runs, label in active[shift:] + active[:shift]:
                 if runs and (runs[-1].returncode or runs[-1].seconds > args.slow_after):
                     continue
                 run = run_variant(spec, timeout=args.max_seconds, threads=args.threads)

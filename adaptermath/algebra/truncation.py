@@ -98,6 +98,26 @@ class DenseFactors:
         return int(self.A.shape[0])
 
 
+def factored_to_lora(B: torch.Tensor, A: torch.Tensor, policy: RankPolicy, *, default_rank: int, limit: int) -> DenseFactors:
+    """Compress an update held as factors, ΔW = B·A (out×R, R×in), to the rank ``policy`` chooses.
+
+    Exact (Eckart–Young), never dense: B = Q_b·R_b, Aᵀ = Q_a·R_a (reduced QR), the SVD of the R×R
+    core R_b·R_aᵀ = U·S·Vᵀ gives ΔW = (Q_b·U)·S·(Q_a·V)ᵀ; only the kept k columns of Q_b·U and
+    Q_a·V are formed. The relative error is √(Σ_{j>k} sⱼ² / Σⱼ sⱼ²).
+    """
+    q_b, r_b = torch.linalg.qr(B.float(), mode="reduced")
+    q_a, r_a = torch.linalg.qr(A.float().T, mode="reduced")
+    u, s, vh = torch.linalg.svd(r_b.double() @ r_a.double().T, full_matrices=False)
+    energies = s**2
+    total = float(energies.sum())
+    k = min(policy.for_spectrum(s, total, default_rank, limit) or limit, len(s))
+    root = torch.sqrt(s[:k]).float()
+    B_k = (q_b @ u[:, :k].float()) * root[None, :]
+    A_k = root[:, None] * (vh[:k].float() @ q_a.T)
+    error = 0.0 if total == 0.0 else float(torch.sqrt(energies[k:].sum() / total))
+    return DenseFactors(B=B_k.contiguous(), A=A_k.contiguous(), relative_error=error)
+
+
 def _randomized_svd(D: torch.Tensor, columns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Leading ``columns`` singular triplets of D from a seeded Gaussian sketch with power iterations."""
     omega = torch.randn(D.shape[1], columns, generator=generator, dtype=D.dtype)
