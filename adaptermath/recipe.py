@@ -494,7 +494,9 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
     force = check.flag(("force",), data.get("force", False))
 
     evaluation = _validate_evaluation(check, data.get("evaluation"))
-    sweep = _validate_sweep(check, data.get("sweep"), combination.free_variables, variables, method, options)
+    raw_method_options = data.get("method_options") if isinstance(data.get("method_options"), Mapping) else None
+    sweep = _validate_sweep(check, data.get("sweep"), combination.free_variables, variables, method, options,
+                            raw_method_options)
     swept = set(sweep.grid) if sweep is not None else set()
     for name in combination.free_variables:
         if name not in variables and name not in swept:
@@ -588,20 +590,20 @@ def _validate_grid(check: _Checker, value: Any) -> dict[str, tuple[float, ...]]:
 
 
 def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables: Mapping[str, float], method: str,
-                    options: RecipeOptions) -> SweepSpec | None:
+                    options: RecipeOptions, method_options: Mapping[str, Any] | None) -> SweepSpec | None:
+    from .methods import get_method
+
     if value is None:
         return None
     path: FieldPath = ("sweep",)
     check.mapping(path, value, SWEEP_FIELDS, required=("grid", "task", "base", "val", "results"))
     grid = _validate_grid(check, value["grid"])
+    method_variables = get_method(method).variable_names(method_options)
     for name in grid:
-        if name not in free:
+        if name not in free and name not in method_variables:
+            reads = f"; method {method} reads {', '.join(method_variables)}" if method_variables else ""
             raise check.fail(("sweep", "grid", name), f"{name!r} is not a free variable of the expression "
-                                                      f"(its variables: {', '.join(free) or 'none'})")
-    if method != "linear":
-        raise check.fail(path, f"a sweep composes with method linear only (the recipe's method is {method})")
-    if options.energy is not None or options.max_rank is not None:
-        raise check.fail(path, "a sweep cannot use options.energy or options.max_rank (it composes with rank only)")
+                                                      f"(its variables: {', '.join(free) or 'none'}){reads}")
     task = check.text(path + ("task",), value["task"], choices=SWEEP_TASKS)
     return SweepSpec(
         grid=grid,
@@ -946,6 +948,7 @@ def _record_evaluation(output: Path, entries: list[dict[str, Any]]) -> None:
 def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     """Run the recipe's sweep (:func:`adaptermath.sweep.sweep`) and write its results folder."""
     from .evaluation.run import write_json_atomic
+    from .methods import get_method
     from .sweep import DEFAULT_METRICS, plot_sweep, sweep
 
     spec = recipe.sweep
@@ -957,8 +960,9 @@ def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     if results.exists() and not results.is_dir():
         raise RecipeError(f"{recipe.source}: field 'sweep.results': {results} exists and is not a folder")
     grid = {name: list(values) for name, values in spec.grid.items()}
-    for name in _free_variables(recipe):  # a variable fixed under `variables`: a one-value grid
-        if name not in grid:
+    method_variables = get_method(recipe.method).variable_names(recipe.method_options)
+    for name in [*_free_variables(recipe), *method_variables]:  # a variable fixed under `variables`: a one-value grid
+        if name not in grid and name in recipe.variables:
             grid[name] = [recipe.variables[name]]
     base, _ = resolve_resource(spec.base, recipe.folder)
     val, _ = resolve_resource(spec.val, recipe.folder)
@@ -977,7 +981,8 @@ def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     result = sweep(
         recipe.expression, resolved_inputs(recipe), base=base, task=spec.task, grid=grid, val=val, test=test,
         metric=spec.metric, direction=spec.direction, space=recipe.space, negate_factor=options.negate_factor,
-        normalize=options.normalize, rank=options.rank, heads=options.heads, baselines=spec.baselines,
+        normalize=options.normalize, rank=options.rank, heads=options.heads, method=recipe.method,
+        method_options=dict(recipe.method_options), energy=options.energy, max_rank=options.max_rank, baselines=spec.baselines,
         results=results / "results.jsonl", force=spec.restart, gguf_file=spec.gguf_file, model_type=spec.model_type,
         device=spec.device, dtype=spec.dtype, text_field=spec.text_field, limit=spec.limit,
         allow_pickle=options.allow_pickle, on_record=on_record, **dict(spec.options),

@@ -245,7 +245,11 @@ Evaluator = Callable[[Any, str], dict[str, Any]]  # (live model, split) -> resul
 
 @dataclass
 class SweepPlan:
-    """What a sweep evaluates, independent of how the model is scored."""
+    """What a sweep evaluates, independent of how the model is scored.
+
+    ``grid`` spans the expression's free variables and, for a merge method, the variables its
+    numeric options read (``density``, ``drop``/``p``, or a name given in ``method_options``).
+    """
 
     expression: str
     operands: dict[str, Adapter]
@@ -258,14 +262,57 @@ class SweepPlan:
     def composed(self, point: Mapping[str, float]):
         return compose(self.expression, self.operands, variables=dict(point), **self.compose_options)
 
-    def baselines(self) -> list[tuple[str, str, dict[str, Adapter], Point]]:
-        """(label, expression, operands, point) of the λ=0 point and of each operand alone."""
-        zero = {name: 0.0 for name in self.grid}
-        label = ", ".join(f"{n}=0" for n in self.grid)
-        out = [(label, self.expression, self.operands, zero)]
+    @property
+    def expression_variables(self) -> list[str]:
+        return parse_expression(self.expression, list(self.operands)).free_variables
+
+    def baselines(self, best: Mapping[str, float] | None = None) -> list[tuple[str, str, dict[str, Adapter], Point]]:
+        """(label, expression, operands, point) of the baselines scored on test.
+
+        The zero point sets the expression's variables to 0 (e.g. λ = 0) and keeps the method's
+        variables at ``best`` (there is none when the expression has no variables); each operand
+        alone is the operand as it was trained (see :meth:`options_for`).
+        """
+        out: list[tuple[str, str, dict[str, Adapter], Point]] = []
+        free = [n for n in self.grid if n in self.expression_variables]
+        if free:
+            zero = {name: (0.0 if name in free else float((best or {}).get(name, self.grid[name][0]))) for name in self.grid}
+            out.append((", ".join(f"{n}=0" for n in free), self.expression, self.operands, zero))
         for name, adapter in self.operands.items():
             out.append((f"operand:{name}", name, {name: adapter}, {}))
         return out
+
+    def options_for(self, label: str) -> dict[str, Any]:
+        """Compose options of an evaluation: an operand-alone baseline is the operand as trained
+        (linear method, no rank compression)."""
+        if not label.startswith("operand:"):
+            return self.compose_options
+        as_trained = dict(self.compose_options)
+        for key in ("method", "method_options", "energy", "max_rank", "rank"):
+            as_trained.pop(key, None)
+        return as_trained
+
+
+def check_grid(grid: Mapping[str, Sequence[float]], free: Sequence[str], method: str = "linear",
+               method_options: Mapping[str, Any] | None = None) -> None:
+    """One-line error unless the grid covers every free variable of the expression and each of its
+    other names sets a numeric option of the merge method (``density``, ``drop``/``p``, ...)."""
+    from .methods import get_method
+
+    missing = [name for name in free if name not in grid]
+    if missing:
+        raise AdapterMathError(f"the grid must cover the expression's free variables ({', '.join(free)}): no grid for {', '.join(missing)}")
+    merge_method = get_method(method)
+    method_variables = merge_method.variable_names(method_options)
+    for name in grid:
+        fixed = [o.name for o in merge_method.options if name in (o.name, *o.aliases) and name not in method_variables]
+        if name not in free and fixed:
+            raise AdapterMathError(f"grid variable {name!r} sets option {fixed[0]} of method {method}, which the method "
+                                   f"options fix at {(method_options or {})[fixed[0]]!r}; remove it there to sweep it")
+        if name not in free and name not in method_variables:
+            options = f"; method {method} reads {', '.join(method_variables)}" if method_variables else ""
+            raise AdapterMathError(f"grid variable {name!r} is not a variable of the expression "
+                                   f"({', '.join(free) or 'none'}){options}")
 
 
 def run_sweep(
@@ -295,7 +342,7 @@ def run_sweep(
             if on_record:
                 on_record(cached, True)
             return cached
-        composed = compose(expression, operands, variables=dict(point), **plan.compose_options)
+        composed = compose(expression, operands, variables=dict(point), **plan.options_for(label))
         model = attach(composed)
         metrics = _summary(evaluate(model, split))
         metric_value(metrics, metric)  # fail fast on an unknown metric
@@ -312,7 +359,7 @@ def run_sweep(
     if test:
         outcome.records.append(score("test", "best", plan.expression, plan.operands, best.point))
         if baselines:
-            for label, expression, operands, point in plan.baselines():
+            for label, expression, operands, point in plan.baselines(best.point):
                 outcome.records.append(score("test", label, expression, operands, point))
     return outcome
 
@@ -333,6 +380,10 @@ def sweep(
     normalize: bool = False,
     rank: int | None = None,
     heads: str | None = None,
+    method: str = "linear",
+    method_options: Mapping[str, Any] | None = None,
+    energy: float | None = None,
+    max_rank: int | None = None,
     baselines: bool = True,
     results: str | Path | None = None,
     force: bool = False,
@@ -353,6 +404,10 @@ def sweep(
     options in ``task_options`` (``labels``, ``template``, ``stride``, ``num_samples`` ...).
     ``metric`` defaults to accuracy / perplexity / mean toxicity, ``direction`` to the metric's
     natural one. ``results`` (a ``.jsonl`` file) makes the sweep resumable.
+
+    ``method`` / ``method_options`` / ``energy`` / ``max_rank`` are those of
+    :func:`adaptermath.compose`; the grid may also span the method's numeric options (e.g.
+    ``{"λ": [...], "density": [0.1, 0.2, 0.5]}`` for TIES, ``drop`` or ``p`` for DARE).
     """
     from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
     from .evaluation.models import kind_of_adapter_config
@@ -365,14 +420,11 @@ def sweep(
     direction = direction or ("min" if metric in LOWER_IS_BETTER else "max")
     values = parse_grid(list(grid)) if not isinstance(grid, Mapping) else {k: [float(v) for v in vs] for k, vs in grid.items()}
     combination = parse_expression(expression, list(operands))
-    free = combination.free_variables
-    if sorted(values) != sorted(free):
-        missing = sorted(set(free) - set(values))
-        extra = sorted(set(values) - set(free))
-        detail = f"no grid for {', '.join(missing)}" if missing else f"{', '.join(extra)} is not a variable of the expression"
-        raise AdapterMathError(f"the grid must cover exactly the expression's free variables ({', '.join(free) or 'none'}): {detail}")
+    check_grid(values, combination.free_variables, method, method_options)
     adapters = {n: a if isinstance(a, Adapter) else load_adapter(a, allow_pickle=allow_pickle) for n, a in operands.items()}
-    compose_options = dict(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads)
+    compose_options: dict[str, Any] = dict(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads)
+    if method != "linear" or method_options or energy is not None or max_rank is not None:
+        compose_options.update(method=method, method_options=dict(method_options or {}), energy=energy, max_rank=max_rank)
     plan = SweepPlan(expression, adapters, values, compose_options)
     first = plan.composed(plan.points()[0])  # validates the expression against the operands early
     kind = model_type

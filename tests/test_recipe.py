@@ -122,6 +122,9 @@ output: ./out
          "recipe.yaml line 13: field 'push.repo': a Hub repository id is owner/name, got 'no-owner'"),
         (VALID + "sweep:\n  grid: {μ: [0, 1]}\n  task: perplexity\n  base: b\n  val: v.txt\n  results: r\n",
          "recipe.yaml line 13: field 'sweep.grid.μ': 'μ' is not a free variable of the expression (its variables: λ)"),
+        (VALID + "method: ties\nsweep:\n  grid: {p: [0.1, 0.5]}\n  task: perplexity\n  base: b\n  val: v.txt\n  results: r\n",
+         "recipe.yaml line 14: field 'sweep.grid.p': 'p' is not a free variable of the expression (its variables: λ); "
+         "method ties reads density, k"),
         ("- version: 1\n", "recipe.yaml line 1: a recipe is a mapping of fields (version, inputs, expression, variables, ...), got a list"),
     ],
 )
@@ -415,6 +418,46 @@ def test_sweep_then_build_then_evaluate_from_a_recipe(word_model, tmp_path, monk
     again = run("run", "w/chosen", "--set", "output=../chosen-again", "--json")
     assert again.exit_code == 0, again.output
     assert file_bytes(root / "chosen-again") == original
+
+
+METHOD_SWEEP_RECIPE = """\
+version: 1
+inputs: {cls: ./cls, tgt: ./tgt}
+expression: "cls + tgt"
+method: dare
+method_options: {seed: 7}
+options: {rank: 4}
+sweep:
+  grid: {p: [0.2, 0.8]}
+  task: perplexity
+  base: ./base
+  val: ./val.txt
+  results: ./dare-results
+  options: {max_length: 16, stride: 8}
+output: ./dare-chosen
+"""
+
+
+def test_a_recipe_sweeps_a_method_option_and_records_the_choice(word_model, tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    shutil.copytree(word_model, root)
+    write(root / "recipe.yaml", METHOD_SWEEP_RECIPE)
+    monkeypatch.chdir(tmp_path)
+    result = run_recipe(load_recipe("w/recipe.yaml"))
+    operands = {n: root / n for n in ("cls", "tgt")}
+    measured = {}
+    for p in (0.2, 0.8):
+        folder = am.compose("cls + tgt", operands, method="dare", method_options={"drop": p, "seed": 7},
+                            rank=4).save(tmp_path / f"dare-{p}")
+        measured[p] = perplexity_of(root / "base", folder, root / "val.txt")
+    assert measured[0.2] != pytest.approx(measured[0.8], rel=1e-6)
+    assert [r.metrics["perplexity"] for r in result.sweep.validation] == pytest.approx([measured[0.2], measured[0.8]], rel=1e-5)
+    best = min(measured, key=lambda p: measured[p])
+    assert result.sweep.best_point == {"p": best}
+    chosen = root / "dare-chosen"
+    assert (chosen / "adapter_model.safetensors").read_bytes() == (tmp_path / f"dare-{best}" / "adapter_model.safetensors").read_bytes()
+    record = json.loads((chosen / "adaptermath.json").read_text())
+    assert record["method"] == "dare" and record["options"]["method_options"]["drop"] == best
 
 
 def test_sweep_results_may_not_live_inside_the_output(word_model, tmp_path):

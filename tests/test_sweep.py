@@ -193,3 +193,88 @@ def test_sweep_cli_writes_results_and_resumes(word_model, tmp_path):
     assert json.loads(again.stdout)["validation"] == summary["validation"]
     changed = CliRunner().invoke(main, [*args[:-3], "--labels", "negative,positive", "-o", str(tmp_path / "out"), "--limit", "4"])
     assert changed.exit_code == 2 and "different sweep" in changed.stderr
+
+
+# ---------------------------------------------------------------- merge methods in sweeps
+
+
+def test_method_options_are_grid_variables_and_baselines_keep_them(tiny):
+    operands = {n: am.load_adapter(tiny[p]) for n, p in (("a", "lora_a"), ("b", "lora_b"))}
+    plan = SweepPlan("a + λ*b", operands, {"λ": [0.5, 1.0], "density": [0.1, 0.6]},
+                     {"method": "ties", "method_options": {}, "rank": 4, "space": "delta"})
+    seen: list[tuple[str, str, dict]] = []
+
+    def attach(composed):
+        return composed
+
+    def evaluate(composed, split):
+        options = composed.options
+        seen.append((split, options.method, dict(options.method_options)))
+        density = options.method_options.get("density", 1.0)
+        return {"accuracy": 1.0 - (density - 0.6) ** 2 - (composed.coefficients.get("b", 0.0) - 1.0) ** 2}
+
+    result = run_sweep(plan, attach=attach, evaluate=evaluate, metric="accuracy", direction="max")
+    assert result.best_point == {"λ": 1.0, "density": 0.6}
+    assert [method for split, method, _ in seen if split == "val"] == ["ties"] * 4
+    assert [opts["density"] for split, _, opts in seen if split == "val"] == [0.1, 0.6, 0.1, 0.6]
+    by_label = {r.label: r for r in result.test}
+    assert by_label["λ=0"].point == {"λ": 0.0, "density": 0.6}  # the method's variable stays at the choice
+    assert [r.label for r in result.test] == ["best", "λ=0", "operand:a", "operand:b"]
+    assert [method for split, method, _ in seen if split == "test"] == ["ties", "ties", "linear", "linear"]
+
+
+def test_grid_names_must_be_read_by_the_expression_or_the_method(word_model):
+    common = dict(base=word_model["base"], task="classification", val=word_model["val"], labels="negative,positive")
+    with pytest.raises(AdapterMathError, match="'density' is not a variable of the expression"):
+        sweep("cls + t", word_model["adapters"], grid=["density=0.1,0.2"], **common)  # linear reads no density
+    with pytest.raises(AdapterMathError, match="options fix at 0.3; remove it there"):
+        sweep("cls + t", word_model["adapters"], grid=["density=0.1,0.2"], method="ties",
+              method_options={"density": 0.3}, **common)  # fixed by an option: not a grid variable
+    with pytest.raises(AdapterMathError, match="must lie in"):
+        sweep("cls + t", word_model["adapters"], grid=["density=0,0.2"], method="ties", rank=4, **common)
+
+
+def test_end_to_end_method_sweep_matches_fresh_peft_models(word_model, tmp_path):
+    """A TIES sweep over density (and λ) scores each point exactly as a fresh PEFT model of the
+    adapter ``compose(..., method="ties", method_options={"density": d})`` writes."""
+    operands = {k: word_model["adapters"][k] for k in ("cls", "t")}
+    result = sweep("cls + λ*t", operands, base=word_model["base"], task="perplexity",
+                   grid={"λ": [0.5, 1.0], "density": [0.2, 0.9]}, method="ties", rank=4, val=word_model["val"],
+                   test=word_model["test"], results=tmp_path / "r.jsonl", max_length=16, stride=8)
+    from adaptermath.evaluation import corpus_perplexity, load_corpus
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(word_model["base"])
+    assert [r.point for r in result.validation] == [{"λ": 0.5, "density": 0.2}, {"λ": 0.5, "density": 0.9},
+                                                    {"λ": 1.0, "density": 0.2}, {"λ": 1.0, "density": 0.9}]
+    perplexities = set()
+    for index, record in enumerate(result.validation + [r for r in result.test if r.label in ("best", "λ=0")]):
+        out = am.compose("cls + λ*t", operands, variables={"λ": record.point["λ"]}, method="ties", rank=4,
+                         method_options={"density": record.point["density"]}).save(tmp_path / f"p{index}")
+        fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(word_model["base"]), str(out)).eval()
+        text = load_corpus(word_model["val"] if record.split == "val" else word_model["test"])
+        expected = corpus_perplexity(fresh, tokenizer, text, max_length=16, stride=8).perplexity
+        assert record.metrics["perplexity"] == pytest.approx(expected, rel=1e-5)
+        perplexities.add(round(record.metrics["perplexity"], 6))
+    assert len(perplexities) >= 4  # density and λ change the model: the check above can tell points apart
+
+
+def test_sweep_cli_grids_a_method_option(word_model, tmp_path):
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    a = word_model["adapters"]
+    args = ["sweep", "cls + t", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "--method", "dare",
+            "--method-option", "seed=3", "--rank", "4", "--grid", "p=0.3,0.6", "--base", str(word_model["base"]),
+            "--task", "classification", "--val", str(word_model["val"]), "--labels", "negative,positive",
+            "--template", "{text} sentiment :", "-o", str(tmp_path / "out"), "--json"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert [v["point"] for v in summary["validation"]] == [{"p": 0.3}, {"p": 0.6}]
+    header = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
+    assert header["fingerprint"]["compose"]["method"] == "dare"
+    assert header["fingerprint"]["compose"]["method_options"] == {"seed": 3.0}
+    bad = CliRunner().invoke(main, [*args[:-3], "--grid", "q=1", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "'q' is not a variable" in bad.stderr

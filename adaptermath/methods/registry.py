@@ -97,6 +97,21 @@ class MergeMethod:
         names = ", ".join(o.name for o in self.options) or "none"
         raise CompositionError(f"method {self.name} has no option {name!r}; its options: {names}")
 
+    def variable_names(self, given: Mapping[str, Any] | None = None) -> list[str]:
+        """The variable names that can set a numeric option: an option's own name and aliases when
+        ``given`` does not fix it, and every variable a given option names (``{"density": "k"}``)."""
+        given = dict(given or {})
+        names: list[str] = []
+        for option in self.options:
+            if option.kind is str:
+                continue
+            value = given.get(option.name)
+            if value is None:
+                names += [option.name, *option.aliases]
+            elif isinstance(value, str):
+                names.append(value)
+        return names
+
     def resolve_options(self, given: Mapping[str, Any] | None = None, variables: Mapping[str, float] | None = None) -> dict[str, Any]:
         """All options with values: given ones (a string for a numeric option names a variable),
         else a sweep variable of the option's name or alias, else the default. Checks each value."""

@@ -11,11 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from adaptermath.errors import AdapterMathError
+from adaptermath.methods import available_methods
 from adaptermath.evaluation.run import write_json_atomic
 from adaptermath.sweep import DEFAULT_METRICS, SweepRecord, plot_sweep, sweep
 from adaptermath.cli.main import main
 
 from ..common import console, err_console, json_option, parse_assignments, print_json
+from .compose import method_options
 from .eval import _quiet_transformers, _task_options, unescape
 
 
@@ -52,6 +54,12 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point.")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
 @click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
+@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
+              help="Merge method (docs/methods.md); sweep its options with --grid density=... or --grid p=...")
+@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
+              help="A fixed option of the method, e.g. density=0.2, seed=1, combine=ties, direction=expert.")
+@click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
+@click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
@@ -75,6 +83,7 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
                   no_baselines: bool, space: str, negate_factor: str, normalize: bool, rank: int | None, heads: str | None,
+                  method: str, method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
@@ -95,6 +104,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
           --template "Review: {text}\\nSentiment:" -o sweeps/yelp
       adaptermath sweep "-λ*toxic" -a toxic=./toxic --space delta --base ./smollm2 --task perplexity \\
           --grid "λ=0,0.5,1" --val news_val.txt -o sweeps/ppl
+      adaptermath sweep "a + b" -a a=./a -a b=./b --method ties --rank 16 --grid density=0.1,0.2,0.5 \\
+          --base ./smollm2 --task perplexity --val news_val.txt -o sweeps/ties
     """
     task_options: dict[str, Any] = _task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field, "max_length": max_length,
@@ -119,7 +130,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         result = sweep(
             expression, operands, base=base, task=task, grid=list(grids), val=val, test=test, metric=metric,
             direction=direction, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
-            baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
+            method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
+            max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
             model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
             allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **task_options,
         )
