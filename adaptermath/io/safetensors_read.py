@@ -41,7 +41,7 @@ class SafetensorsTensorReader:
                     raise ValueError(f"tensor {key} lies outside the file")
                 self._spans[key] = (begin, end)
         except BaseException:
-            os.close(self._fd)
+            self.close()  # and mark it closed, so that __del__ cannot close a reused descriptor
             raise
 
     def read_bytes(self, key: str) -> torch.Tensor:
@@ -58,9 +58,9 @@ class SafetensorsTensorReader:
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
 
     def __del__(self) -> None:
         self.close()
