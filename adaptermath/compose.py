@@ -31,7 +31,7 @@ import torch
 
 from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
-from .algebra.lowrank import lowrank_relative_difference, lowrank_svd
+from .algebra.lowrank import lowrank_svd, param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
 from .errors import AdapterMathError, CompositionError
@@ -344,12 +344,9 @@ class ComposedAdapter:
         info = self.first_info(name)
         assert isinstance(info, LoraModuleInfo)
         report = ModuleReport()
-        exact_A, exact_B = delta_space_lora(terms)
         if self.options.space == "param":
-            rank, alpha = self._ranks[name]
-            scaling = info.scaling
-            A, B = param_space_lora(terms, scaling=scaling, negate_factor=self.options.negate_factor)
-            report.param_vs_delta = lowrank_relative_difference(scaling * B, A, exact_B, exact_A)
+            A, B = param_space_lora(terms, scaling=info.scaling, negate_factor=self.options.negate_factor)
+            report.param_vs_delta = param_vs_delta_deviation(terms, self.options.negate_factor)
         elif self.options.rank is None and self.single_operand:
             (c, module), = terms
             A, B = module.A.float(), module.B.float()
@@ -358,9 +355,10 @@ class ComposedAdapter:
             else:
                 B = c * B
         elif self.options.rank is None:
-            A, B = exact_A, exact_B
+            A, B = delta_space_lora(terms)
         else:
             rank, _ = self._ranks[name]
+            exact_A, exact_B = delta_space_lora(terms)
             svd = lowrank_svd(exact_B, exact_A)
             B, A = svd.factors(rank)
             report.relative_error = svd.relative_error(rank)

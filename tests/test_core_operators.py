@@ -7,8 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptermath.algebra.lowrank import lowrank_frobenius_norm, lowrank_inner, lowrank_relative_difference, lowrank_svd
+from adaptermath.algebra.lowrank import (
+    lowrank_frobenius_norm,
+    lowrank_inner,
+    lowrank_relative_difference,
+    lowrank_svd,
+    param_vs_delta_deviation,
+)
 from adaptermath.algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
+from adaptermath.algebra.truncation import RankPolicy, factored_to_lora
 from adaptermath.errors import CompositionError
 from adaptermath.modules import Ia3Module, LoraModule
 
@@ -134,3 +141,137 @@ def test_delta_space_is_linear(seed, a, b):
     x, y = lora_module(seed), lora_module(seed + 1, r=2)
     A, B = delta_space_lora([(a, x), (b, y)])
     torch.testing.assert_close(B @ A, a * x.delta() + b * y.delta(), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the shared-init diagnostic
+
+
+def dense_param_vs_delta(terms, negate_factor: str) -> float:
+    """‖ΔW_param − ΔW_delta‖_F / ‖ΔW_delta‖_F with both updates formed densely in float64:
+    ΔW_param = (Σ βᵢsᵢBᵢ)(Σ αⱼAⱼ) with (α, β) = (|c|, c) for negate B and (c, |c|) for negate A."""
+    alpha = [abs(c) if negate_factor == "B" else c for c, _ in terms]
+    beta = [c if negate_factor == "B" else abs(c) for c, _ in terms]
+    sB = sum(b * m.scaling * m.B.double() for b, (_, m) in zip(beta, terms))
+    A = sum(a * m.A.double() for a, (_, m) in zip(alpha, terms))
+    param = sB @ A
+    delta = sum(c * m.scaling * m.B.double() @ m.A.double() for c, m in terms)
+    return float((param - delta).norm() / delta.norm())
+
+
+def shared_init_terms(n: int, spread: float, seed: int, r: int = 4, out: int = 40, inp: int = 30) -> list[tuple[float, LoraModule]]:
+    """n operands whose factors are a shared A₀, B₀ plus ``spread``-sized noise, with alternating signs,
+    scalings 2 and ½, and Σ|cᵢ| = 1 (a lone operand gets c = 0.7). Σ cᵢsᵢ stays away from 0, so
+    ΔW_delta ≈ (Σ cᵢsᵢ)·B₀A₀ does not cancel."""
+    g = torch.Generator().manual_seed(seed)
+    A0, B0 = torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g)
+    coefficients = torch.linspace(1.0, 2.0, n) / torch.linspace(1.0, 2.0, n).sum() if n > 1 else torch.tensor([0.7])
+    terms = []
+    for i in range(n):
+        A = A0 + spread * torch.randn(r, inp, generator=g)
+        B = B0 + spread * torch.randn(out, r, generator=g)
+        c = float(coefficients[i]) * (-1.0 if i % 2 else 1.0)
+        terms.append((c, LoraModule("m", A, B, scaling=0.5 if i % 2 else 2.0)))
+    return terms
+
+
+@pytest.mark.parametrize("negate_factor", ["B", "A"])
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("spread", [1.0, 1e-2, 1e-4])
+def test_param_vs_delta_deviation_matches_dense(negate_factor, n, spread):
+    terms = shared_init_terms(n, spread, seed=10 * n)
+    expected = dense_param_vs_delta(terms, negate_factor)
+    assert expected > 0
+    assert param_vs_delta_deviation(terms, negate_factor) == pytest.approx(expected, rel=1e-5)
+
+
+def test_param_vs_delta_deviation_unrelated_operands_and_large_coefficients():
+    terms = [(1.7, lora_module(20)), (-0.4, lora_module(21, scaling=0.25)), (2.5, lora_module(22, scaling=8.0))]
+    for negate_factor in ("A", "B"):
+        expected = dense_param_vs_delta(terms, negate_factor)
+        assert param_vs_delta_deviation(terms, negate_factor) == pytest.approx(expected, rel=1e-5)
+
+
+def test_param_vs_delta_deviation_with_a_cancelling_reference():
+    # x − 0.9·x' for x' ≈ x: ΔW_delta is ~20x smaller than each operand's update. The r×r blocks are
+    # float32 products, so ‖ΔW_delta‖ carries float32 rounding of the operands' size, amplified by that
+    # ratio squared; the deviation itself is formed before any product and keeps its accuracy.
+    terms = shared_init_terms(2, 1e-3, seed=40)
+    x, y = terms[0][1], terms[1][1]
+    terms = [(0.5, x), (-0.45, LoraModule("m", y.A, y.B, x.scaling))]
+    delta = 0.5 * x.delta().double() - 0.45 * x.scaling * y.B.double() @ y.A.double()
+    assert float(delta.norm()) < 0.1 * float(0.5 * x.delta().norm())
+    for negate_factor in ("A", "B"):
+        expected = dense_param_vs_delta(terms, negate_factor)
+        assert param_vs_delta_deviation(terms, negate_factor) == pytest.approx(expected, rel=1e-4)
+
+
+def test_param_vs_delta_deviation_edge_cases():
+    x = lora_module(23)
+    assert param_vs_delta_deviation([(-1.0, x)], "B") == 0.0  # ⊖x is exact in both spaces
+    assert param_vs_delta_deviation([(-1.0, x)], "A") == 0.0
+    assert param_vs_delta_deviation([(0.5, x)], "B") == pytest.approx(0.5, rel=1e-6)  # |λ² − λ| / λ
+    assert param_vs_delta_deviation([(1.0, x), (-1.0, x)], "B") == 0.0  # both updates are zero
+    # The same update as (2A, B/2): ΔW_delta = 0 while ΔW_param = (B − B/2)(A + 2A) ≠ 0.
+    y = LoraModule("m", 2 * x.A, x.B / 2, x.scaling)
+    assert param_vs_delta_deviation([(1.0, x), (-1.0, y)], "B") == float("inf")
+    with pytest.raises(CompositionError):
+        param_vs_delta_deviation([(1.0, lora_module(0, r=2)), (1.0, lora_module(1, r=3))], "B")
+
+
+# --------------------------------------------------------------------------- factored truncation
+
+
+def dense_truncation(B: torch.Tensor, A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ΔW, its rank-k truncation, its singular values), all from a dense float64 SVD."""
+    dense = B.double() @ A.double()
+    U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+    return dense, (U[:, :k] * S[:k]) @ Vh[:k], S
+
+
+def factored_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(30)
+    B1, A1 = torch.randn(50, 6, generator=g), torch.randn(6, 40, generator=g)
+    B2, A2 = torch.randn(50, 6, generator=g), torch.randn(6, 40, generator=g)
+    return {
+        "random": (torch.cat([B1, B2], 1), torch.cat([A1, A2], 0)),
+        "lora scale": (1e-3 * torch.cat([B1, B2], 1), 3e-2 * torch.cat([A1, A2], 0)),
+        "duplicated": (torch.cat([B1, B1, B2], 1), torch.cat([A1, A1, A2], 0)),
+        "cancelling": (torch.cat([B1, -B1, B2], 1), torch.cat([A1, A1, A2], 0)),
+        "zero block": (torch.cat([B1, torch.zeros(50, 6)], 1), torch.cat([A1, A2], 0)),
+        "graded": (torch.cat([B1, 1e-4 * B2], 1), torch.cat([A1, 1e4 * A2], 0)),
+    }
+
+
+@pytest.mark.parametrize("case", list(factored_cases()))
+def test_factored_to_lora_is_the_dense_truncation(case):
+    B, A = factored_cases()[case]
+    R = B.shape[1]
+    for k in (1, 3, 6, 9, R):
+        result = factored_to_lora(B, A, RankPolicy(rank=k), default_rank=R, limit=R)
+        dense, truncated, S = dense_truncation(B, A, k)
+        assert result.B.shape == (50, k) and result.A.shape == (k, 40)
+        error = float((result.B.double() @ result.A.double() - truncated).norm() / dense.norm())
+        assert error < 1e-6
+        expected = float(torch.sqrt((S[k:] ** 2).sum() / (S ** 2).sum()))
+        assert result.relative_error == pytest.approx(expected, abs=1e-6)
+
+
+def test_factored_to_lora_energy_policy_and_zero_update():
+    B, A = factored_cases()["duplicated"]
+    _, _, S = dense_truncation(B, A, 1)
+    share = (torch.cumsum(S ** 2, 0) / (S ** 2).sum()).tolist()
+    for energy in (0.5, 0.9, 0.99, 1.0):
+        expected = next(i + 1 for i, v in enumerate(share) if v >= energy * (1 - 1e-9))
+        result = factored_to_lora(B, A, RankPolicy(energy=energy), default_rank=18, limit=18)
+        assert result.rank == expected
+    assert factored_to_lora(B, A, RankPolicy(energy=1.0), default_rank=18, limit=18).rank == 12  # rank of B₁A₁ + B₁A₁ + B₂A₂
+    zero = factored_to_lora(torch.zeros(50, 8), torch.randn(8, 40), RankPolicy(rank=4), default_rank=8, limit=8)
+    assert zero.relative_error == 0.0 and zero.B.shape == (50, 4) and not zero.B.any() and not zero.A.any()
+
+
+def test_lowrank_svd_singular_values_of_a_rank_deficient_product():
+    B, A = factored_cases()["cancelling"]  # B₁A₁ − B₁A₁ + B₂A₂: rank 6 out of 18 columns
+    svd = lowrank_svd(B, A)
+    _, _, S = dense_truncation(B, A, 1)
+    torch.testing.assert_close(svd.S[:6], S[:6], rtol=1e-6, atol=0.0)
+    assert float(svd.S[6:].max()) <= svd.resolution < 1e-5 * float(S[0])

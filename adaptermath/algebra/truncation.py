@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CompositionError
+from .lowrank import lowrank_svd
 
 OVERSAMPLE = 10
 POWER_ITERATIONS = 2
@@ -101,21 +102,18 @@ class DenseFactors:
 def factored_to_lora(B: torch.Tensor, A: torch.Tensor, policy: RankPolicy, *, default_rank: int, limit: int) -> DenseFactors:
     """Compress an update held as factors, ΔW = B·A (out×R, R×in), to the rank ``policy`` chooses.
 
-    Exact (Eckart–Young), never dense: B = Q_b·R_b, Aᵀ = Q_a·R_a (reduced QR), the SVD of the R×R
-    core R_b·R_aᵀ = U·S·Vᵀ gives ΔW = (Q_b·U)·S·(Q_a·V)ᵀ; only the kept k columns of Q_b·U and
-    Q_a·V are formed. The relative error is √(Σ_{j>k} sⱼ² / Σⱼ sⱼ²).
+    Exact (Eckart–Young), never dense, by :func:`~adaptermath.algebra.lowrank.lowrank_svd`: in float64,
+    BᵀB = R_bᵀR_b and AAᵀ = R_aᵀR_a (Cholesky, or an eigendecomposition when rank-deficient), the SVD
+    of the R×R core R_b·R_aᵀ = U·S·Vᵀ holds the singular values of ΔW, and only the k kept columns
+    are formed: B_k = B·(R_aᵀ·V_k·S_k^{-1/2}), A_k = (S_k^{-1/2}·U_kᵀ·R_b)·A, so B_k·A_k = U_k·S_k·V_kᵀ
+    of ΔW. The relative error is √(Σ_{j>k} sⱼ² / Σⱼ sⱼ²).
     """
-    q_b, r_b = torch.linalg.qr(B.float(), mode="reduced")
-    q_a, r_a = torch.linalg.qr(A.float().T, mode="reduced")
-    u, s, vh = torch.linalg.svd(r_b.double() @ r_a.double().T, full_matrices=False)
-    energies = s**2
-    total = float(energies.sum())
+    svd = lowrank_svd(B, A)
+    s = svd.S
+    total = svd.energy
     k = min(policy.for_spectrum(s, total, default_rank, limit) or limit, len(s))
-    root = torch.sqrt(s[:k]).float()
-    B_k = (q_b @ u[:, :k].float()) * root[None, :]
-    A_k = root[:, None] * (vh[:k].float() @ q_a.T)
-    error = 0.0 if total == 0.0 else float(torch.sqrt(energies[k:].sum() / total))
-    return DenseFactors(B=B_k.contiguous(), A=A_k.contiguous(), relative_error=error)
+    B_k, A_k = svd.factors(k)
+    return DenseFactors(B=B_k.contiguous(), A=A_k.contiguous(), relative_error=svd.relative_error(k))
 
 
 def _randomized_svd(D: torch.Tensor, columns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
