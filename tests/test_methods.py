@@ -467,3 +467,22 @@ def test_report_lists_every_module_rank_and_error(tiny_adapters, tmp_path):
     for module, entry in per_module.items():
         assert entry["rank"] == tensors[f"{PREFIX}{module}.lora_A.weight"].shape[0] == 6
         assert entry["relative_error"] == result.report.modules[module].relative_error
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "sparse", "constant", "adversarial"])
+def test_kth_smallest_selects_exactly_what_kthvalue_selects(kind):
+    """The bracketed selection behind trim_by_magnitude equals a full torch.kthvalue at every rank,
+    including tensors with many equal entries (integers, mostly zeros, all equal)."""
+    from adaptermath.methods.sparsify import kth_smallest
+
+    generator = torch.Generator().manual_seed(7)
+    n = 300_000
+    values = {
+        "normal": torch.randn(n, generator=generator).abs(),
+        "ties": torch.randint(0, 5, (n,), generator=generator).float(),
+        "sparse": torch.randn(n, generator=generator) * (torch.rand(n, generator=generator) < 0.01),
+        "constant": torch.full((n,), 0.25),
+        "adversarial": torch.zeros(n).index_fill_(0, torch.arange(0, n, 64), 1e6),  # the sample sees only 1e6: fallback
+    }[kind]
+    for k in (1, 2, 977, n // 3, n // 2, n - 60_000 + 1, n - 5, n):
+        assert kth_smallest(values, k) == values.kthvalue(k).values, (kind, k)
