@@ -13,33 +13,9 @@ from adaptermath.errors import AdapterMathError, OutputExistsError
 from adaptermath.evaluation.run import TASKS, evaluate
 
 from ..common import console, json_option, parse_assignments, print_json, progress
+from ..task_options import quiet_transformers, task_options, unescape
 
 SHOWN_SAMPLES = 5
-
-
-def unescape(text: str | None) -> str | None:
-    r"""Turn the escapes a shell leaves alone (``\n``, ``\t``, ``\\``) into the characters."""
-    if text is None:
-        return None
-    replacements = {"n": "\n", "t": "\t", "\\": "\\"}
-    out = []
-    index = 0
-    while index < len(text):
-        if text[index] == "\\" and index + 1 < len(text) and text[index + 1] in replacements:
-            out.append(replacements[text[index + 1]])
-            index += 2
-        else:
-            out.append(text[index])
-            index += 1
-    return "".join(out)
-
-
-def _quiet_transformers() -> None:
-    """Hide transformers' per-file loading bars and info logs (errors still show)."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def _variables(values: tuple[str, ...]) -> dict[str, float]:
@@ -50,32 +26,6 @@ def _variables(values: tuple[str, ...]) -> dict[str, float]:
         except ValueError:
             raise AdapterMathError(f"--var {name}: {text!r} is not a number") from None
     return result
-
-
-def _task_options(task: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The evaluator keyword arguments for ``task``; a task-specific option given to another task is an error."""
-    per_task = {
-        "classification": ("labels", "template", "label_field", "label_prefix", "length_normalize", "max_length"),
-        "perplexity": ("stride", "max_length"),
-        "toxicity": ("template", "num_samples", "max_new_tokens", "seed", "do_sample", "temperature", "top_k",
-                     "top_p", "scorer", "threshold", "score_prompt"),
-        "generate": ("template", "num_samples", "max_new_tokens", "seed", "do_sample", "temperature", "top_k",
-                     "top_p"),
-    }
-    flags = {"labels": "--labels", "template": "--template", "label_field": "--label-field",
-             "label_prefix": "--label-prefix", "length_normalize": "--length-normalize",
-             "max_length": "--max-length", "stride": "--stride", "num_samples": "--num-samples",
-             "max_new_tokens": "--max-new-tokens", "seed": "--seed", "do_sample": "--greedy",
-             "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "scorer": "--scorer",
-             "threshold": "--threshold", "score_prompt": "--score-prompt"}
-    options: dict[str, Any] = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        if name not in per_task[task]:
-            raise AdapterMathError(f"{flags[name]} does not apply to --task {task}")
-        options[name] = value
-    return options
 
 
 def _show_classification(result: dict[str, Any]) -> None:
@@ -218,7 +168,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
           --num-samples 100 --max-new-tokens 64 --seed 42 --threshold 0.8 -o tox.json
       adaptermath eval --base ./smollm2 --adapter ./detox --task generate --data prompts.txt --greedy
     """
-    task_options = _task_options(task, {
+    evaluator_options = task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field,
         "label_prefix": unescape(label_prefix),
         "length_normalize": length_normalize, "max_length": max_length, "stride": stride,
@@ -231,7 +181,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
     named = parse_assignments(operands, "-a/--operand") if operands else None
     if variables and not named:
         raise AdapterMathError("--var binds variables of an expression; give the operands with -a NAME=PATH")
-    _quiet_transformers()
+    quiet_transformers()
     with progress(disable=as_json) as bar:
         bar_task = bar.add_task(f"{task}: loading", total=None)
 
@@ -245,7 +195,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
             base, adapter, task=task, data=data, operands=named, variables=_variables(variables), space=space,
             negate_factor=negate_factor, allow_pickle=allow_pickle, gguf_file=gguf_file, model_type=model_type,
             device=device, dtype=dtype, split=split, dataset_config=data_config, limit=limit, text_field=text_field,
-            batch_size=batch_size, progress=advance, on_start=on_start, **task_options,
+            batch_size=batch_size, progress=advance, on_start=on_start, **evaluator_options,
         )
     payload = run.to_dict()
     if output is not None:

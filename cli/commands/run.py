@@ -103,9 +103,9 @@ def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry
     """
     loaded = load_recipe(recipe, overrides)
     if loaded.sweep is not None or loaded.evaluation:
-        from .eval import _quiet_transformers
+        from ..task_options import quiet_transformers
 
-        _quiet_transformers()
+        quiet_transformers()
     if dry_run:
         plan = plan_recipe(loaded)
         if as_json:

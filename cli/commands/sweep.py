@@ -18,7 +18,7 @@ from adaptermath.cli.main import main
 
 from ..common import console, err_console, json_option, parse_assignments, print_json
 from .compose import method_options
-from .eval import _quiet_transformers, _task_options, unescape
+from ..task_options import quiet_transformers, task_options, unescape
 
 
 def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Table:
@@ -107,7 +107,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
       adaptermath sweep "a + b" -a a=./a -a b=./b --method ties --rank 16 --grid density=0.1,0.2,0.5 \\
           --base ./smollm2 --task perplexity --val news_val.txt -o sweeps/ties
     """
-    task_options: dict[str, Any] = _task_options(task, {
+    evaluator_options: dict[str, Any] = task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field, "max_length": max_length,
         "stride": stride, "num_samples": num_samples, "max_new_tokens": max_new_tokens, "seed": seed,
         "scorer": scorer, "threshold": threshold,
@@ -115,7 +115,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     operands = parse_assignments(adapters, "--adapter")
     if output.exists() and not output.is_dir():
         raise AdapterMathError(f"{output} exists and is not a folder")
-    _quiet_transformers()
+    quiet_transformers()
     records: list[SweepRecord] = []
     variables = [spec.partition("=")[0].strip() for spec in grids]
     chosen_metric = metric or {"classification": "accuracy", "perplexity": "perplexity", "toxicity": "mean_score"}[task]
@@ -133,7 +133,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
             max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
             model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
-            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **task_options,
+            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **evaluator_options,
         )
     summary = result.to_dict()
     write_json_atomic(output / "sweep.json", summary, force=True)
