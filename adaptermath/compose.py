@@ -31,7 +31,7 @@ import torch
 
 from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
-from .algebra.lowrank import lowrank_svd, param_vs_delta_deviation
+from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
 from .errors import AdapterMathError, CompositionError
@@ -354,14 +354,8 @@ class ComposedAdapter:
                 A = c * A
             else:
                 B = c * B
-        elif self.options.rank is None:
+        else:  # exact ΔW by rank concatenation (a --rank goes through _policy_module)
             A, B = delta_space_lora(terms)
-        else:
-            rank, _ = self._ranks[name]
-            exact_A, exact_B = delta_space_lora(terms)
-            svd = lowrank_svd(exact_B, exact_A)
-            B, A = svd.factors(rank)
-            report.relative_error = svd.relative_error(rank)
         report.rank = int(A.shape[0])
         self.report.modules[name] = report
         a_shape = (A.shape[0], *info.a_shape[1:])
@@ -388,7 +382,7 @@ class ComposedAdapter:
     def _policy_module(self, name: str, terms: list[tuple[float, LoraModule]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         """A LoRA module under a method or rank policy: ΔW → method → LoRA factors of the chosen rank.
 
-        Linear: the exact factored sum is compressed by :func:`lowrank_svd` (never dense). Other
+        Linear: the exact factored sum is compressed by :func:`factored_to_lora` (never dense). Other
         methods: ΔWᵢ = sᵢ·Bᵢ·Aᵢ are formed for this module only, combined, and re-emitted by
         :func:`dense_to_lora`. The kept rank and the relative error go to the report.
         """
