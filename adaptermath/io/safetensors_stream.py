@@ -21,6 +21,7 @@ _DTYPE_NAMES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+WRITE_CHUNK = 1 << 20  # bytes per write() call
 _MAX_ENTRY_OVERHEAD = 160  # {"dtype":"BF16","shape":[..],"data_offsets":[..,..]} with 20-digit numbers
 
 
@@ -51,8 +52,12 @@ class SafetensorsStreamWriter:
         if tensor.dtype not in _DTYPE_NAMES:
             raise ValueError(f"dtype {tensor.dtype} cannot be stored in safetensors")
         data = tensor.detach().to("cpu").contiguous()
-        raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
-        self._handle.write(memoryview(raw) if data.numel() else b"")
+        if data.numel():
+            raw = memoryview(data.reshape(-1).view(torch.uint8).numpy())
+            # Bounded write() calls: on Linux 6.x one multi-megabyte write() into the page cache was
+            # 2-3x slower than the same bytes in 1 MiB pieces (benchmarks/merge_speed.py, docs/benchmarks.md).
+            for start in range(0, len(raw), WRITE_CHUNK):
+                self._handle.write(raw[start:start + WRITE_CHUNK])
         size = data.numel() * data.element_size()
         self.entries[key] = {"dtype": _DTYPE_NAMES[data.dtype], "shape": list(data.shape), "data_offsets": [self.offset, self.offset + size]}
         self.offset += size
