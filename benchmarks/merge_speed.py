@@ -367,6 +367,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated variants to leave out, e.g. peft-svd,am-ties")
     parser.add_argument("--slow-after", type=float, default=90.0, help="run a variant once when one run takes longer")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="skip a variant expected to take longer")
     parser.add_argument("--json", type=Path, default=None)
@@ -380,7 +381,8 @@ def main() -> None:
     ranks = [16] if args.quick else [int(r) for r in args.ranks.split(",")]
     counts = [2] if args.quick else [int(n) for n in args.counts.split(",")]
     repeats = 1 if args.quick else args.repeats
-    rows = plan(args.quick, shapes, ranks, counts, not args.no_peft)
+    skipped = {v.strip() for v in args.skip.split(",") if v.strip()}
+    rows = [row for row in plan(args.quick, shapes, ranks, counts, not args.no_peft) if row["variant"] not in skipped]
     load_before = os.getloadavg()
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
