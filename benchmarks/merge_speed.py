@@ -514,7 +514,8 @@ def markdown(payload: dict[str, Any]) -> str:
             peft = peft_entry.get("median_seconds") or peft_entry.get("timed_out_after")
             vs_floor = f"{seconds / floor:.2f}×" if floor and not name.startswith("floor") else ""
             at_least = "≥ " if "timed_out_after" in peft_entry else ""
-            vs_peft = f"{at_least}{peft / seconds:.0f}× faster" if peft else ""
+            vs_peft = ("" if not peft else f"{at_least}{peft / seconds:.0f}× faster" if peft >= seconds
+                       else f"{seconds / peft:.0f}× slower")
             error = f"{entry['relative_error']:.4g}" if "relative_error" in entry else ""
             lines.append(f"| {shape} | {rank} | {n} | {name} | {seconds:.2f} | {entry['median_cpu_seconds']:.2f} | {entry['runs']} | "
                          f"{entry['median_peak_rss_mib']:.0f} | {vs_floor} | {vs_peft} | {error} |")
