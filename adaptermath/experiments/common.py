@@ -432,3 +432,47 @@ def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, 
 def docs_dir(args: argparse.Namespace, workdir: Path) -> Path:
     """Where a run's page goes: ``--docs``, else docs/results (full runs) or ``<workdir>/page`` (quick)."""
     return args.docs or (workdir / "page" if args.quick else RESULTS_DOCS_DIR)
+
+
+def environment_lines(versions: Mapping[str, str]) -> list[str]:
+    """The page lines naming the package versions and the machine a run used."""
+    return [
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
+        f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
+    ]
+
+
+def command_lines(name: str, quick: bool) -> list[str]:
+    """The page's "Command" section: set-up once, then the experiment (with ``--quick`` when it was one)."""
+    return [
+        "## Command",
+        "",
+        "```bash",
+        "python -m adaptermath.experiments.setup      # once: models and data",
+        f"python -m adaptermath.experiments.{name}{' --quick' if quick else ''}",
+        "```",
+        "",
+    ]
+
+
+Document = Mapping[str, Any]
+
+
+def experiment_main(name: str, description: str, run: Callable[..., dict[str, Any]],
+                    render_page: Callable[[Document, str | None], str], plot: Callable[[Document, Path], Path | None],
+                    argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command line of an experiment: read its recipe, run it with a checkpoint that republishes
+    the page after every stage, publish the final page, and print its summary."""
+    args = parse_args(name, description, argv)
+    settings = load_config(name, args.config, quick=args.quick)
+    workdir = args.workdir or default_workdir(name, quick=args.quick)
+    docs = docs_dir(args, workdir)
+
+    def checkpoint(partial: Document) -> None:
+        publish(name, partial, workdir, docs, render_page, plot)
+
+    document = run(settings, workdir, threads=args.threads, checkpoint=checkpoint)
+    page = publish(name, document, workdir, docs, render_page, plot)
+    console().print(render_page(document, None).split("## Setup")[0])
+    log(f"results: {workdir / 'results.json'}; page: {page}")
+    return document

@@ -220,16 +220,9 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         f"- λ grid {json.dumps(settings['grid'])}.",
         f"- Runtimes (s): {json.dumps(document['timings'])} (h0 and h1 re-used from the distribution run when present)"
         + (f"; {document['timing_note']}" if document.get("timing_note") else "") + ".",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
-        f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
+        *common.environment_lines(versions),
         "",
-        "## Command",
-        "",
-        "```bash",
-        "python -m adaptermath.experiments.setup      # once: models and data",
-        f"python -m adaptermath.experiments.{NAME}{' --quick' if settings.get('quick') else ''}",
-        "```",
-        "",
+        *common.command_lines(NAME, bool(settings.get('quick'))),
         f"Settings: `recipes/experiments/{NAME}.yaml` on top of `recipes/experiments/distribution.yaml`; "
         "PEMs are shared with the distribution experiment's work folder; this page is generated from "
         f"`{NAME}-results.json` there.",

@@ -181,16 +181,9 @@ def render_page(document: Mapping[str, Any], plot_name: str | None) -> str:
         f"- PEMs: {json.dumps(settings['adapters'])}; training {json.dumps(settings['train'])}.",
         f"- λ grid {json.dumps(settings['grid'])}; spaces {settings['spaces']} (LoRA), param for (IA)³.",
         f"- Runtimes (s): {json.dumps(document['timings'])}.",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
-        f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
+        *common.environment_lines(versions),
         "",
-        "## Command",
-        "",
-        "```bash",
-        "python -m adaptermath.experiments.setup      # once: models and data",
-        f"python -m adaptermath.experiments.{NAME}{' --quick' if settings.get('quick') else ''}",
-        "```",
-        "",
+        *common.command_lines(NAME, bool(settings.get('quick'))),
         f"Settings: `recipes/experiments/{NAME}.yaml`. PEMs and every evaluation are cached under "
         f"`~/.cache/adaptermath/experiments/{NAME}`; this page is generated from `results.json` there.",
         "",
@@ -216,19 +209,7 @@ def plot(document: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = common.parse_args(NAME, "Multi-tasking: merge a sentiment PEM and a second task's PEM.", argv)
-    settings = common.load_config(NAME, args.config, quick=args.quick)
-    workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
-    docs = common.docs_dir(args, workdir)
-
-    def checkpoint(partial: Mapping[str, Any]) -> None:
-        common.publish(NAME, partial, workdir, docs, render_page, plot)
-
-    document = run(settings, workdir, threads=args.threads, checkpoint=checkpoint)
-    page = common.publish(NAME, document, workdir, docs, render_page, plot)
-    common.console().print(render_page(document, None).split("## Setup")[0])
-    common.log(f"results: {workdir / 'results.json'}; page: {page}")
-    return document
+    return common.experiment_main(NAME, "Multi-tasking: merge a sentiment PEM and a second task's PEM.", run, render_page, plot, argv)
 
 
 if __name__ == "__main__":
