@@ -14,7 +14,6 @@ the variant.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -24,6 +23,7 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import torch
 
+from .io.hash_cache import sha256_file
 from .errors import AdapterLoadError, UnsupportedAdapterError
 from .modules import AdapterModule, Ia3Module, LoraModule
 
@@ -371,14 +371,6 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     """No NaN or Inf entry. One reduction: the sum is finite unless an entry is not (or the sum
     overflows — then each entry is checked)."""
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _info_keys(info: ModuleInfo) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import AdapterLoadError, AdapterMathError
-from .adapter import sha256_file
+from .io.hash_cache import sha256_file
 from .io.atomic import atomic_output_dir, check_output_path
 from .modelcard import AUTO_CLASS_FOR_TASK
 

@@ -14,7 +14,6 @@ again with the same settings skips what the file already holds, so an interrupte
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -28,6 +27,7 @@ from typing import Any
 from .adapter import Adapter, load_adapter
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
+from .io.hash_cache import sha256_file
 from .expression import parse_expression
 
 # The metric a task is judged by when none is named, and which way is better.
@@ -231,13 +231,7 @@ class ResultsLog:
 
 def _file_digest(path: str | Path) -> str | None:
     candidate = Path(path)
-    if not candidate.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(candidate, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(candidate) if candidate.is_file() else None
 
 
 Evaluator = Callable[[Any, str], dict[str, Any]]  # (live model, split) -> result dict

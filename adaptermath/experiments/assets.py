@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from adaptermath.adapter import sha256_file
+from adaptermath.io.hash_cache import sha256_file
 from adaptermath.errors import DataError
 
 SETUP_COMMAND = "python -m adaptermath.experiments.setup"

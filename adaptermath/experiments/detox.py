@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import math
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adaptermath.io.hash_cache import sha256_file
 from adaptermath.errors import AdapterMathError, DataError
 
 NAME = "detox"
@@ -370,14 +370,6 @@ def mask_profanity(text: str, is_profane: Callable[[Sequence[str]], Sequence[int
     return re.sub(r"[A-Za-z][A-Za-z'*]*", hide, text)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -510,7 +502,7 @@ class Experiment:
                     continue
                 if variant.expression is not None and role not in variant.expression:
                     continue
-                operands[role] = _sha256_file(path / "adapter_model.safetensors")
+                operands[role] = sha256_file(path / "adapter_model.safetensors")
         return {
             "variant": dataclasses.asdict(variant),
             "split": split,

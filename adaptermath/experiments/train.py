@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adaptermath.adapter import sha256_file
+from adaptermath.io.hash_cache import sha256_file
 from adaptermath.errors import AdapterLoadError, DataError, OutputExistsError
 from adaptermath.init_adapter import load_base_for_task, normalise_adapter_config, quiet_transformers
 from adaptermath.io.atomic import atomic_output_dir
