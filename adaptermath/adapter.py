@@ -23,7 +23,6 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import torch
 
-from .io.hash_cache import sha256_file
 from .errors import AdapterLoadError, UnsupportedAdapterError
 from .modules import AdapterModule, Ia3Module, LoraModule
 
