@@ -3,9 +3,11 @@
 Each prompt is repeated ``num_samples`` times (prompt-major order) and the rows are generated
 ``batch_size`` at a time, left-padded for causal LMs. Sampling runs inside ``torch.random.fork_rng``
 seeded with ``seed``, so the same seed, batch size, model and device give the same texts and the
-caller's random state is left as it was. The sampler is Hugging Face ``generate`` with explicit
+caller's random state is left as it was. Decoding is Hugging Face ``generate`` with explicit
 settings (defaults: temperature 1, top-k 50, top-p 1 -- the paper's "HF default sampling"), so a
-model's own ``generation_config`` cannot change them silently.
+model's own ``generation_config`` cannot change them silently. With top-k on, the token is drawn
+by :class:`~adaptermath.evaluation.sampler.TopKSampler`, which has HF's sampling distribution but
+draws from the k kept tokens only (HF draws over the whole vocabulary); with top-k off HF samples.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..errors import AdapterMathError, DataError
 from .batching import chunks, encode, inference, pad, special_wrapping
 from .data import load_records, render_prompts
 from .models import input_device, model_kind, pad_id
+from .sampler import TopKSampler
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,15 @@ def _generate_kwargs(options: SamplingOptions, tokenizer: Any) -> dict[str, Any]
         "do_sample": options.do_sample,
         "pad_token_id": pad_id(tokenizer),
     }
-    if options.do_sample:
-        kwargs.update(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
+    if options.do_sample and options.top_k > 0:
+        from transformers import LogitsProcessorList
+
+        # the sampler draws the token and hands generate a one-hot score that greedy mode picks
+        sampler = TopKSampler(top_k=options.top_k, temperature=options.temperature, top_p=options.top_p)
+        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        kwargs["logits_processor"] = LogitsProcessorList([sampler])
+    elif options.do_sample:
+        kwargs.update(temperature=options.temperature, top_k=0, top_p=options.top_p)
     else:
         kwargs.update(temperature=None, top_k=None, top_p=None)
     return kwargs
