@@ -591,19 +591,17 @@ def _validate_grid(check: _Checker, value: Any) -> dict[str, tuple[float, ...]]:
 
 def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables: Mapping[str, float], method: str,
                     options: RecipeOptions, method_options: Mapping[str, Any] | None) -> SweepSpec | None:
-    from .methods import get_method
+    from .sweep import grid_variable_problem
 
     if value is None:
         return None
     path: FieldPath = ("sweep",)
     check.mapping(path, value, SWEEP_FIELDS, required=("grid", "task", "base", "val", "results"))
     grid = _validate_grid(check, value["grid"])
-    method_variables = get_method(method).variable_names(method_options)
     for name in grid:
-        if name not in free and name not in method_variables:
-            reads = f"; method {method} reads {', '.join(method_variables)}" if method_variables else ""
-            raise check.fail(("sweep", "grid", name), f"{name!r} is not a free variable of the expression "
-                                                      f"(its variables: {', '.join(free) or 'none'}){reads}")
+        problem = grid_variable_problem(name, free, method, method_options)
+        if problem:
+            raise check.fail(("sweep", "grid", name), problem)
     task = check.text(path + ("task",), value["task"], choices=SWEEP_TASKS)
     return SweepSpec(
         grid=grid,

@@ -287,26 +287,39 @@ class SweepPlan:
         return as_trained
 
 
+def grid_variable_problem(name: str, free: Sequence[str], method: str = "linear",
+                          method_options: Mapping[str, Any] | None = None) -> str | None:
+    """Why ``name`` cannot be a grid variable, or None: it must be a free variable of the expression
+    or a variable that sets a numeric option of the merge method (``density``, ``drop``/``p``, ...)
+    which ``method_options`` leaves open."""
+    from .methods import get_method
+
+    if name in free:
+        return None
+    merge_method = get_method(method)
+    method_variables = merge_method.variable_names(method_options)
+    if name in method_variables:
+        return None
+    given = dict(method_options or {})
+    fixed = [o.name for o in merge_method.options if name in (o.name, *o.aliases) and given.get(o.name) is not None]
+    if fixed:
+        return (f"{name!r} sets option {fixed[0]} of method {method}, which the method options fix at "
+                f"{given[fixed[0]]!r}; remove it there to sweep it")
+    reads = f"; method {method} reads {', '.join(method_variables)}" if method_variables else ""
+    return f"{name!r} is not a free variable of the expression (its variables: {', '.join(free) or 'none'}){reads}"
+
+
 def check_grid(grid: Mapping[str, Sequence[float]], free: Sequence[str], method: str = "linear",
                method_options: Mapping[str, Any] | None = None) -> None:
     """One-line error unless the grid covers every free variable of the expression and each of its
-    other names sets a numeric option of the merge method (``density``, ``drop``/``p``, ...)."""
-    from .methods import get_method
-
+    other names sets a numeric option of the merge method (:func:`grid_variable_problem`)."""
     missing = [name for name in free if name not in grid]
     if missing:
         raise AdapterMathError(f"the grid must cover the expression's free variables ({', '.join(free)}): no grid for {', '.join(missing)}")
-    merge_method = get_method(method)
-    method_variables = merge_method.variable_names(method_options)
     for name in grid:
-        fixed = [o.name for o in merge_method.options if name in (o.name, *o.aliases) and name not in method_variables]
-        if name not in free and fixed:
-            raise AdapterMathError(f"grid variable {name!r} sets option {fixed[0]} of method {method}, which the method "
-                                   f"options fix at {(method_options or {})[fixed[0]]!r}; remove it there to sweep it")
-        if name not in free and name not in method_variables:
-            options = f"; method {method} reads {', '.join(method_variables)}" if method_variables else ""
-            raise AdapterMathError(f"grid variable {name!r} is not a variable of the expression "
-                                   f"({', '.join(free) or 'none'}){options}")
+        problem = grid_variable_problem(name, free, method, method_options)
+        if problem:
+            raise AdapterMathError(f"grid variable {problem}")
 
 
 def run_sweep(

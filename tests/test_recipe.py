@@ -384,12 +384,17 @@ output: ./chosen
 """
 
 
-def test_sweep_then_build_then_evaluate_from_a_recipe(word_model, tmp_path, monkeypatch):
+def run_recipe_beside_models(word_model, tmp_path, monkeypatch, text: str):
+    """Copy the tiny models to ``tmp_path/w``, write ``text`` there as recipe.yaml and run it from ``tmp_path``."""
     root = tmp_path / "w"
     shutil.copytree(word_model, root)
-    write(root / "recipe.yaml", SWEEP_RECIPE)
+    write(root / "recipe.yaml", text)
     monkeypatch.chdir(tmp_path)
-    result = run_recipe(load_recipe("w/recipe.yaml"))
+    return root, run_recipe(load_recipe("w/recipe.yaml"))
+
+
+def test_sweep_then_build_then_evaluate_from_a_recipe(word_model, tmp_path, monkeypatch):
+    root, result = run_recipe_beside_models(word_model, tmp_path, monkeypatch, SWEEP_RECIPE)
 
     # λ is chosen as the grid point with the lowest validation perplexity, measured independently.
     measured = {}
@@ -439,11 +444,7 @@ output: ./dare-chosen
 
 
 def test_a_recipe_sweeps_a_method_option_and_records_the_choice(word_model, tmp_path, monkeypatch):
-    root = tmp_path / "w"
-    shutil.copytree(word_model, root)
-    write(root / "recipe.yaml", METHOD_SWEEP_RECIPE)
-    monkeypatch.chdir(tmp_path)
-    result = run_recipe(load_recipe("w/recipe.yaml"))
+    root, result = run_recipe_beside_models(word_model, tmp_path, monkeypatch, METHOD_SWEEP_RECIPE)
     operands = {n: root / n for n in ("cls", "tgt")}
     measured = {}
     for p in (0.2, 0.8):

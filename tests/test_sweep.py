@@ -225,11 +225,14 @@ def test_method_options_are_grid_variables_and_baselines_keep_them(tiny):
 
 def test_grid_names_must_be_read_by_the_expression_or_the_method(word_model):
     common = dict(base=word_model["base"], task="classification", val=word_model["val"], labels="negative,positive")
-    with pytest.raises(AdapterMathError, match="'density' is not a variable of the expression"):
+    with pytest.raises(AdapterMathError, match="grid variable 'density' is not a free variable of the expression"):
         sweep("cls + t", word_model["adapters"], grid=["density=0.1,0.2"], **common)  # linear reads no density
     with pytest.raises(AdapterMathError, match="options fix at 0.3; remove it there"):
         sweep("cls + t", word_model["adapters"], grid=["density=0.1,0.2"], method="ties",
               method_options={"density": 0.3}, **common)  # fixed by an option: not a grid variable
+    with pytest.raises(AdapterMathError, match="grid variable 'combine' is not a free variable of the expression "
+                       r"\(its variables: none\); method dare reads drop, p, seed$"):
+        sweep("cls + t", word_model["adapters"], grid=["combine=0,1"], method="dare", **common)  # a text option
     with pytest.raises(AdapterMathError, match="must lie in"):
         sweep("cls + t", word_model["adapters"], grid=["density=0,0.2"], method="ties", rank=4, **common)
 
@@ -277,4 +280,4 @@ def test_sweep_cli_grids_a_method_option(word_model, tmp_path):
     assert header["fingerprint"]["compose"]["method"] == "dare"
     assert header["fingerprint"]["compose"]["method_options"] == {"seed": 3.0}
     bad = CliRunner().invoke(main, [*args[:-3], "--grid", "q=1", "-o", str(tmp_path / "bad")])
-    assert bad.exit_code == 2 and "'q' is not a variable" in bad.stderr
+    assert bad.exit_code == 2 and "'q' is not a free variable of the expression" in bad.stderr
