@@ -1,0 +1,286 @@
+"""adaptermath search: Optuna studies over composed tiny adapters with a fake, fast evaluator
+(tests/search_fake.py): resume after a kill, two worker processes on one SQLite study, seeded
+samplers, the Pareto front against brute force, constraints, L1, bad input; then one search end
+to end on a tiny model through the CLI, with the chosen adapter rebuilt byte for byte from its recipe."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="pip install 'adaptermath[search]'")
+
+from adaptermath.errors import AdapterMathError  # noqa: E402
+from adaptermath.search import (  # noqa: E402
+    Objective, SearchPlan, SearchSettings, StudyMismatchError, StudyStorageError, check_plan_variables,
+    parse_constraint, parse_objective, parse_search_variables, pareto_front, run_search, sqlite_url,
+)
+from search_fake import FakeScorer, run_in_child  # noqa: E402
+
+EXPRESSION = "a + λ*b + μ*c"
+FINGERPRINT = {"expression": EXPRESSION, "val": {"sha256": "v1"}}
+
+
+def make_plan(tiny, variables=("λ=-1:1", "μ=-1:1")) -> SearchPlan:
+    operands = {"a": str(tiny["lora_a"]), "b": str(tiny["lora_b"]), "c": str(tiny["lora_c"])}
+    return SearchPlan(EXPRESSION, operands, parse_search_variables(list(variables)), {})
+
+
+def settings(**given) -> SearchSettings:
+    given.setdefault("objectives", [Objective("accuracy", "max")])
+    return SearchSettings(**given)
+
+
+def points(result) -> list[tuple[float, ...]]:
+    return [tuple(row.point[n] for n in sorted(row.point)) for row in result.trials]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_variables_objectives_constraints():
+    variables = parse_search_variables(["λ1=-1:1", "λ2=0.01:1,log"])
+    assert (variables["λ1"].low, variables["λ1"].high, variables["λ1"].log) == (-1.0, 1.0, False)
+    assert variables["λ2"].log and variables["λ2"].to_spec() == "λ2=0.01:1,log"
+    assert parse_search_variables({"λ": "0:1", "μ": [0, 2]})["μ"].high == 2.0
+    assert parse_objective("accuracy:max") == Objective("accuracy", "max")
+    assert parse_objective("perplexity") == Objective("perplexity", "min")
+    assert parse_objective("perplexity_ratio") == Objective("perplexity_ratio", "min")
+    bound = parse_constraint("perplexity_ratio<=1.1")
+    assert (bound.metric, bound.op, bound.bound) == ("perplexity_ratio", "<=", 1.1)
+    assert bound.violation(1.0) < 0 < bound.violation(1.2)
+    assert parse_constraint("accuracy >= 0.8").violation(0.9) < 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("λ=1:1", "the range 1:1 is empty"),
+    ("λ=2:1", "the range 2:1 is empty"),
+    ("λ=0:1,log", "a log scale needs LOW > 0"),
+    ("λ=0:1,cubic", "the only scale is 'log'"),
+    ("λ=0:1:2", "must look like NAME=LOW:HIGH"),
+    ("λ", "must look like NAME=LOW:HIGH"),
+    ("λ=a:b", "must look like NAME=LOW:HIGH"),
+])
+def test_bad_variables_are_one_line_errors(spec, message):
+    with pytest.raises(AdapterMathError, match=message):
+        parse_search_variables([spec])
+
+
+def test_bad_objectives_constraints_and_settings():
+    with pytest.raises(AdapterMathError, match="direction must be max or min"):
+        parse_objective("accuracy:up")
+    with pytest.raises(AdapterMathError, match="METRIC<=NUMBER"):
+        parse_constraint("perplexity < 3")
+    with pytest.raises(AdapterMathError, match="cmaes sampler optimises one objective"):
+        settings(objectives=[Objective("f1", "min"), Objective("f2", "min")], sampler="cmaes")
+    with pytest.raises(AdapterMathError, match="--sampler must be one of"):
+        settings(sampler="hill-climb")
+    with pytest.raises(AdapterMathError, match="--workers needs a storage"):
+        settings(workers=2)
+
+
+def test_a_variable_must_be_read_by_the_expression_or_the_method(tiny):
+    with pytest.raises(AdapterMathError, match="search variable 'ν' is not a free variable of the expression "
+                       r"\(its variables: λ, μ\)"):
+        check_plan_variables(make_plan(tiny, ("λ=0:1", "μ=0:1", "ν=0:1")))
+    with pytest.raises(AdapterMathError, match="no --var for μ"):
+        check_plan_variables(make_plan(tiny, ("λ=0:1",)))
+    check_plan_variables(make_plan(tiny, ("λ=0:1", "μ=0:1", "density=0.1:0.9")), "ties")
+
+
+# --------------------------------------------------------------------------- a study
+
+
+def test_single_objective_search_finds_the_optimum_and_scores_test(tiny):
+    result = run_search(make_plan(tiny), FakeScorer(), settings(trials=30, seed=0), fingerprint=FINGERPRINT, test=True)
+    assert len(result.trials) == 30 and result.failed == 0
+    best = max(result.trials, key=lambda r: r.values[0])
+    assert result.chosen is best
+    assert abs(best.point["λ"] - 0.3) < 0.25 and abs(best.point["μ"] + 0.2) < 0.25
+    assert [r.label for r in result.test] == ["best", "λ=0, μ=0", "operand:a", "operand:b", "operand:c"]
+    assert result.test[0].metrics["accuracy"] == pytest.approx(best.metrics["accuracy"] - 0.01)
+    rows = result.to_csv().splitlines()
+    assert rows[0] == "trial,λ,μ,objective:accuracy:max,l1_penalty,feasible,pareto,chosen,accuracy,f1,f2,perplexity"
+    assert len(rows) == 31
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert summary["best_point"] == best.point and summary["trials"] == 30
+
+
+def test_a_sampler_seed_gives_identical_trials(tiny):
+    plan = make_plan(tiny)
+    for sampler in ("tpe", "cmaes", "random"):
+        first = run_search(plan, FakeScorer(), settings(trials=12, seed=3, sampler=sampler), fingerprint=FINGERPRINT)
+        again = run_search(plan, FakeScorer(), settings(trials=12, seed=3, sampler=sampler), fingerprint=FINGERPRINT)
+        other = run_search(plan, FakeScorer(), settings(trials=12, seed=4, sampler=sampler), fingerprint=FINGERPRINT)
+        assert points(first) == points(again), sampler
+        assert [r.values for r in first.trials] == [r.values for r in again.trials]
+        assert points(first) != points(other), sampler
+
+
+def test_gp_and_nsga2_samplers_run_seeded(tiny):
+    two = [Objective("f1", "min"), Objective("f2", "min")]
+    for sampler, objectives in (("gp", [Objective("accuracy", "max")]), ("nsga2", two)):
+        runs = [run_search(make_plan(tiny, ("λ=-1:2", "μ=-1:1")), FakeScorer(),
+                           settings(trials=12, seed=5, sampler=sampler, objectives=objectives), fingerprint=FINGERPRINT)
+                for _ in range(2)]
+        assert len(runs[0].trials) == 12 and points(runs[0]) == points(runs[1]), sampler
+
+
+def brute_force_front(rows) -> set[int]:
+    """Non-dominated trials (both objectives minimised), by the definition, written out again."""
+    front = set()
+    for row in rows:
+        f1, f2 = row.values
+        if not any(o.values[0] <= f1 and o.values[1] <= f2 and (o.values[0] < f1 or o.values[1] < f2) for o in rows):
+            front.add(row.number)
+    return front
+
+
+def test_pareto_front_matches_brute_force_on_a_toy_problem(tiny):
+    plan = make_plan(tiny, ("λ=-1:2", "μ=-1:1"))
+    objectives = [Objective("f1", "min"), Objective("f2", "min")]
+    result = run_search(plan, FakeScorer(), settings(trials=40, seed=1, sampler="random", objectives=objectives),
+                        fingerprint=FINGERPRINT)
+    assert set(result.front) == brute_force_front(result.trials)
+    assert len(result.front) >= 5
+    inside = {r.number for r in result.trials if 0.0 <= r.point["λ"] <= 1.0}  # the toy's Pareto set: never dominated
+    assert inside and inside <= set(result.front)
+    assert result.chosen.number in result.front
+    assert result.chosen.values[0] == min(result.trial(n).values[0] for n in result.front)
+    assert pareto_front([[1, 1], [1, 1], [2, 0], [2, 2]], ["min", "min"]) == [0, 1, 2]
+    assert pareto_front([[1, 1], [2, 0], [2, 2]], ["max", "max"]) == [2]
+    summary = result.to_dict()
+    assert [p["number"] for p in summary["pareto_front"]] == result.front
+    # Constraints keep infeasible trials out of the front and the choice.
+    constrained = run_search(plan, FakeScorer(), settings(trials=40, seed=1, sampler="random", objectives=objectives,
+                                                          constraints=[parse_constraint("f1>=0.25")]),
+                             fingerprint=FINGERPRINT)
+    assert constrained.chosen.feasible and constrained.chosen.metrics["f1"] >= 0.25
+    assert all(constrained.trial(n).feasible for n in constrained.front)
+    assert any(not r.feasible for r in constrained.trials)
+
+
+def test_l1_penalty_is_applied_and_recorded(tiny):
+    result = run_search(make_plan(tiny), FakeScorer(), settings(trials=8, seed=2, l1=0.5), fingerprint=FINGERPRINT)
+    for row in result.trials:
+        norm = abs(row.point["λ"]) + abs(row.point["μ"])
+        assert row.l1_penalty == pytest.approx(0.5 * norm)
+        assert row.values[0] == pytest.approx(row.metrics["accuracy"] - 0.5 * norm)
+    minimised = run_search(make_plan(tiny), FakeScorer(), settings(trials=4, seed=2, l1=0.5,
+                                                                   objectives=[Objective("perplexity", "min")]),
+                           fingerprint=FINGERPRINT)
+    row = minimised.trials[0]
+    assert row.values[0] == pytest.approx(row.metrics["perplexity"] + row.l1_penalty) and row.l1_penalty > 0
+
+
+def test_ratio_metrics_are_relative_to_the_zero_point(tiny):
+    result = run_search(make_plan(tiny), FakeScorer(), settings(trials=6, seed=0, objectives=[Objective("accuracy", "max")],
+                                                                constraints=[parse_constraint("perplexity_ratio<=1.1")]),
+                        fingerprint=FINGERPRINT)
+    assert result.reference["perplexity"] == 10.0  # λ = μ = 0
+    for row in result.trials:
+        assert row.metrics["perplexity_ratio"] == pytest.approx(1.0 + row.point["λ"] ** 2)
+        assert row.feasible == (row.metrics["perplexity_ratio"] <= 1.1)
+
+
+# --------------------------------------------------------------------------- storage: resume, workers, refusals
+
+
+def logged(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_resume_after_kill(tiny, tmp_path):
+    """A worker killed (SIGKILL) during its fourth trial leaves that trial RUNNING; the resumed
+    search fails it once its heartbeat is stale, re-runs its point, and completes the budget
+    without re-evaluating the three finished trials."""
+    log = tmp_path / "evaluations.jsonl"
+    plan = make_plan(tiny)
+    config = settings(trials=8, seed=0, storage=sqlite_url(tmp_path / "study.db"), heartbeat=(1, 2))
+    child = multiprocessing.get_context("spawn").Process(
+        target=run_in_child, args=(plan, FakeScorer(log=str(log), kill_at=4), config, FINGERPRINT))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -9
+    killed = logged(log)
+    assert len(killed) == 4
+    study = optuna.load_study(study_name=config.study, storage=config.storage)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "RUNNING"]
+
+    result = run_search(plan, FakeScorer(log=str(log)), config, fingerprint=FINGERPRINT)
+    assert len(result.trials) == 8 and len({r.number for r in result.trials}) == 8
+    evaluations = logged(log)
+    resumed = evaluations[4:]
+    assert len(resumed) == 8 - 3  # the killed trial's point again, and four new ones
+    assert [e["point"] for e in resumed].count(killed[3]["point"]) == 1  # the re-queued point runs once more
+    counts = Counter(json.dumps(e["point"], sort_keys=True) for e in evaluations)
+    for entry in killed[:3]:
+        assert counts[json.dumps(entry["point"], sort_keys=True)] == 1
+    study = optuna.load_study(study_name=config.study, storage=config.storage)
+    assert [t.state.name for t in study.trials].count("FAIL") == 1
+    # Run again: the study is complete, nothing is evaluated, the same choice comes back.
+    again = run_search(plan, FakeScorer(log=str(log)), config, fingerprint=FINGERPRINT)
+    assert len(logged(log)) == len(evaluations) and again.chosen.number == result.chosen.number
+
+
+def test_two_workers_share_one_sqlite_study_without_losing_or_repeating_a_trial(tiny, tmp_path):
+    log = tmp_path / "evaluations.jsonl"
+    config = settings(trials=16, seed=0, storage=sqlite_url(tmp_path / "study.db"), workers=2)
+    result = run_search(make_plan(tiny), FakeScorer(log=str(log), delay=0.05), config, fingerprint=FINGERPRINT)
+    evaluations = logged(log)
+    assert len(result.trials) == 16 and len({r.number for r in result.trials}) == 16
+    assert len({e["pid"] for e in evaluations}) == 2  # both processes worked
+    assert {r.worker for r in result.trials} == {0, 1}
+    assert len(evaluations) == 16  # every evaluation became exactly one complete trial
+    evaluated = Counter(json.dumps(e["point"], sort_keys=True) for e in evaluations)
+    assert all(count == 1 for count in evaluated.values())
+    trials = Counter(json.dumps(r.point, sort_keys=True) for r in result.trials)
+    assert trials == evaluated
+
+
+def test_unreachable_or_locked_storage_is_a_one_line_error(tiny, tmp_path):
+    plan = make_plan(tiny)
+    with pytest.raises(StudyStorageError, match="cannot open the study storage sqlite:///.*/missing/study.db: "
+                       "unable to open database file"):
+        run_search(plan, FakeScorer(), settings(storage=f"sqlite:///{tmp_path}/missing/study.db"), fingerprint=FINGERPRINT)
+    with pytest.raises(StudyStorageError, match="must be a database URL"):
+        run_search(plan, FakeScorer(), settings(storage=str(tmp_path / "study.db")), fingerprint=FINGERPRINT)
+    with pytest.raises(StudyStorageError, match=r"postgresql://user:\*\*\*@127.0.0.1:9/db") as caught:
+        run_search(plan, FakeScorer(), settings(storage="postgresql://user:secret@127.0.0.1:9/db", storage_timeout=1),
+                   fingerprint=FINGERPRINT)
+    assert "secret" not in str(caught.value) and "\n" not in str(caught.value)
+    locked = tmp_path / "locked.db"
+    holder = sqlite3.connect(locked)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    try:
+        with pytest.raises(StudyStorageError, match="database is locked; another process holds a lock on it"):
+            run_search(plan, FakeScorer(), settings(storage=sqlite_url(locked), storage_timeout=0.2), fingerprint=FINGERPRINT)
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_a_study_made_by_another_search_is_refused_naming_the_difference(tiny, tmp_path):
+    config = settings(trials=2, seed=0, storage=sqlite_url(tmp_path / "study.db"))
+    run_search(make_plan(tiny), FakeScorer(), config, fingerprint=FINGERPRINT)
+    changed = {**FINGERPRINT, "expression": "a + λ*b + μ*c + 0*a"}
+    with pytest.raises(StudyMismatchError, match="^study 'adaptermath-search' in sqlite:///.*study.db was made by a "
+                       "different search: expression was \"a \\+ λ\\*b \\+ μ\\*c\", now \"a \\+ λ\\*b \\+ μ\\*c \\+ 0\\*a\"; "
+                       "pass --force"):
+        run_search(make_plan(tiny), FakeScorer(), config, fingerprint=changed)
+    with pytest.raises(StudyMismatchError, match='different search: val.sha256 was "v1", now "v2"'):
+        run_search(make_plan(tiny), FakeScorer(), config, fingerprint={**FINGERPRINT, "val": {"sha256": "v2"}})
+    with pytest.raises(StudyMismatchError, match='objectives was \\["accuracy:max"\\], now \\["f1:min", "f2:min"\\]'):
+        run_search(make_plan(tiny), FakeScorer(), settings(trials=2, storage=config.storage,
+                                                           objectives=[Objective("f1", "min"), Objective("f2", "min")]),
+                   fingerprint=FINGERPRINT)
+    fresh = run_search(make_plan(tiny), FakeScorer(), config, fingerprint=changed, force=True)
+    assert len(fresh.trials) == 2
