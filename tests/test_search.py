@@ -284,3 +284,70 @@ def test_a_study_made_by_another_search_is_refused_naming_the_difference(tiny, t
                    fingerprint=FINGERPRINT)
     fresh = run_search(make_plan(tiny), FakeScorer(), config, fingerprint=changed, force=True)
     assert len(fresh.trials) == 2
+
+
+# --------------------------------------------------------------------------- end to end on a tiny model
+
+from test_sweep import word_model  # noqa: E402,F401  (the tiny word-sentiment model and adapters)
+
+
+def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(word_model, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+
+    import adaptermath as am
+    from adaptermath.cli.main import main
+
+    a = word_model["adapters"]
+    out = tmp_path / "out"
+    args = ["search", "cls + λ*t + μ*s", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "-a", f"s={a['s']}",
+            "--var", "λ=-1:1", "--var", "μ=-1:1", "--base", str(word_model["base"]), "--task", "classification",
+            "--objective", "accuracy:max", "--objective", "macro_f1:max", "--l1", "0.01",
+            "--val", str(word_model["val"]), "--test", str(word_model["test"]), "--labels", "negative,positive",
+            "--template", "{text} sentiment :", "--seed", "0", "-o", str(out), "--json"]
+    first = CliRunner().invoke(main, [*args[:-1], "--trials", "3"])
+    assert first.exit_code == 0, first.output
+    done = CliRunner().invoke(main, [*args, "--trials", "5"])  # resumes: two more trials
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["trials"] == 5 and summary["objectives"] == ["accuracy:max", "macro_f1:max"]
+    assert summary["chosen"]["number"] in [p["number"] for p in summary["pareto_front"]]
+    assert {t["label"] for t in summary["test"]} == {"best", "λ=0, μ=0", "operand:cls", "operand:t", "operand:s"}
+    assert sorted(summary["plots"]) == ["history.png", "importances.png", "pareto.png"]
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,λ,μ,objective:accuracy:max,objective:macro_f1:max,l1_penalty,feasible,pareto")
+    assert len(rows) == 6
+    saved = json.loads((out / "search.json").read_text())
+    assert saved["chosen"] == summary["chosen"]
+    # The chosen trial's adapter: its provenance names the trial, its recipe rebuilds it byte for byte.
+    provenance = json.loads((out / "adapter" / "adaptermath.json").read_text())
+    assert provenance["search"]["trial"] == summary["chosen"]["number"]
+    assert provenance["recipe"]["variables"] == summary["chosen"]["point"]
+    rebuilt = am.run_recipe(am.load_recipe(out / "adapter", overrides=[f"output={tmp_path / 'rebuilt'}"]))
+    assert (rebuilt.output / "adapter_model.safetensors").read_bytes() == \
+        (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    # Another Pareto point on request; the study is complete, so nothing is evaluated again.
+    other = [p["number"] for p in summary["pareto_front"]]
+    picked = CliRunner().invoke(main, [*args, "--trials", "5", "--trial", str(other[-1]), "--no-baselines"])
+    assert picked.exit_code == 0, picked.output
+    assert json.loads(picked.stdout)["chosen"]["number"] == other[-1]
+    # Different validation data: the study is refused, naming the difference.
+    changed = CliRunner().invoke(main, [*args, "--trials", "5", "--limit", "4"])
+    assert changed.exit_code == 2 and changed.stderr.count("\n") == 1
+    assert "was made by a different search: limit was null, now 4" in changed.stderr
+    other_data = CliRunner().invoke(main, [*[x if x != str(word_model["val"]) else str(word_model["test"]) for x in args],
+                                           "--trials", "5"])
+    assert other_data.exit_code == 2 and "different search: val.path was" in other_data.stderr
+    bad = CliRunner().invoke(main, [*args[:-1], "--var", "ν=0:1", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "search variable 'ν' is not a free variable of the expression" in bad.stderr
+    empty = CliRunner().invoke(main, [*[x if x != "λ=-1:1" else "λ=1:-1" for x in args]])
+    assert empty.exit_code == 2 and "the range 1:-1 is empty" in empty.stderr
+
+
+def test_search_command_module_imports_no_optuna_torch_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, adaptermath.cli.commands.search; "
+            "print(sorted(m for m in ('optuna', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
