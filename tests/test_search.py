@@ -351,3 +351,75 @@ def test_search_command_module_imports_no_optuna_torch_or_matplotlib():
             "print(sorted(m for m in ('optuna', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- recipes
+
+from test_recipe import perplexity_of, word_model as recipe_word_model  # noqa: E402,F401
+
+SEARCH_RECIPE = """\
+version: 1
+inputs: {cls: ./cls, tgt: ./tgt, src: ./src}
+expression: "cls + λ*(tgt - src)"
+space: delta
+search:
+  variables: {λ: "0:1"}
+  task: perplexity
+  base: ./base
+  val: ./val.txt
+  trials: 4
+  sampler: random
+  seed: 0
+  objectives: ["perplexity:min"]
+  l1: 0.01
+  results: ./search-results
+  options: {max_length: 16, stride: 8}
+output: ./chosen
+"""
+
+
+def test_search_block_of_a_recipe_equals_the_cli_and_rebuilds(recipe_word_model, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    import adaptermath as am
+    from adaptermath.errors import RecipeError
+    from adaptermath.recipe import load_recipe, plan_recipe, run_recipe
+
+    root = tmp_path / "w"
+    shutil.copytree(recipe_word_model, root)
+    (root / "recipe.yaml").write_text(SEARCH_RECIPE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("w/recipe.yaml")
+    assert recipe.search.variables == {"λ": "0:1"} and recipe.search.trials == 4
+    assert plan_recipe(recipe)["search"]["results"] == "w/search-results"
+    result = run_recipe(recipe)
+    # The same search through the Python API (which the CLI calls) gives the same trials.
+    again = am.search("cls + λ*(tgt - src)", {n: root / n for n in ("cls", "tgt", "src")}, base=root / "base",
+                      task="perplexity", variables=["λ=0:1"], val=root / "val.txt", trials=4, sampler="random", seed=0,
+                      objectives=["perplexity:min"], l1=0.01, space="delta", max_length=16, stride=8)
+    assert [r.point for r in result.search.trials] == [r.point for r in again.trials]
+    assert [r.values[0] for r in result.search.trials] == pytest.approx([r.values[0] for r in again.trials], rel=1e-6)
+    best = result.search.chosen
+    assert best.values[0] == min(r.values[0] for r in again.trials)
+    measured = perplexity_of(root / "base", root / "chosen", root / "val.txt")
+    assert measured == pytest.approx(best.metrics["perplexity"], rel=1e-5)
+    assert (root / "search-results" / "study.db").is_file() and (root / "search-results" / "trials.csv").is_file()
+    record = json.loads((root / "chosen" / "adaptermath.json").read_text())
+    assert record["recipe"]["variables"] == best.point and "search" not in record["recipe"]
+    rebuilt = run_recipe(load_recipe("w/chosen", overrides=["output=../chosen-again"]))
+    assert (rebuilt.output / "adapter_model.safetensors").read_bytes() == (root / "chosen" / "adapter_model.safetensors").read_bytes()
+    # Schema errors are one line naming the field.
+    for text, message in [
+        (SEARCH_RECIPE.replace('{λ: "0:1"}', '{λ: "1:0"}'), r"field 'search.variables.λ': the range 1:0 is empty"),
+        (SEARCH_RECIPE.replace('{λ: "0:1"}', '{μ: "0:1"}'), r"field 'search.variables.μ': 'μ' is not a free variable"),
+        (SEARCH_RECIPE.replace("sampler: random", "sampler: annealing"), r"field 'search.sampler': must be one of"),
+        (SEARCH_RECIPE.replace('["perplexity:min"]', '["perplexity:low"]'), r"field 'search.objectives\[0\]'"),
+        (SEARCH_RECIPE.replace("  l1: 0.01\n", "  l1: 0.01\n  constraints: [perplexity < 2]\n"),
+         r"field 'search.constraints\[0\]': --constraint must look like"),
+        (SEARCH_RECIPE.replace("space: delta\n", "space: delta\nvariables: {λ: 0.5}\n"), r"field 'variables': a search recipe"),
+        (SEARCH_RECIPE.replace("search:\n", "sweep: {grid: {λ: [0, 1]}, task: perplexity, base: ./base, val: ./val.txt, "
+                               "results: ./r}\nsearch:\n"), "by a sweep or by a search, not both"),
+    ]:
+        (root / "bad.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(RecipeError, match=message):
+            load_recipe("w/bad.yaml")
