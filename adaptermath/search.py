@@ -548,8 +548,9 @@ def _worker_process(plan: SearchPlan, scorer: Any, settings: SearchSettings, wor
 
 
 def run_workers(plan: SearchPlan, scorer: Any, settings: SearchSettings,
-                on_progress: Callable[[int], None] | None = None) -> None:
-    """Start ``settings.workers`` processes (spawned: each loads its own model) on the study; wait."""
+                on_progress: Callable[[], None] | None = None) -> None:
+    """Start ``settings.workers`` processes (spawned: each loads its own model) on the study; wait
+    (calling ``on_progress()`` about every half second)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -561,7 +562,7 @@ def run_workers(plan: SearchPlan, scorer: Any, settings: SearchSettings,
     try:
         while any(p.is_alive() for p in processes):
             if on_progress is not None:
-                on_progress(-1)
+                on_progress()
             for process in processes:
                 process.join(timeout=0.5)
     except KeyboardInterrupt:
@@ -746,6 +747,10 @@ def run_search(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, finge
                on_progress: Callable[[int], None] | None = None) -> SearchResult:
     """Open (or resume) the study, run the workers, choose a trial, score it and the baselines on test.
 
+    ``on_trial(frozen_trial)`` follows each trial of an in-process worker; ``on_progress(complete)``
+    gets the study's count of complete trials after each of them (about every half second with
+    worker processes).
+
     ``scorer.start()`` gives ``(attach, evaluate)`` (see :class:`adaptermath.sweep.ModelScorer`);
     ``scoring`` passes them ready-made instead (one worker only). With ``settings.workers`` > 1
     the scorer must be picklable: each spawned worker starts its own.
@@ -758,12 +763,19 @@ def run_search(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, finge
     if settings.needs_reference and not study.user_attrs.get(REFERENCE_ATTR):
         reference = trial_metrics(composing, lazy, plan.reference_point(), None)
         study.set_user_attr(REFERENCE_ATTR, _jsonable(reference))
+    def progressed(trial: Any = None) -> None:
+        if trial is not None and on_trial is not None:
+            on_trial(trial)
+        if on_progress is not None:
+            on_progress(_counts(study)["complete"])
+
+    progressed()
     if settings.workers == 1:
-        run_worker(plan, scorer, settings, storage=storage, scoring=lazy, adapters=adapters, on_trial=on_trial)
+        run_worker(plan, scorer, settings, storage=storage, scoring=lazy, adapters=adapters, on_trial=progressed)
     else:
         if scoring is not None:
             raise AdapterMathError("ready-made scoring functions cannot be shared with worker processes; pass a scorer")
-        run_workers(plan, scorer, settings, on_progress=on_progress)
+        run_workers(plan, scorer, settings, on_progress=progressed)
     result = collect(study, plan, settings, pick)
     result.importances = parameter_importances(study, plan)
     if test and result.chosen is not None:

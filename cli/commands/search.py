@@ -135,8 +135,8 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
     with progress(disable=as_json) as bar:
         job = bar.add_task("trials", total=trials)
 
-        def on_trial(trial: Any) -> None:
-            bar.advance(job)
+        def on_progress(complete: int) -> None:
+            bar.update(job, completed=min(complete, trials))
 
         result = search(
             expression, operands, base=base, task=task, variables=list(variables), val=val, test=test, trials=trials,
@@ -145,7 +145,7 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
             baselines=not no_baselines, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank,
             heads=heads, method=method, method_options=method_options(density, drop, None, method_option_values),
             energy=energy, max_rank=max_rank, gguf_file=gguf_file, model_type=model_type, device=device, dtype=dtype,
-            text_field=text_field, limit=limit, allow_pickle=allow_pickle, on_trial=on_trial, batch_size=batch_size,
+            text_field=text_field, limit=limit, allow_pickle=allow_pickle, on_progress=on_progress, batch_size=batch_size,
             **evaluator_options,
         )
     summary = result.to_dict()
