@@ -83,15 +83,20 @@ def plot_importances(result: "SearchResult", path: str | Path) -> Path | None:
 
 
 def plot_pareto(result: "SearchResult", path: str | Path) -> Path | None:
-    """The first two objectives of every trial; the Pareto front joined and the chosen trial ringed."""
+    """The first two objectives of every trial (infeasible ones as crosses); the Pareto front of the
+    feasible trials joined and the chosen trial ringed."""
     if len(result.objectives) < 2 or not result.trials:
         return None
     plt = _pyplot()
     first, second = result.objectives[0], result.objectives[1]
     figure, axis = plt.subplots(figsize=(6, 4.5))
     front = set(result.front)
-    others = [r for r in result.trials if r.number not in front]
+    others = [r for r in result.trials if r.number not in front and r.feasible]
+    infeasible = [r for r in result.trials if not r.feasible]
     axis.scatter([r.values[0] for r in others], [r.values[1] for r in others], s=16, color="tab:gray", label="trial")
+    if infeasible:
+        axis.scatter([r.values[0] for r in infeasible], [r.values[1] for r in infeasible], s=20, marker="x",
+                     color="tab:orange", label="infeasible")
     on_front = sorted((r for r in result.trials if r.number in front), key=lambda r: r.values[0])
     axis.plot([r.values[0] for r in on_front], [r.values[1] for r in on_front], marker="o", color="tab:blue",
               label="Pareto front")

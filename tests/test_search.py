@@ -309,7 +309,8 @@ def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(
     done = CliRunner().invoke(main, [*args, "--trials", "5"])  # resumes: two more trials
     assert done.exit_code == 0, done.output
     summary = json.loads(done.stdout)
-    assert summary["trials"] == 5 and summary["objectives"] == ["accuracy:max", "macro_f1:max"]
+    assert summary["trials"] == 5 and summary["failed_trials"] == 0
+    assert summary["objectives"] == ["accuracy:max", "macro_f1:max"]
     assert summary["chosen"]["number"] in [p["number"] for p in summary["pareto_front"]]
     assert {t["label"] for t in summary["test"]} == {"best", "λ=0, μ=0", "operand:cls", "operand:t", "operand:s"}
     assert sorted(summary["plots"]) == ["history.png", "importances.png", "pareto.png"]
@@ -341,6 +342,45 @@ def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(
     assert bad.exit_code == 2 and "search variable 'ν' is not a free variable of the expression" in bad.stderr
     empty = CliRunner().invoke(main, [*[x if x != "λ=-1:1" else "λ=1:-1" for x in args]])
     assert empty.exit_code == 2 and "the range 1:-1 is empty" in empty.stderr
+
+
+@pytest.mark.slow
+def test_search_cli_workers_on_a_real_model(word_model, tmp_path):  # noqa: F811
+    """--workers 2 through the CLI: the ModelScorer is pickled to two spawned processes, each loads
+    the tiny model; the study ends with exactly the asked number of trials. (Slow: two processes
+    import torch and transformers.)"""
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    a = word_model["adapters"]
+    args = ["search", "cls + λ*t", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "--var", "λ=-1:1",
+            "--base", str(word_model["base"]), "--task", "classification", "--val", str(word_model["val"]),
+            "--labels", "negative,positive", "--template", "{text} sentiment :", "--seed", "0", "--trials", "6",
+            "--workers", "2", "-o", str(tmp_path / "out"), "--json"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["trials"] == 6 and summary["failed_trials"] == 0
+    assert {row.split(",")[0] for row in (tmp_path / "out" / "trials.csv").read_text().splitlines()[1:]} == \
+        {str(n) for n in range(6)}
+
+
+def test_model_scorer_pickles_for_worker_processes(word_model):  # noqa: F811
+    import pickle
+
+    from adaptermath.sweep import ModelScorer
+
+    scorer = ModelScorer.for_adapter(am_compose_first(word_model), base=word_model["base"], task="classification",
+                                     val=word_model["val"], test=None, task_options={"labels": "negative,positive"})
+    again = pickle.loads(pickle.dumps(scorer))
+    assert again == scorer and again.options == {"labels": "negative,positive", "text_field": "text"}
+
+
+def am_compose_first(word_model):
+    import adaptermath as am
+
+    return am.compose("cls + t", {k: word_model["adapters"][k] for k in ("cls", "t")})
 
 
 def test_search_command_module_imports_no_optuna_torch_or_matplotlib():
