@@ -448,6 +448,16 @@ def test_search_block_of_a_recipe_equals_the_cli_and_rebuilds(recipe_word_model,
     assert record["recipe"]["variables"] == best.point and "search" not in record["recipe"]
     rebuilt = run_recipe(load_recipe("w/chosen", overrides=["output=../chosen-again"]))
     assert (rebuilt.output / "adapter_model.safetensors").read_bytes() == (root / "chosen" / "adapter_model.safetensors").read_bytes()
+    # Through the CLI: the plan and the human summary name the search.
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    planned = CliRunner().invoke(main, ["run", "w/recipe.yaml", "--dry-run"])
+    assert planned.exit_code == 0 and "4 random trials, perplexity on w/val.txt" in planned.stdout
+    shown = CliRunner().invoke(main, ["run", "w/recipe.yaml", "--force"])
+    assert shown.exit_code == 0, shown.output
+    assert f"chose trial {best.number} of 4" in shown.stdout
     # Schema errors are one line naming the field.
     for text, message in [
         (SEARCH_RECIPE.replace('{λ: "0:1"}', '{λ: "1:0"}'), r"field 'search.variables.λ': the range 1:0 is empty"),
