@@ -473,3 +473,29 @@ def test_search_block_of_a_recipe_equals_the_cli_and_rebuilds(recipe_word_model,
         (root / "bad.yaml").write_text(text, encoding="utf-8")
         with pytest.raises(RecipeError, match=message):
             load_recipe("w/bad.yaml")
+
+
+def test_a_method_option_is_searched_like_a_coefficient(tiny):
+    """TIES density as a searched variable: each trial composes with the trial's density; the test
+    baselines keep the chosen density at the zero point (as in a sweep)."""
+    operands = {"a": str(tiny["lora_a"]), "b": str(tiny["lora_b"])}
+    plan = SearchPlan("a + λ*b", operands, parse_search_variables(["λ=0:1", "density=0.1:0.9"]),
+                      {"method": "ties", "method_options": {}, "rank": 4, "space": "delta"})
+    check_plan_variables(plan, "ties")
+    seen: list[tuple[str, float, float]] = []
+
+    def attach(composed):
+        return composed
+
+    def evaluate(composed, split):
+        density = composed.options.method_options.get("density", 1.0)
+        seen.append((split, composed.options.method, density))
+        return {"accuracy": 1.0 - (density - 0.6) ** 2 - (composed.coefficients.get("b", 0.0) - 1.0) ** 2}
+
+    result = run_search(plan, None, settings(trials=6, seed=0, sampler="random"), fingerprint=FINGERPRINT,
+                        scoring=(attach, evaluate), test=True)
+    val = [(method, density) for split, method, density in seen if split == "val"]
+    assert val == [("ties", row.point["density"]) for row in result.trials]
+    by_label = {r.label: r for r in result.test}
+    assert by_label["λ=0"].point == {"λ": 0.0, "density": result.chosen.point["density"]}
+    assert [method for split, method, _ in seen if split == "test"] == ["ties", "ties", "linear", "linear"]
