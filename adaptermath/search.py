@@ -838,7 +838,7 @@ def write_trial_adapter(result: SearchResult, output: str | Path, *, trial: int 
     return target
 
 
-def write_search_outputs(result: SearchResult, folder: str | Path, *, study: Any = None) -> dict[str, str | None]:
+def write_search_outputs(result: SearchResult, folder: str | Path) -> dict[str, str | None]:
     """``search.json``, ``trials.csv`` and the plots (``history.png``, ``importances.png``,
     ``pareto.png`` with two or more objectives) in ``folder``; returns what was written (a plot is
     None, with the reason under ``plot_note``, when matplotlib is missing)."""
