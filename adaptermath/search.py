@@ -35,25 +35,18 @@ from typing import Any
 from .adapter import Adapter, load_adapter
 from .errors import AdapterMathError
 from .expression import parse_expression
+from .search_study import (StudyMismatchError, StudyStorageError, first_line, jsonable, open_storage,  # noqa: F401
+                           open_study, public_url, sqlite_url)
 from .sweep import (DEFAULT_METRICS, LOWER_IS_BETTER, Evaluator, ModelScorer, SweepPlan, SweepRecord, _summary,
                     compose_settings, grid_variable_problem, metric_value, operand_hashes)
 
 SEARCH_FORMAT = "adaptermath.search/1"
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 DEFAULT_STUDY = "adaptermath-search"
-FINGERPRINT_ATTR = "adaptermath.fingerprint"
 REFERENCE_ATTR = "adaptermath.reference"
 RATIO_SUFFIX = "_ratio"
 Point = dict[str, float]
 Scoring = tuple[Callable[[Any], Any], Evaluator]  # attach(composed) -> model, evaluate(model, split) -> result
-
-
-class StudyStorageError(AdapterMathError):
-    """The study's storage cannot be opened or written (unreachable, locked, not a database)."""
-
-
-class StudyMismatchError(AdapterMathError):
-    """The study was made by a different search."""
 
 
 # --------------------------------------------------------------------------- the search's terms
@@ -283,117 +276,6 @@ def check_plan_variables(plan: SearchPlan, method: str = "linear", method_option
             raise AdapterMathError(f"search variable {problem}")
 
 
-# --------------------------------------------------------------------------- storage and study
-
-
-def public_url(url: str) -> str:
-    """The storage URL with any password hidden (for messages and search.json)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy reads: say it as given, minus anything like user:pass@
-        return re.sub(r"//[^/@]*@", "//***@", url)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def sqlite_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path).expanduser().resolve()}"
-
-
-def open_storage(url: str | None, *, timeout: float = 30.0, heartbeat: tuple[int, int] | None = (10, 30)) -> Any:
-    """An Optuna storage: in memory for ``None``, else an RDB storage at ``url`` with heartbeats
-    (a trial whose worker died is failed after the grace period and re-queued with its point)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
-
-    if url is None:
-        return optuna.storages.InMemoryStorage()
-    if "://" not in url:
-        raise StudyStorageError(f"--storage must be a database URL such as sqlite:///study.db or postgresql://host/db, got {url!r}")
-    if url.startswith("sqlite"):
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": timeout}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": max(1, int(timeout))}}
-    interval, grace = heartbeat if heartbeat else (None, None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat options are marked experimental
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=3) if interval else None)
-    except Exception as exc:  # sqlalchemy/driver errors of every kind: unreachable, locked, no driver, not a DB
-        text = _first_line(exc)
-        hint = "; another process holds a lock on it" if "locked" in text else ""
-        raise StudyStorageError(f"cannot open the study storage {public_url(url)}: {text}{hint}") from None
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    return text if len(text) <= 70 else text[:67] + "..."
-
-
-def describe_difference(stored: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> str | None:
-    """The first field where two fingerprints differ, as ``field: was X, now Y``; None if equal."""
-    for key in [*stored, *[k for k in current if k not in stored]]:
-        old, new = stored.get(key), current.get(key)
-        if old == new:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            inner = describe_difference(old, new, f"{name}.")
-            if inner:
-                return inner
-        return f"{name} was {_short(old)}, now {_short(new)}"
-    return None
-
-
-def open_study(storage: Any, settings: SearchSettings, fingerprint: Mapping[str, Any], *, force: bool = False,
-               sampler: Any = None) -> Any:
-    """Create or load the study; a study holding another search's fingerprint (``fingerprint`` plus
-    the objectives and L1 weight) is refused, in one line naming the first difference, unless
-    ``force``, which deletes it first."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    where = f"study {settings.study!r} in {public_url(settings.storage) if settings.storage else 'memory'}"
-    directions = ["maximize" if o.direction == "max" else "minimize" for o in settings.objectives]
-    # What the trials' values depend on in the settings belongs to the fingerprint too.
-    current = _jsonable({**fingerprint, "objectives": [o.to_spec() for o in settings.objectives], "l1": settings.l1})
-    try:
-        if force:
-            try:
-                optuna.delete_study(study_name=settings.study, storage=storage)
-            except KeyError:
-                pass
-        study = optuna.create_study(storage=storage, study_name=settings.study, directions=directions, sampler=sampler,
-                                    load_if_exists=True)
-        stored = study.user_attrs.get(FINGERPRINT_ATTR)
-        if stored is None:
-            if study.trials:
-                raise StudyMismatchError(f"{where} holds trials that adaptermath search did not make; "
-                                         "choose another --study or pass --force to start over")
-            study.set_user_attr(FINGERPRINT_ATTR, current)
-            stored = current
-    except optuna.exceptions.StorageInternalError as exc:
-        raise StudyStorageError(f"{where}: cannot write to the storage: {_first_line(exc)}") from None
-    except ValueError as exc:  # optuna: the stored directions differ from these
-        raise StudyMismatchError(f"{where} was made by a different search ({_first_line(exc)}); pass --force to "
-                                 "start over or choose another --study") from None
-    difference = describe_difference(stored, current)
-    if difference:
-        raise StudyMismatchError(f"{where} was made by a different search: {difference}; pass --force to start over "
-                                 "or choose another --study")
-    return study
-
-
 def make_sampler(settings: SearchSettings, seed: int | None) -> Any:
     """The Optuna sampler named by ``settings.sampler``; constraints steer those that take them."""
     import optuna
@@ -533,7 +415,7 @@ def run_worker(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, worke
             if on_trial is not None:
                 on_trial(study.get_trials(deepcopy=False)[-1])
     except optuna.exceptions.StorageInternalError as exc:
-        raise StudyStorageError(f"study {settings.study!r}: the storage failed: {_first_line(exc)}") from None
+        raise StudyStorageError(f"study {settings.study!r}: the storage failed: {first_line(exc)}") from None
 
 
 def _worker_process(plan: SearchPlan, scorer: Any, settings: SearchSettings, worker: int, errors: Any) -> None:
@@ -762,7 +644,7 @@ def run_search(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, finge
     composing = plan.sweep_plan(adapters)
     if settings.needs_reference and not study.user_attrs.get(REFERENCE_ATTR):
         reference = trial_metrics(composing, lazy, plan.reference_point(), None)
-        study.set_user_attr(REFERENCE_ATTR, _jsonable(reference))
+        study.set_user_attr(REFERENCE_ATTR, jsonable(reference))
     def progressed(trial: Any = None) -> None:
         if trial is not None and on_trial is not None:
             on_trial(trial)
