@@ -7,7 +7,7 @@
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
 :func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
 :func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`),
-:func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
+:func:`sweep`, :func:`search` (Optuna; ``pip install 'adaptermath[search]'``), :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
 (other formats: :mod:`adaptermath.formats`).
 """
 
@@ -25,6 +25,7 @@ from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
 from .recipe import load_recipe, run_recipe  # noqa: E402
+from .search import search  # noqa: E402  (Optuna is imported only when a search runs)
 from .sweep import sweep  # noqa: E402
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "negate",
     "parse_expression",
     "run_recipe",
+    "search",
     "sweep",
 ]

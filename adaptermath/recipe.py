@@ -1,8 +1,8 @@
 """Recipes: a versioned YAML file that says how to build an adapter, and running it.
 
 A recipe names the inputs (folders or ``hf://`` refs), the expression, the variables, the space,
-the merge method and options, the output, and optionally a sweep that chooses the variables, an
-evaluation of the result, and a push to the Hub::
+the merge method and options, the output, and optionally a sweep (a grid) or a search (Optuna)
+that chooses the variables, an evaluation of the result, and a push to the Hub::
 
     version: 1
     inputs: {sst2: ../demo/sst2, mnli: ../demo/mnli}
@@ -44,13 +44,16 @@ PROVENANCE_FILE = "adaptermath.json"
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",
-              "force", "evaluation", "sweep", "push")
+              "force", "evaluation", "sweep", "search", "push")
 OPTION_FIELDS = ("negate_factor", "normalize", "rank", "energy", "max_rank", "heads", "dtype", "diagnostic_threshold",
                  "allow_pickle")
 EVALUATION_FIELDS = ("name", "task", "base", "data", "split", "data_config", "limit", "text_field", "model_type",
                      "gguf_file", "device", "dtype", "options")
 SWEEP_FIELDS = ("grid", "task", "base", "val", "test", "metric", "direction", "baselines", "results", "restart", "limit",
                 "text_field", "model_type", "gguf_file", "device", "dtype", "options")
+SEARCH_FIELDS = ("variables", "task", "base", "val", "test", "objectives", "constraints", "l1", "sampler", "seed",
+                 "trials", "timeout", "storage", "study", "workers", "results", "restart", "baselines", "limit",
+                 "text_field", "model_type", "gguf_file", "device", "dtype", "options")
 PUSH_FIELDS = ("repo", "private", "revision", "create_pr", "commit_message")
 
 SPACES = ("param", "delta")
@@ -152,6 +155,47 @@ class SweepSpec:
 
 
 @dataclass(frozen=True)
+class SearchSpec:
+    """An Optuna search over the variables, chosen on ``val`` (the arguments of :func:`adaptermath.search.search`).
+
+    ``variables`` maps each searched name to ``"LOW:HIGH"`` or ``"LOW:HIGH,log"``; ``results`` is
+    the search's folder (its SQLite study unless ``storage`` is a URL, search.json, trials.csv, plots).
+    """
+
+    variables: Mapping[str, str]
+    task: str
+    base: str
+    val: str
+    results: str
+    test: str | None = None
+    objectives: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
+    l1: float = 0.0
+    sampler: str = "tpe"
+    seed: int | None = None
+    trials: int = 20
+    timeout: float | None = None
+    storage: str | None = None
+    study: str | None = None
+    workers: int = 1
+    restart: bool = False
+    baselines: bool = True
+    limit: int | None = None
+    text_field: str = "text"
+    model_type: str = "auto"
+    gguf_file: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(variables=dict(self.variables), objectives=list(self.objectives), constraints=list(self.constraints),
+                   options=dict(self.options))
+        return out
+
+
+@dataclass(frozen=True)
 class PushSpec:
     """Where to push the built adapter (the arguments of :func:`adaptermath.hub.push_folder`)."""
 
@@ -178,14 +222,16 @@ class Recipe:
     evaluation: tuple[EvaluationSpec, ...] = ()
     sweep: SweepSpec | None = None
     push: PushSpec | None = None
+    search: SearchSpec | None = None
     version: int = RECIPE_VERSION
     folder: Path = field(default=Path("."), compare=False)
     source: str = field(default="<recipe>", compare=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain data, every field present (defaults filled in), in schema order."""
-    return {
+    """The recipe as plain data, every field present (defaults filled in; ``search`` only when
+    given, so that recipes without one read as before), in schema order."""
+    data = {
         "version": recipe.version,
         "inputs": dict(recipe.inputs),
         "expression": recipe.expression,
@@ -200,6 +246,9 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         "sweep": recipe.sweep.to_dict() if recipe.sweep is not None else None,
         "push": asdict(recipe.push) if recipe.push is not None else None,
     }
+    if recipe.search is not None:
+        data["search"] = recipe.search.to_dict()
+    return data
 
 
 def recipe_to_yaml(recipe: Recipe | Mapping[str, Any]) -> str:
@@ -497,14 +546,21 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
     raw_method_options = data.get("method_options") if isinstance(data.get("method_options"), Mapping) else None
     sweep = _validate_sweep(check, data.get("sweep"), combination.free_variables, variables, method, options,
                             raw_method_options)
-    swept = set(sweep.grid) if sweep is not None else set()
+    search = _validate_search(check, data.get("search"), combination.free_variables, method, raw_method_options)
+    if sweep is not None and search is not None:
+        raise check.fail(("search",), "a recipe chooses its variables by a sweep or by a search, not both")
+    if search is not None and variables:
+        raise check.fail(("variables",), "a search recipe searches every variable: give each a range under "
+                                         "'search.variables' (or write fixed values into the expression)")
+    swept = set(sweep.grid) if sweep is not None else set(search.variables) if search is not None else set()
     for name in combination.free_variables:
         if name not in variables and name not in swept:
             raise check.fail(("expression",), f"unknown name {name!r}: give it a value under 'variables' "
                                               f"(or name an input {name!r})")
 
     method_options = check.names(("method_options",), data.get("method_options"), "option names to values")
-    bound = {**variables, **{name: values[0] for name, values in (sweep.grid.items() if sweep else ())}}
+    bound = {**variables, **{name: values[0] for name, values in (sweep.grid.items() if sweep else ())},
+             **(_search_start(search) if search else {})}
     for name, value in method_options.items():
         try:
             get_method(method).resolve_options({name: value}, bound)
@@ -514,7 +570,8 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
     push = _validate_push(check, data.get("push"))
     return Recipe(inputs=dict(inputs), expression=expression, output=output, variables=variables, space=space,
                   method=method, method_options=dict(method_options), options=options, force=force,
-                  evaluation=evaluation, sweep=sweep, push=push, version=RECIPE_VERSION, folder=folder, source=source)
+                  evaluation=evaluation, sweep=sweep, push=push, search=search, version=RECIPE_VERSION, folder=folder,
+                  source=source)
 
 
 def _evaluator_parameters(task: str) -> list[str]:
@@ -614,6 +671,84 @@ def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables:
         direction=check.text(path + ("direction",), value.get("direction"), optional=True, choices=("max", "min")),
         baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
         restart=check.flag(path + ("restart",), value.get("restart", False)),
+        limit=check.integer(path + ("limit",), value.get("limit"), minimum=1, optional=True),
+        text_field=check.text(path + ("text_field",), value.get("text_field", "text")),
+        model_type=check.text(path + ("model_type",), value.get("model_type", "auto"), choices=MODEL_TYPES),
+        gguf_file=check.text(path + ("gguf_file",), value.get("gguf_file"), optional=True),
+        device=check.text(path + ("device",), value.get("device", "auto")),
+        dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
+        options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
+    )
+
+
+def _search_start(spec: SearchSpec) -> dict[str, float]:
+    """Each searched variable at the middle of its range (what checks of the method's options bind)."""
+    from .search import parse_search_variables
+
+    return {name: (v.low + v.high) / 2 for name, v in parse_search_variables(dict(spec.variables)).items()}
+
+
+def _validate_search(check: _Checker, value: Any, free: Sequence[str], method: str,
+                     method_options: Mapping[str, Any] | None) -> SearchSpec | None:
+    from .search import SAMPLERS, parse_constraint, parse_objective, parse_search_variable
+    from .sweep import grid_variable_problem
+
+    if value is None:
+        return None
+    path: FieldPath = ("search",)
+    check.mapping(path, value, SEARCH_FIELDS, required=("variables", "task", "base", "val", "results"))
+    variables = check.names(path + ("variables",), value["variables"], "variable names to 'LOW:HIGH' ranges")
+    if not variables:
+        raise check.fail(path + ("variables",), "must give a range for at least one variable")
+    ranges: dict[str, str] = {}
+    for name, given in variables.items():
+        where = path + ("variables", name)
+        text = f"{given[0]}:{given[1]}" if isinstance(given, list) and len(given) == 2 else given
+        if not isinstance(text, str):
+            raise check.fail(where, f"must be 'LOW:HIGH', 'LOW:HIGH,log' or [LOW, HIGH] (got {_describe(given)})")
+        try:
+            parse_search_variable(f"{name}={text}")
+        except AdapterMathError as exc:
+            raise check.fail(where, str(exc).replace(f"--var {name}: ", "")) from None
+        problem = grid_variable_problem(name, free, method, method_options)
+        if problem:
+            raise check.fail(where, problem)
+        ranges[name] = text
+    task = check.text(path + ("task",), value["task"], choices=SWEEP_TASKS)
+
+    def specs(field_name: str, parse: Callable[[str], Any]) -> tuple[str, ...]:
+        items = value.get(field_name) or []
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, list):
+            raise check.fail(path + (field_name,), f"must be a list (got {_describe(items)})")
+        for index, item in enumerate(items):
+            check.text(path + (field_name, index), item)
+            try:
+                parse(item)
+            except AdapterMathError as exc:
+                raise check.fail(path + (field_name, index), str(exc)) from None
+        return tuple(items)
+
+    timeout = check.number(path + ("timeout",), value.get("timeout"), above=0.0, optional=True)
+    return SearchSpec(
+        variables=ranges,
+        task=task,
+        base=check.text(path + ("base",), value["base"]),
+        val=check.text(path + ("val",), value["val"]),
+        results=check.text(path + ("results",), value["results"]),
+        test=check.text(path + ("test",), value.get("test"), optional=True),
+        objectives=specs("objectives", parse_objective),
+        constraints=specs("constraints", parse_constraint),
+        l1=check.number(path + ("l1",), value.get("l1", 0.0), minimum=0.0),
+        sampler=check.text(path + ("sampler",), value.get("sampler", "tpe"), choices=SAMPLERS),
+        seed=check.integer(path + ("seed",), value.get("seed"), optional=True),
+        trials=check.integer(path + ("trials",), value.get("trials", 20), minimum=1),
+        timeout=timeout,
+        storage=check.text(path + ("storage",), value.get("storage"), optional=True),
+        study=check.text(path + ("study",), value.get("study"), optional=True),
+        workers=check.integer(path + ("workers",), value.get("workers", 1), minimum=1),
+        restart=check.flag(path + ("restart",), value.get("restart", False)),
+        baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
         limit=check.integer(path + ("limit",), value.get("limit"), minimum=1, optional=True),
         text_field=check.text(path + ("text_field",), value.get("text_field", "text")),
         model_type=check.text(path + ("model_type",), value.get("model_type", "auto"), choices=MODEL_TYPES),
@@ -800,6 +935,7 @@ class RunResult:
     evaluation: list[dict[str, Any]] = field(default_factory=list)
     sweep: Any = None  # adaptermath.sweep.SweepResult
     push: Any = None  # adaptermath.hub.PushResult
+    search: Any = None  # adaptermath.search.SearchResult
 
     def to_dict(self) -> dict[str, Any]:
         composed = self.composed
@@ -821,6 +957,9 @@ class RunResult:
                 "test": [{"label": r.label, "point": r.point, self.sweep.metric: r.metrics.get(self.sweep.metric)}
                          for r in self.sweep.test],
             },
+            "search": None if self.search is None else {
+                key: value for key, value in self.search.to_dict().items()
+                if key in ("study", "storage", "trials", "objectives", "best_point", "chosen", "test")},
             "evaluation": self.evaluation,
             "push": None if self.push is None else {k: v for k, v in self.push.to_dict().items() if k not in ("files", "card")},
         }
@@ -869,10 +1008,13 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
         raise OutputExistsError(f"{output} already exists; pass --force (force=True) to replace it, "
                                 "or write elsewhere with --set output=PATH")
     variables = dict(recipe.variables)
-    sweep_result = None
+    sweep_result = search_result = None
     if recipe.sweep is not None:
         sweep_result = _run_sweep(recipe, output, say)
         variables.update(sweep_result.best_point or {})
+    if recipe.search is not None:
+        search_result = _run_search(recipe, output, say)
+        variables.update(search_result.best_point or {})
     composed = _compose(recipe, variables)
     recorded = recorded_recipe(composed, output, evaluation=recipe.evaluation, folder=recipe.folder)
     say(f"composing {composed.combination} into {output}")
@@ -889,7 +1031,7 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
         pushed = push_folder(output, spec.repo, private=spec.private, revision=spec.revision, create_pr=spec.create_pr,
                              commit_message=spec.commit_message)
     return RunResult(recipe=recipe, output=output, composed=composed, recorded=recorded, evaluation=entries,
-                     sweep=sweep_result, push=pushed)
+                     sweep=sweep_result, push=pushed, search=search_result)
 
 
 def _metrics(task: str, result: Mapping[str, Any]) -> dict[str, float]:
@@ -994,6 +1136,45 @@ def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     return result
 
 
+def _run_search(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
+    """Run the recipe's search (:func:`adaptermath.search.search`): its study and results in ``search.results``."""
+    from .search import search
+
+    spec = recipe.search
+    assert spec is not None
+    results = Path(resolve_path(spec.results, recipe.folder))
+    if _inside(results, output):
+        raise RecipeError(f"{recipe.source}: field 'search.results' ({results}) must lie outside the output folder {output}, "
+                          "which is replaced when the adapter is written")
+    if results.exists() and not results.is_dir():
+        raise RecipeError(f"{recipe.source}: field 'search.results': {results} exists and is not a folder")
+    base, _ = resolve_resource(spec.base, recipe.folder)
+    val, _ = resolve_resource(spec.val, recipe.folder)
+    test = resolve_resource(spec.test, recipe.folder)[0] if spec.test else None
+    options = recipe.options
+    say(f"searching {', '.join(f'{n} in {r}' for n, r in spec.variables.items())} with {spec.sampler} "
+        f"({spec.trials} trials, {spec.task} on {val})")
+
+    def on_trial(trial: Any) -> None:
+        values = ", ".join(f"{v:.6g}" for v in trial.values) if trial.values else trial.state.name.lower()
+        say(f"search trial {trial.number}: {values}")
+
+    result = search(
+        recipe.expression, resolved_inputs(recipe), base=base, task=spec.task, variables=dict(spec.variables), val=val,
+        test=test, trials=spec.trials, sampler=spec.sampler, objectives=list(spec.objectives),
+        constraints=list(spec.constraints), l1=spec.l1, storage=spec.storage, study=spec.study, timeout=spec.timeout,
+        seed=spec.seed, workers=spec.workers, output=results, write_adapter=False, force=spec.restart,
+        baselines=spec.baselines, space=recipe.space, negate_factor=options.negate_factor, normalize=options.normalize,
+        rank=options.rank, heads=options.heads, method=recipe.method, method_options=dict(recipe.method_options),
+        energy=options.energy, max_rank=options.max_rank, gguf_file=spec.gguf_file, model_type=spec.model_type,
+        device=spec.device, dtype=spec.dtype, text_field=spec.text_field, limit=spec.limit,
+        allow_pickle=options.allow_pickle, on_trial=on_trial, **dict(spec.options),
+    )
+    if result.chosen is None:
+        raise RecipeError(f"{recipe.source}: no trial of the search meets its constraints; nothing to build")
+    return result
+
+
 def _free_variables(recipe: Recipe) -> list[str]:
     from .expression import parse_expression
 
@@ -1015,6 +1196,8 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
     bound = dict(recipe.variables)
     if recipe.sweep is not None:
         bound.update({name: values[0] for name, values in recipe.sweep.grid.items()})
+    if recipe.search is not None:
+        bound.update(_search_start(recipe.search))
     output = output_path(recipe)
     inputs = resolved_inputs(recipe)
     checked = False
@@ -1043,7 +1226,16 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
         "evaluation": [],
         "push": asdict(recipe.push) if recipe.push is not None else None,
     }
-    if recipe.sweep is None:
+    if recipe.search is not None:
+        spec = recipe.search
+        plan["search"] = {
+            "variables": dict(spec.variables), "trials": spec.trials, "sampler": spec.sampler, "task": spec.task,
+            "objectives": list(spec.objectives), "constraints": list(spec.constraints), "l1": spec.l1,
+            "base": resolve_resource(spec.base, recipe.folder)[0], "val": resolve_resource(spec.val, recipe.folder)[0],
+            "test": resolve_resource(spec.test, recipe.folder)[0] if spec.test else None,
+            "results": resolve_path(spec.results, recipe.folder),
+        }
+    elif recipe.sweep is None:
         plan["coefficients"] = combination.coefficients(bound)
     else:
         spec = recipe.sweep

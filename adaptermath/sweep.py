@@ -371,6 +371,107 @@ def run_sweep(
     return outcome
 
 
+def compose_settings(*, space: str = "param", negate_factor: str = "B", normalize: bool = False, rank: int | None = None,
+                     heads: str | None = None, method: str = "linear", method_options: Mapping[str, Any] | None = None,
+                     energy: float | None = None, max_rank: int | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`adaptermath.compose` that a sweep or search passes at every point
+    (the method's keys only when a method, option, energy or rank cap is given)."""
+    options: dict[str, Any] = dict(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads)
+    if method != "linear" or method_options or energy is not None or max_rank is not None:
+        options.update(method=method, method_options=dict(method_options or {}), energy=energy, max_rank=max_rank)
+    return options
+
+
+def operand_hashes(adapters: Mapping[str, Adapter]) -> dict[str, Any]:
+    """Each operand's weights sha256 (what a resumable sweep or search is tied to)."""
+    return {n: a.file_hashes().get("adapter_model.safetensors") or a.file_hashes() for n, a in adapters.items()}
+
+
+@dataclass
+class ModelScorer:
+    """How sweeps and searches score a composed adapter: the base model is loaded once (by
+    :meth:`start`) and each adapter's tensors are swapped into the live PEFT model in place.
+
+    Plain data (picklable), so that a search's worker processes each build their own.
+    """
+
+    base: str
+    task: str
+    val: str
+    test: str | None
+    kind: str
+    num_labels: int | None
+    gguf_file: str | None
+    device: str
+    dtype: str | None
+    text_field: str
+    limit: int | None
+    options: dict[str, Any]
+
+    @classmethod
+    def for_adapter(cls, first: Any, *, base: str | Path, task: str, val: str | Path, test: str | Path | None,
+                    model_type: str = "auto", gguf_file: str | None = None, device: str = "auto",
+                    dtype: str | None = None, text_field: str = "text", limit: int | None = None,
+                    task_options: Mapping[str, Any] | None = None) -> "ModelScorer":
+        """The scorer of ``task`` for adapters like ``first`` (a composed adapter: its config picks
+        the model head when ``model_type`` is ``auto``)."""
+        from .evaluation.models import kind_of_adapter_config
+
+        kind = model_type
+        if kind == "auto":
+            kind = kind_of_adapter_config(first.config) or "auto"
+        task_options = dict(task_options or {})
+        num_labels = None
+        if kind == "seq-cls" and task_options.get("labels") is not None:
+            labels = task_options["labels"]
+            num_labels = len(labels.split(",") if isinstance(labels, str) else list(labels))
+        options = dict(task_options)
+        if task != "perplexity":
+            options["text_field"] = text_field
+        return cls(str(base), task, str(val), None if test is None else str(test), kind, num_labels, gguf_file, device,
+                   dtype, text_field, limit, options)
+
+    def start(self) -> tuple[Callable[[Any], Any], Evaluator]:
+        """Load the base model; return ``attach(composed) -> model`` and ``evaluate(model, split) -> result``."""
+        from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
+        from .evaluation.run import TASKS
+
+        loaded = load_base_model(self.base, device=self.device, dtype=self.dtype, task=self.kind,
+                                 gguf_file=self.gguf_file, num_labels=self.num_labels)
+        splits: dict[str, Any] = {}
+
+        def data_for(split: str) -> Any:
+            if split not in splits:
+                source = self.val if split == "val" else self.test
+                if self.task == "perplexity":
+                    splits[split] = load_corpus(source, text_field=self.text_field, limit=self.limit)
+                else:
+                    splits[split] = load_records(source, limit=self.limit)
+            return splits[split]
+
+        state = {"model": loaded.model}
+
+        def attach(composed: Any) -> Any:
+            state["model"] = attach_adapter(state["model"], composed)
+            return state["model"]
+
+        def evaluate(model: Any, split: str) -> dict[str, Any]:
+            return TASKS[self.task](model, loaded.tokenizer, data_for(split), **self.options).to_dict()
+
+        return attach, evaluate
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the scores depend on besides the adapter: task, options, base model, data."""
+        return {
+            "task": self.task,
+            "task_options": {k: v for k, v in sorted(self.options.items())},
+            "base": self.base,
+            "val": {"path": self.val, "sha256": _file_digest(self.val)},
+            "test": None if self.test is None else {"path": self.test, "sha256": _file_digest(self.test)},
+            "limit": self.limit,
+        }
+
+
 def sweep(
     expression: str,
     operands: Mapping[str, str | Path | Adapter],
@@ -416,9 +517,7 @@ def sweep(
     :func:`adaptermath.compose`; the grid may also span the method's numeric options (e.g.
     ``{"λ": [...], "density": [0.1, 0.2, 0.5]}`` for TIES, ``drop`` or ``p`` for DARE).
     """
-    from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
-    from .evaluation.models import kind_of_adapter_config
-    from .evaluation.run import TASKS, _check_options
+    from .evaluation.run import _check_options
 
     if task not in DEFAULT_METRICS:
         raise AdapterMathError(f"sweep task must be one of {', '.join(DEFAULT_METRICS)}, got {task!r}")
@@ -429,54 +528,22 @@ def sweep(
     combination = parse_expression(expression, list(operands))
     check_grid(values, combination.free_variables, method, method_options)
     adapters = {n: a if isinstance(a, Adapter) else load_adapter(a, allow_pickle=allow_pickle) for n, a in operands.items()}
-    compose_options: dict[str, Any] = dict(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads)
-    if method != "linear" or method_options or energy is not None or max_rank is not None:
-        compose_options.update(method=method, method_options=dict(method_options or {}), energy=energy, max_rank=max_rank)
+    compose_options = compose_settings(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank,
+                                       heads=heads, method=method, method_options=method_options, energy=energy,
+                                       max_rank=max_rank)
     plan = SweepPlan(expression, adapters, values, compose_options)
     first = plan.composed(plan.points()[0])  # validates the expression against the operands early
-    kind = model_type
-    if kind == "auto":
-        kind = kind_of_adapter_config(first.config) or "auto"
-    num_labels = None
-    if kind == "seq-cls" and task_options.get("labels") is not None:
-        labels = task_options["labels"]
-        num_labels = len(labels.split(",") if isinstance(labels, str) else list(labels))
-    loaded = load_base_model(base, device=device, dtype=dtype, task=kind, gguf_file=gguf_file, num_labels=num_labels)
-    splits: dict[str, Any] = {}
-
-    def data_for(split: str) -> Any:
-        if split not in splits:
-            source = val if split == "val" else test
-            if task == "perplexity":
-                splits[split] = load_corpus(source, text_field=text_field, limit=limit)
-            else:
-                splits[split] = load_records(source, limit=limit)
-        return splits[split]
-
-    options = dict(task_options)
-    if task != "perplexity":
-        options["text_field"] = text_field
-    state = {"model": loaded.model}
-
-    def attach(composed: Any) -> Any:
-        state["model"] = attach_adapter(state["model"], composed)
-        return state["model"]
-
-    def evaluate(model: Any, split: str) -> dict[str, Any]:
-        return TASKS[task](model, loaded.tokenizer, data_for(split), **options).to_dict()
-
+    scorer = ModelScorer.for_adapter(first, base=base, task=task, val=val, test=test, model_type=model_type,
+                                     gguf_file=gguf_file, device=device, dtype=dtype, text_field=text_field,
+                                     limit=limit, task_options=task_options)
+    attach, evaluate = scorer.start()
     fingerprint = {
         "expression": expression,
-        "operands": {n: a.file_hashes().get("adapter_model.safetensors") or a.file_hashes() for n, a in adapters.items()},
+        "operands": operand_hashes(adapters),
         "grid": values,
         "compose": compose_options,
-        "task": task,
-        "task_options": {k: v for k, v in sorted(options.items())},
+        **scorer.fingerprint(),
         "metric": metric,
-        "base": str(base),
-        "val": {"path": str(val), "sha256": _file_digest(val)},
-        "test": None if test is None else {"path": str(test), "sha256": _file_digest(test)},
-        "limit": limit,
     }
     return run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
                      test=test is not None, baselines=baselines, results=Path(results) if results else None,

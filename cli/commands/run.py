@@ -31,6 +31,11 @@ def _show_plan(plan: dict[str, Any], recipe_yaml: str) -> None:
         grid = ", ".join(f"{name} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for name, values in sweep["grid"].items())
         table.add_row("[bold]sweep[/]", escape(f"{grid}: {sweep['points']} points, {sweep['task']} on {sweep['val']}, "
                                               f"results in {sweep['results']}"))
+    search = plan.get("search")
+    if search:
+        ranges = ", ".join(f"{name} ∈ [{span}]" for name, span in search["variables"].items())
+        table.add_row("[bold]search[/]", escape(f"{ranges}: {search['trials']} {search['sampler']} trials, {search['task']} "
+                                               f"on {search['val']}, results in {search['results']}"))
     for entry in plan["evaluation"]:
         table.add_row("[bold]evaluate[/]", escape(f"{entry['name']}: {entry['task']} of {entry['data']} on {entry['base']}"))
     exists = " (exists: needs --force)" if plan["output_exists"] and not plan["force"] else ""
@@ -54,6 +59,17 @@ def _show_result(result: RunResult) -> None:
             value = row.get(sweep["metric"])
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "—"
             table.add_row("", escape(f"test {row['label']}: {sweep['metric']} {shown}"))
+    if payload.get("search"):
+        search = payload["search"]
+        point = ", ".join(f"{k}={v:.4g}" for k, v in (search["best_point"] or {}).items())
+        values = ", ".join(f"{goal} {value:.4g}" for goal, value in zip(search["objectives"], search["chosen"]["values"]))
+        table.add_row("[bold]search[/]", escape(f"chose trial {search['chosen']['number']} of {search['trials']}: {point} "
+                                               f"({values} on val)"))
+        metric = search["objectives"][0].split(":")[0]
+        for row in search["test"]:
+            value = row["metrics"].get(metric)
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else "—"
+            table.add_row("", escape(f"test {row['label']}: {metric} {shown}"))
     table.add_row("[bold]normal form[/]", escape(payload["normal_form"]))
     table.add_row("[bold]coefficients[/]", ", ".join(f"{k}: {c:g}" for k, c in payload["coefficients"].items()))
     table.add_row("[bold]space[/]", payload["space"])

@@ -1,0 +1,176 @@
+"""``adaptermath search``: find the free variables of an expression with Optuna (resumable, multi-worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from adaptermath.errors import AdapterMathError
+from adaptermath.methods import available_methods
+from adaptermath.search import SAMPLERS
+from adaptermath.sweep import DEFAULT_METRICS
+from adaptermath.cli.main import main
+
+from ..common import console, err_console, json_option, parse_assignments, print_json, progress
+from .compose import method_options
+from ..task_options import quiet_transformers, task_options, unescape
+
+
+@main.command("search")
+@click.argument("expression")
+@click.option("-a", "--adapter", "adapters", multiple=True, required=True, metavar="NAME=PATH", help="An operand (repeat).")
+@click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
+@click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
+@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto", show_default=True,
+              help="Which head the base model is loaded with.")
+@click.option("--task", required=True, type=click.Choice(list(DEFAULT_METRICS)), help="What to measure.")
+@click.option("--val", required=True, metavar="FILE", help="Validation data: trials are scored on it.")
+@click.option("--test", default=None, metavar="FILE", help="Test data: scored for the chosen trial and the baselines.")
+@click.option("--var", "variables", multiple=True, required=True, metavar="NAME=LOW:HIGH[,log]",
+              help="A searched variable and its range (repeat): an expression variable, or a method's (density, drop, p).")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Complete trials the study should hold (a resumed search runs the rest).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="tpe", show_default=True, help="Optuna sampler.")
+@click.option("--objective", "objectives", multiple=True, metavar="METRIC[:max|min]",
+              help="What to optimise (repeat for a Pareto front); METRIC_ratio is relative to the all-zero point.  "
+                   "[default: accuracy | perplexity | mean_score]")
+@click.option("--constraint", "constraints", multiple=True, metavar="METRIC<=X|METRIC>=X",
+              help="Only trials meeting it are chosen, e.g. perplexity_ratio<=1.1 (repeat).")
+@click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="L1 penalty α·Σ|λᵢ| on the expression's variables (LoraHub's regulariser), recorded per trial.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Study storage: a database URL (postgresql://…, mysql://…, sqlite:///…) workers elsewhere share.  "
+                   "[default: sqlite in DIR]")
+@click.option("--study", "study_name", default=None, metavar="NAME", help="Study name in the storage.  [default: adaptermath-search]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Start no new trial after S seconds (per worker).")
+@click.option("--seed", type=int, default=None, help="Sampler seed: the same seed gives the same trials.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes on the study (each loads the base model once).")
+@click.option("--trial", "pick", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Write trial N (e.g. another point of the Pareto front) instead of the best.")
+@click.option("--no-baselines", is_flag=True, help="Skip the zero-point and operand-alone test baselines.")
+@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
+              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic.")
+@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
+              help="Param space: which LoRA factor carries a negative coefficient.")
+@click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every trial.")
+@click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
+@click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
+@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
+              help="Merge method (docs/methods.md); search its options with --var density=0.1:0.9 or --var p=0.1:0.9")
+@click.option("--density", type=float, default=None, help="ties, magnitude_prune: a fixed share of entries kept.")
+@click.option("--drop", type=float, default=None, help="dare, dare_ties: a fixed drop probability.")
+@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
+              help="A fixed option of the method, e.g. seed=1, combine=ties, direction=expert.")
+@click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
+@click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text.")
+@click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
+@click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations.")
+@click.option("--template", default=None, help="Prompt template with {text}.")
+@click.option("--max-length", type=click.IntRange(min=2), default=None, help="Perplexity window / classification truncation.")
+@click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate.")
+@click.option("--eval-seed", type=int, default=None, help="Toxicity: sampling seed of the continuations.")
+@click.option("--scorer", default=None, help="Toxicity scorer.")
+@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Examples per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None,
+              help="Base model dtype.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="DIR",
+              help="Folder for study.db (resumable), search.json, trials.csv, plots and the chosen adapter (DIR/adapter).")
+@click.option("--force", is_flag=True, help="Delete the study and start over.")
+@click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
+@json_option
+def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str,
+                   task: str, val: str, test: str | None, variables: tuple[str, ...], trials: int, sampler: str,
+                   objectives: tuple[str, ...], constraints: tuple[str, ...], l1: float, storage: str | None,
+                   study_name: str | None, timeout: float | None, seed: int | None, workers: int, pick: int | None,
+                   no_baselines: bool, space: str, negate_factor: str, normalize: bool, rank: int | None,
+                   heads: str | None, method: str, density: float | None, drop: float | None,
+                   method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
+                   limit: int | None, text_field: str, label_field: str | None, labels: str | None,
+                   template: str | None, max_length: int | None, stride: int | None, num_samples: int | None,
+                   max_new_tokens: int | None, eval_seed: int | None, scorer: str | None, threshold: float | None,
+                   batch_size: int, device: str, dtype: str | None, output: Path, force: bool, allow_pickle: bool,
+                   as_json: bool) -> None:
+    """Search the free variables of EXPRESSION with Optuna; choose on --val, score on --test.
+
+    Each trial composes the adapter at a point the sampler proposes and swaps it into the live
+    model (the base model is loaded once per worker). Trials are kept in an Optuna study —
+    DIR/study.db unless --storage names a database — so the same command resumes an interrupted
+    search, and workers started with the same command and --study on other machines share it.
+    Two --objective give a Pareto front. DIR gets search.json, trials.csv, history.png,
+    importances.png (pareto.png) and the chosen trial as an adapter whose recipe rebuilds it.
+
+    \b
+    Examples:
+      adaptermath search "cls + λ1*yelp + λ2*amazon" -a cls=./cls -a yelp=./yelp -a amazon=./amazon \\
+          --var "λ1=-1:1" --var "λ2=-1:1" --base ./smollm2 --task classification \\
+          --labels negative,positive --val val.jsonl --test test.jsonl --trials 30 --seed 0 -o searches/yelp
+      adaptermath search "a + b" -a a=./a -a b=./b --method ties --rank 16 --var "density=0.05:0.9,log" \\
+          --base ./smollm2 --task perplexity --val news.txt --trials 20 --workers 2 -o searches/ties
+      adaptermath search "alpaca - λ*toxic" -a alpaca=./alpaca -a toxic=./toxic --var "λ=0:2" \\
+          --base ./smollm2 --task perplexity --objective perplexity:min --l1 0.05 \\
+          --storage postgresql://user@db/optuna --study detox --val news.txt -o searches/detox
+    """
+    from adaptermath.search import search, sqlite_url
+
+    evaluator_options: dict[str, Any] = task_options(task, {
+        "labels": labels, "template": unescape(template), "label_field": label_field, "max_length": max_length,
+        "stride": stride, "num_samples": num_samples, "max_new_tokens": max_new_tokens, "seed": eval_seed,
+        "scorer": scorer, "threshold": threshold,
+    })
+    operands = parse_assignments(adapters, "--adapter")
+    if output.exists() and not output.is_dir():
+        raise AdapterMathError(f"{output} exists and is not a folder")
+    quiet_transformers()
+    with progress(disable=as_json) as bar:
+        job = bar.add_task("trials", total=trials)
+
+        def on_progress(complete: int) -> None:
+            bar.update(job, completed=min(complete, trials))
+
+        result = search(
+            expression, operands, base=base, task=task, variables=list(variables), val=val, test=test, trials=trials,
+            sampler=sampler, objectives=list(objectives), constraints=list(constraints), l1=l1, storage=storage,
+            study=study_name, timeout=timeout, seed=seed, workers=workers, output=output, pick=pick, force=force,
+            baselines=not no_baselines, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank,
+            heads=heads, method=method, method_options=method_options(density, drop, None, method_option_values),
+            energy=energy, max_rank=max_rank, gguf_file=gguf_file, model_type=model_type, device=device, dtype=dtype,
+            text_field=text_field, limit=limit, allow_pickle=allow_pickle, on_progress=on_progress, batch_size=batch_size,
+            **evaluator_options,
+        )
+    summary = result.to_dict()
+    adapter = output / "adapter" if result.chosen is not None else None
+    plots = [name for name in ("history.png", "importances.png", "pareto.png") if (output / name).is_file()]
+    if as_json:
+        print_json({**summary, "output": str(output), "adapter": None if adapter is None else str(adapter), "plots": plots})
+        return
+    where = storage or sqlite_url(output / "study.db")
+    console.print(f"{len(result.trials)} complete trials ({result.failed} failed) in study "
+                  f"[bold]{escape(result.settings.study)}[/] ({escape(summary['storage'] or where)})")
+    if result.chosen is None:
+        err_console.print("[yellow]note:[/] no trial meets the constraints; no adapter written")
+    else:
+        chosen = result.chosen
+        point = ", ".join(f"{k}={v:.4g}" for k, v in chosen.point.items())
+        values = ", ".join(f"{o.metric} {v:.4f}" for o, v in zip(result.objectives, chosen.values))
+        console.print(f"chosen: trial {chosen.number}: [bold]{escape(point)}[/] ({escape(values)} on validation)")
+        if len(result.objectives) > 1:
+            console.print(f"Pareto front: trials {', '.join(str(n) for n in result.front)} (write another with --trial N)")
+        for record in result.test:
+            value = record.metrics.get(result.objectives[0].metric)
+            shown = f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+            console.print(f"  test {record.label:<14} {result.objectives[0].metric} = {shown}")
+        console.print(f"adapter: {adapter}")
+    console.print(f"results: {output}/search.json, trials.csv" + "".join(f", {p}" for p in plots))
+    if not plots and result.trials:
+        err_console.print("[yellow]note:[/] no plots: pip install 'adaptermath[search]' for matplotlib")
