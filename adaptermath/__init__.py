@@ -6,7 +6,8 @@
 
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
 :func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
-:func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`),
+:func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`), :func:`diff` (paired
+comparison of two runs), :func:`report` (re-render a results folder),
 :func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
 (other formats: :mod:`adaptermath.formats`).
 """
@@ -18,6 +19,7 @@ from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
+from .evaluation.evidence import diff  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
 from .formats import convert, detect_format  # noqa: E402
 from .init_adapter import init_adapter  # noqa: E402
@@ -39,6 +41,7 @@ __all__ = [
     "compose",
     "convert",
     "detect_format",
+    "diff",
     "evaluate",
     "init_adapter",
     "inspect_adapter",
