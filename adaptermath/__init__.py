@@ -27,6 +27,7 @@ from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
 from .recipe import load_recipe, run_recipe  # noqa: E402
+from .report import report  # noqa: E402
 from .sweep import sweep  # noqa: E402
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "load_recipe",
     "negate",
     "parse_expression",
+    "report",
     "run_recipe",
     "sweep",
 ]
