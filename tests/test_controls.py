@@ -81,3 +81,16 @@ def test_recipe_control_random_replaces_every_input(tiny, tmp_path):
                            f"options: {{control_seed: 2}}\noutput: {tmp_path / 'out'}\n", encoding="utf-8")
     recipe = load_recipe(recipe_file)
     assert recipe.expression == "-0.5*random(t)" and recipe.options.control_seed == 2
+
+
+def test_compose_cli_control_seed(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+
+    done = CliRunner().invoke(main, ["compose", "0.5*random(t)", "-a", f"t={tiny['lora_b']}", "--control-seed", "3",
+                                     "-o", str(tmp_path / "c"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "c" / "adaptermath.json").read_text())["options"]["control_seed"] == 3
+    bad = CliRunner().invoke(main, ["compose", "random(q)", "-a", f"t={tiny['lora_b']}", "-o", str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "'q' is not an adapter" in bad.stderr
