@@ -128,3 +128,7 @@ def test_sweep_cli_seeds_records_report_and_diff(word_model, tmp_path: Path) -> 
     compared = _cli("diff", files["best"], files["λ=0"], "--json")
     assert compared.exit_code == 0, compared.output
     assert json.loads(compared.stdout)["metrics"][0]["metric"] == "accuracy"
+    # a sweep folder stands for its chosen point on test: seed 0's control against seed 1's
+    across = _cli("diff", output / "seed-0", output / "seed-1", "--json")
+    assert across.exit_code == 0, across.output
+    assert json.loads(across.stdout)["num_units"] == 12

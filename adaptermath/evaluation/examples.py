@@ -103,16 +103,37 @@ def write_examples(path: str | Path, examples: ExampleSet) -> Path:
 
 
 def examples_path(run: str | Path) -> Path:
-    """Where the records of a run are: ``DIR/examples.jsonl.gz`` for a run folder,
-    ``NAME.examples.jsonl.gz`` beside a summary ``NAME.json``, or the given ``*.jsonl.gz`` itself."""
+    """Where the records of a run are: ``DIR/examples.jsonl.gz`` for a run folder; for a sweep folder
+    (``DIR/sweep.json``, no seeds) the records of its chosen point on test; ``NAME.examples.jsonl.gz``
+    beside a summary ``NAME.json``; or the given ``*.jsonl.gz`` itself."""
     path = Path(run)
     if path.is_dir():
+        if not (path / EXAMPLES_FILE).exists() and (path / "sweep.json").is_file():
+            chosen = _sweep_chosen_examples(path / "sweep.json")
+            if chosen is not None:
+                return chosen
         return path / EXAMPLES_FILE
     if path.name.endswith(".jsonl.gz"):
         return path
     if path.suffix == ".json":
         return path.with_name(path.name[: -len(".json")] + EXAMPLES_SUFFIX)
     return path.with_name(path.name + EXAMPLES_SUFFIX)
+
+
+def _sweep_chosen_examples(summary: Path) -> Path | None:
+    """The records file of a sweep's chosen point on test (its ``best`` test row), if it has one."""
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    rows = data.get("test") if isinstance(data, Mapping) else None
+    for row in rows if isinstance(rows, list) else []:
+        name = row.get("examples") if isinstance(row, Mapping) else None
+        if row.get("label") == "best" and isinstance(name, str):
+            candidate = (summary.parent / name).resolve()
+            if summary.parent.resolve() in candidate.parents:  # a name from the file never leaves the folder
+                return candidate
+    return None
 
 
 def load_examples(run: str | Path) -> ExampleSet:

@@ -27,8 +27,9 @@ def diff_command(run_a: str, run_b: str, confidence: float, resamples: int, perm
     interval, and a p-value (McNemar's exact test for accuracy, a paired permutation test for the
     other metrics).
 
-    A run is a folder holding examples.jsonl.gz (a sweep point, an experiment), an eval summary
-    NAME.json (its records are NAME.examples.jsonl.gz), or a records file itself.
+    A run is an eval summary NAME.json (its records are NAME.examples.jsonl.gz), a records file
+    (a sweep point: DIR/examples/*.jsonl.gz), a sweep folder (its chosen point on test), or a
+    folder holding examples.jsonl.gz.
 
     \b
     Example:
@@ -36,6 +37,7 @@ def diff_command(run_a: str, run_b: str, confidence: float, resamples: int, perm
           --labels negative,positive -o runs/sst2.json
       adaptermath eval --base ./smollm2 --adapter ./merged ... -o runs/merged.json
       adaptermath diff runs/merged.json runs/sst2.json
+      adaptermath diff sweeps/detox sweeps/detox-control
     """
     from adaptermath.evaluation.evidence import diff
 
