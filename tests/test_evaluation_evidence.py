@@ -41,6 +41,7 @@ def test_eval_writes_records_and_intervals_and_diff_pairs_two_runs(files, tmp_pa
     assert accuracy["estimate"] == pytest.approx(payload["result"]["accuracy"])
     assert accuracy["low"] <= accuracy["estimate"] <= accuracy["high"] and accuracy["confidence"] == 0.9
     assert payload["intervals"]["accuracy_wilson"]["method"] == "wilson"
+    assert payload["intervals"]["macro_f1"]["estimate"] == pytest.approx(payload["result"]["macro_f1"])
     assert (tmp_path / "x.examples.jsonl.gz").read_bytes() == (tmp_path / "x.examples.jsonl.gz").read_bytes()
     assert load_examples(second).ids == records.ids  # the id hashes the input, not the adapter
 
@@ -67,6 +68,14 @@ def test_eval_writes_records_and_intervals_and_diff_pairs_two_runs(files, tmp_pa
     assert code == 2 and stderr.startswith("error: cannot compare a classification run with a perplexity run")
     code, _, stderr = diff(first, tmp_path / "missing.json")
     assert code == 2 and "no per-example records" in stderr and len(stderr.strip().splitlines()) == 1
+
+    # a folder of eval summaries renders to one table, the same bytes every time
+    from adaptermath.report import report
+
+    page = report(tmp_path)
+    assert page.kind == "eval" and "| x | classification | accuracy |" in page.markdown
+    assert "| ppl | perplexity | perplexity |" in page.markdown
+    report(tmp_path, check=True)
 
 
 def test_toxicity_records_keep_a_prompts_samples_together(files, constant_scorer, tmp_path: Path) -> None:
