@@ -72,7 +72,10 @@ def _render(folder: Path, into: Path) -> Report:
         if summary.get("format") == SEEDS_FORMAT:
             files, note = [REPORT_FILE], None
             markdown = seeds_markdown(summary)
-            for seed in summary["seeds"]:
+            seeds = summary.get("seeds")
+            if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+                raise AdapterMathError(f"{summary_path}: 'seeds' must be a list of integers")  # they name sub-folders
+            for seed in seeds:
                 seed_summary = _read_json(folder / f"seed-{seed}" / "sweep.json")
                 (into / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
                 (into / f"seed-{seed}" / REPORT_FILE).write_text(sweep_markdown(seed_summary), encoding="utf-8")
