@@ -81,3 +81,16 @@ def test_sweep_records_intervals_comparisons_and_report_on_smollm2(assets) -> No
     assert compared.exit_code == 0, compared.output
     metrics = {m["metric"]: m for m in json.loads(compared.stdout)["metrics"]}
     assert metrics["accuracy"]["test"] == "mcnemar-exact" and 0 <= metrics["accuracy"]["p_value"] <= 1
+
+
+def test_random_control_of_a_smollm2_lora_matches_norms_and_is_orthogonal(assets) -> None:
+    import adaptermath as am
+    from adaptermath.controls import random_like
+
+    x = am.load_adapter(assets["x"])
+    control = random_like(x, seed=0)
+    norms_x, norms_control = x.norms(), control.norms()
+    for name in x.modules:
+        assert norms_control[name] == pytest.approx(norms_x[name], rel=1e-6)
+        a, b = x.module(name).delta(), control.module(name).delta()
+        assert abs(float(a.flatten() @ b.flatten() / (a.norm() * b.norm()))) < 0.05
