@@ -7,7 +7,10 @@ A results folder is
 * a sweep over seeds (``sweep.json`` of format ``adaptermath.sweep-seeds/1`` and ``seed-N/``
   folders): the across-seeds table then each seed's page; each ``seed-N/`` is re-rendered too;
 * a folder of eval summaries (``NAME.json`` written by ``adaptermath eval -o``): one table of
-  every metric with its interval.
+  every metric with its interval;
+* an experiment's work folder (``results.json`` of ``python -m adaptermath.experiments.NAME`` for
+  distribution, domain_transfer, init_ablation, multitask): its results page and λ plot
+  (``NAME-lambda.png``), rendered by the experiment's own ``render_page`` and ``plot``.
 
 The page is written to ``report.md``. Rendering is a pure function of the JSON files (numbers
 formatted at fixed precision, plots without dates), so it gives the same bytes every time;
@@ -25,6 +28,7 @@ from typing import Any
 from .errors import AdapterMathError
 
 REPORT_FILE = "report.md"
+EXPERIMENTS = ("distribution", "domain_transfer", "init_ablation", "multitask")
 
 
 class ReportMismatchError(AdapterMathError):
@@ -96,6 +100,12 @@ def _render(folder: Path, into: Path) -> Report:
         except AdapterMathError as exc:
             note = str(exc)
         return Report(folder, "sweep", markdown, files, note)
+    experiment_path = folder / "results.json"
+    if experiment_path.is_file():
+        document = _read_json(experiment_path)
+        name = document.get("experiment") if isinstance(document, dict) else None
+        if name in EXPERIMENTS:
+            return _render_experiment(folder, into, str(name), document)
     runs = {}
     for path in sorted(folder.glob("*.json")):
         payload = _read_json(path)
@@ -106,6 +116,25 @@ def _render(folder: Path, into: Path) -> Report:
     markdown = eval_markdown(runs)
     (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
     return Report(folder, "eval", markdown, [REPORT_FILE])
+
+
+def _render_experiment(folder: Path, into: Path, name: str, document: dict[str, Any]) -> Report:
+    """An experiment's page and λ plot from its ``results.json`` (the experiment's own renderers)."""
+    import importlib
+
+    module = importlib.import_module(f"adaptermath.experiments.{name}")
+    files, note, plot_name = [REPORT_FILE], None, None
+    if document.get("rows"):
+        try:
+            plotted = module.plot(document, into / f"{name}-lambda.png")
+        except (AdapterMathError, ImportError) as exc:
+            plotted, note = None, str(exc)
+        if plotted is not None:
+            plot_name = Path(plotted).name
+            files.append(plot_name)
+    markdown = module.render_page(document, plot_name)
+    (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
+    return Report(folder, f"experiment:{name}", markdown, files, note)
 
 
 def report(folder: str | Path, *, check: bool = False) -> Report:
