@@ -58,6 +58,14 @@ def test_eval_writes_records_and_intervals_and_diff_pairs_two_runs(files, tmp_pa
     code, stdout, _ = diff(first, second)
     assert code == 0 and "mcnemar-exact" in stdout and "macro_f1" in stdout
 
+    # -o DIR (a name without suffix): DIR/eval.json and DIR/examples.jsonl.gz
+    folder = tmp_path / "runs" / "x"
+    code, _, stderr = run("--base", files["base"], "--adapter", files["x"], "--task", "classification",
+                          "--data", files["data"], *CLASSIFY, "-o", folder)
+    assert code == 0, stderr
+    assert (folder / "eval.json").is_file() and load_examples(folder).records == records.records
+    assert diff(folder, first, "--json")[0] == 0
+
     # A perplexity run: different task -> one-line error, exit 2.
     ppl = tmp_path / "ppl.json"
     run("--base", files["base"], "--task", "perplexity", "--data", files["corpus"], "--max-length", "8", "--stride", "4",

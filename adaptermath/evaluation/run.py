@@ -22,7 +22,7 @@ from ..errors import AdapterMathError, OutputExistsError
 from .classification import evaluate_classification
 from .data import load_corpus, load_records
 from .evidence import intervals_to_dict, metric_intervals
-from .examples import examples_path, write_examples
+from .examples import EXAMPLES_FILE, SUMMARY_FILE, examples_path, write_examples
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from .generate import generate_samples
 from .models import ModelKind, attach_adapter, kind_of_adapter_config, load_base_model, read_adapter
@@ -63,14 +63,25 @@ class EvaluationRun:
         }
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` atomically and the per-example records beside it
-        (``NAME.examples.jsonl.gz`` for ``NAME.json``); existing files need ``force``."""
-        records = examples_path(path)
+        """Write :meth:`to_dict` as JSON atomically and the per-example records beside it; existing
+        files need ``force``. ``path`` is a summary file ``NAME.json`` (records:
+        ``NAME.examples.jsonl.gz``) or, without a suffix or when it is a folder, a run folder
+        (``DIR/eval.json`` and ``DIR/examples.jsonl.gz``). Returns the summary's path."""
+        summary, records = run_files(path)
         if records.exists() and not force:
             raise OutputExistsError(f"{records} already exists; pass --force (force=True) to replace it")
-        target = write_json_atomic(path, self.to_dict(), force=force)
+        target = write_json_atomic(summary, self.to_dict(), force=force)
         write_examples(records, self.result.example_set())
         return target
+
+
+def run_files(path: str | Path) -> tuple[Path, Path]:
+    """(summary, records) of an eval output: ``NAME.json`` and ``NAME.examples.jsonl.gz``, or for a
+    folder (an existing one, or a path without a suffix) ``DIR/eval.json`` and ``DIR/examples.jsonl.gz``."""
+    target = Path(path).expanduser()
+    if target.is_dir() or not target.suffix:
+        return target / SUMMARY_FILE, target / EXAMPLES_FILE
+    return target, examples_path(target)
 
 
 def result_intervals(result: Any, *, confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,

@@ -141,9 +141,10 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
               help="Model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Level of the bootstrap (and Wilson) interval on every metric.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="Also write the full result as JSON here, and the per-example records beside it "
-                   "(FILE.json -> FILE.examples.jsonl.gz).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
+              help="Also write the full result as JSON here and the per-example records beside it: "
+                   "NAME.json -> NAME.examples.jsonl.gz; a folder (or a name without suffix) -> "
+                   "DIR/eval.json and DIR/examples.jsonl.gz.")
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @json_option
 def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str | None, operands: tuple[str, ...],
@@ -191,9 +192,9 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
         "do_sample": None if greedy is None else not greedy, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "scorer": scorer, "threshold": threshold, "score_prompt": score_prompt,
     })
-    from adaptermath.evaluation.examples import examples_path
+    from adaptermath.evaluation.run import run_files
 
-    for existing in ([] if output is None else [output, examples_path(output)]):
+    for existing in ([] if output is None else run_files(output)):
         if existing.exists() and not force:
             raise OutputExistsError(f"{existing} already exists; pass --force to replace it")
     named = parse_assignments(operands, "-a/--operand") if operands else None
@@ -235,5 +236,6 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
         _show_samples(result["samples"], with_score=False)
     _show_intervals(payload["intervals"])
     if output is not None:
-        console.print(f"full result written to {output} (per-example records: {examples_path(output)})",
+        summary_file, records_file = run_files(output)
+        console.print(f"full result written to {summary_file} (per-example records: {records_file})",
                       highlight=False)
