@@ -523,6 +523,10 @@ def test_a_recipe_sweeps_over_seeds_with_one_se_and_keeps_evaluation_records(wor
     [entry] = record["evaluation"]
     interval = entry["intervals"]["perplexity"]
     assert interval["low"] <= entry["metrics"]["perplexity"] <= interval["high"]
+    from adaptermath.modelcard import render_model_card
+
+    card = render_model_card(record, json.loads((root / "chosen-seeds" / "adapter_config.json").read_text()))
+    assert f"| perplexity | {entry['metrics']['perplexity']:.6g} [{interval['low']:.6g}, {interval['high']:.6g}] (95%) |" in card
     windows = load_examples(root / "chosen-seeds" / "evaluation" / "test-ppl.json")
     assert windows.task == "perplexity" and sum(r["tokens"] for r in windows.records) > 0
     with pytest.raises(RecipeError, match="seeds"):
