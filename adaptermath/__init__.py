@@ -6,7 +6,8 @@
 
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
 :func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
-:func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`),
+:func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`), :func:`diff` (paired
+comparison of two runs), :func:`report` (re-render a results folder),
 :func:`sweep`, :func:`search` (Optuna; ``pip install 'adaptermath[search]'``), :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
 (other formats: :mod:`adaptermath.formats`).
 """
@@ -18,6 +19,7 @@ from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
+from .evaluation.evidence import diff  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
 from .formats import convert, detect_format  # noqa: E402
 from .init_adapter import init_adapter  # noqa: E402
@@ -25,6 +27,7 @@ from .inspection import inspect_adapter  # noqa: E402
 from .modules import Ia3Module, LoraModule  # noqa: E402
 from .negation import negate  # noqa: E402
 from .recipe import load_recipe, run_recipe  # noqa: E402
+from .report import report  # noqa: E402
 from .search import search  # noqa: E402  (Optuna is imported only when a search runs)
 from .sweep import sweep  # noqa: E402
 
@@ -40,6 +43,7 @@ __all__ = [
     "compose",
     "convert",
     "detect_format",
+    "diff",
     "evaluate",
     "init_adapter",
     "inspect_adapter",
@@ -47,6 +51,7 @@ __all__ = [
     "load_recipe",
     "negate",
     "parse_expression",
+    "report",
     "run_recipe",
     "search",
     "sweep",

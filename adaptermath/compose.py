@@ -35,7 +35,8 @@ from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
 from .errors import AdapterMathError, CompositionError
-from .expression import LinearCombination, parse_expression
+from .controls import control_record, random_like
+from .expression import LinearCombination, control_name, control_target, is_control, parse_expression
 from .formats.compat import check_composable, uses_format_writer
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .methods import get_method, module_generator
@@ -63,6 +64,7 @@ class ComposeOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)  # resolved (see MergeMethod.resolve_options)
     energy: float | None = None  # keep the singular values holding this share of ‖ΔW‖² (per module)
     max_rank: int | None = None  # cap on every output rank
+    control_seed: int = 0  # seed of random(x) controls (adaptermath.controls)
 
     @property
     def rank_policy(self) -> RankPolicy:
@@ -458,7 +460,10 @@ class ComposedAdapter:
                 "method_options": dict(self.options.method_options),
                 "heads": self.options.heads,
                 "dtype": self.options.dtype,
+                "control_seed": self.options.control_seed,
             },
+            "controls": [control_record(name, control_target(name), self.options.control_seed)
+                         for name in self.adapters if is_control(name)],
             "adapter_type": self.kind,
             "base_model": self.base_model,
             "inputs": [
@@ -603,6 +608,7 @@ def compose(
     method_options: Mapping[str, Any] | None = None,
     energy: float | None = None,
     max_rank: int | None = None,
+    control_seed: int = 0,
 ) -> ComposedAdapter:
     """Evaluate ``expression`` over the adapters in ``operands`` (name → Adapter, folder or hf:// ref).
 
@@ -618,6 +624,10 @@ def compose(
     Non-linear methods combine each module's dense ΔWᵢ and re-emit LoRA factors by truncated SVD
     (always delta space). ``energy`` keeps, per module, the singular values holding that share of
     ‖ΔW‖², ``max_rank`` caps every rank; both apply to delta-space linear composes too.
+
+    ``random(x)`` in the expression is the matched random control of operand x (same per-module
+    shapes, rank, scaling and ‖ΔW‖_F, random direction; :mod:`adaptermath.controls`), drawn with
+    ``control_seed`` (recorded in the provenance).
     """
     variables = dict(variables or {})
     merge_method = get_method(method)
@@ -629,7 +639,7 @@ def compose(
         combination = expression
     else:
         combination = parse_expression(expression, operand_names)
-    unused = [n for n in operand_names if n not in combination.terms]
+    unused = [n for n in operand_names if n not in combination.terms and control_name(n) not in combination.terms]
     if unused:
         raise AdapterMathError(f"adapter {unused[0]!r} is given but not used in the expression")
     clash = [v for v in variables if v in operands]
@@ -638,10 +648,15 @@ def compose(
     coefficients = _coefficients(combination, variables, normalize)
     merge_method.check_coefficients(coefficients.values())
     adapters: dict[str, Adapter] = {}
+    loaded: dict[str, Adapter] = {}
     for name in combination.operands:
-        value = operands[name]
-        adapters[name] = value if isinstance(value, Adapter) else load_adapter(value, allow_pickle=allow_pickle)
+        wanted = control_target(name) if is_control(name) else name
+        if wanted not in loaded:
+            value = operands[wanted]
+            loaded[wanted] = value if isinstance(value, Adapter) else load_adapter(value, allow_pickle=allow_pickle)
+        adapters[name] = random_like(loaded[wanted], int(control_seed)) if is_control(name) else loaded[wanted]
     options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
                              dtype=dtype, diagnostic_threshold=diagnostic_threshold, method=method,
-                             method_options=resolved_options, energy=energy, max_rank=max_rank)
+                             method_options=resolved_options, energy=energy, max_rank=max_rank,
+                             control_seed=int(control_seed))
     return ComposedAdapter(combination, coefficients, adapters, options, variables)

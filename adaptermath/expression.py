@@ -10,7 +10,10 @@ Grammar (no ``eval``; ``·``/``×`` multiply, ``−`` subtracts)::
     expr   := term (("+" | "-") term)*
     term   := unary (("*" | "/") unary)*
     unary  := ("+" | "-") unary | atom
-    atom   := NUMBER | NAME | "(" expr ")"
+    atom   := NUMBER | NAME | "random" "(" NAME ")" | "(" expr ")"
+
+``random(x)`` is the matched random control of operand x (:mod:`adaptermath.controls`); in the
+normal form it is an operand of its own, named ``random(x)``.
 
 The result must be *linear* in the operands: a product of two adapter-valued sub-expressions,
 a division by an adapter or by a variable, a number added to an adapter, or an expression with
@@ -29,6 +32,22 @@ from typing import Iterable, Mapping
 from .errors import ExpressionError
 
 Monomial = tuple[str, ...]  # sorted variable names; () is the constant monomial
+CONTROL_FUNCTION = "random"
+
+
+def control_name(operand: str) -> str:
+    """The operand name of x's random control: ``random(x)``."""
+    return f"{CONTROL_FUNCTION}({operand})"
+
+
+def is_control(name: str) -> bool:
+    """Whether an operand of the normal form is a ``random(x)`` control."""
+    return name.startswith(CONTROL_FUNCTION + "(") and name.endswith(")")
+
+
+def control_target(name: str) -> str:
+    """x in ``random(x)``."""
+    return name[len(CONTROL_FUNCTION) + 1 : -1]
 
 
 @dataclass(frozen=True)
@@ -345,6 +364,19 @@ class _Parser:
         if token.kind == "num":
             self.advance()
             return _Value({}, Polynomial.constant(token.value))
+        if token.kind == "name" and token.text == CONTROL_FUNCTION and self.tokens[self.index + 1].kind == "(":
+            self.advance()
+            self.advance()
+            inner = self.current
+            if inner.kind != "name" or inner.text == CONTROL_FUNCTION:
+                raise self.fail("random( ) takes the name of an adapter, e.g. random(toxic)", inner)
+            if self.operands is not None and inner.text not in self.operands:
+                raise self.fail(f"random({inner.text}): {inner.text!r} is not an adapter; give it with -a {inner.text}=PATH", inner)
+            self.advance()
+            if self.current.kind != ")":
+                raise self.fail("random( ) takes one adapter name and a closing parenthesis")
+            self.advance()
+            return _Value({control_name(inner.text): Polynomial.constant(1.0)}, Polynomial())
         if token.kind == "name":
             self.advance()
             if self.operands is None or token.text in self.operands:

@@ -329,12 +329,23 @@ def _evaluation_section(provenance: dict[str, Any]) -> str:
         return ""
     lines = ["## Evaluation\n", "| Task | Dataset | Split | Metric | Value |", "|---|---|---|---|---|"]
     for entry in entries:
+        intervals = entry.get("intervals") if isinstance(entry.get("intervals"), dict) else {}
         for metric, value in entry["metrics"].items():
             lines.append(
                 f"| {_cell(entry.get('task', ''))} | {_cell(_public_name(str(entry.get('dataset', ''))))} | "
-                f"{_cell(entry.get('split', ''))} | {_cell(metric)} | {_number(value)} |"
+                f"{_cell(entry.get('split', ''))} | {_cell(metric)} | {_number(value)}{_interval(intervals.get(metric))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _interval(interval: Any) -> str:
+    """`` [low, high] (95%)`` of a recorded bootstrap interval, or nothing."""
+    if not isinstance(interval, dict):
+        return ""
+    low, high, level = interval.get("low"), interval.get("high"), interval.get("confidence")
+    if not (_is_number(low) and _is_number(high) and _is_number(level) and 0 < level < 1):
+        return ""
+    return f" [{_number(low)}, {_number(high)}] ({level:.0%})"
 
 
 def _auto_class(adapter_config: dict[str, Any]) -> str:

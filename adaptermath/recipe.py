@@ -44,13 +44,15 @@ PROVENANCE_FILE = "adaptermath.json"
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",
-              "force", "evaluation", "sweep", "search", "push")
+              "force", "evaluation", "sweep", "search", "push", "control")
 OPTION_FIELDS = ("negate_factor", "normalize", "rank", "energy", "max_rank", "heads", "dtype", "diagnostic_threshold",
-                 "allow_pickle")
+                 "allow_pickle", "control_seed")
+CONTROLS = ("random",)
+EVALUATION_FOLDER = "evaluation"  # inside the output: each evaluation's summary and per-example records
 EVALUATION_FIELDS = ("name", "task", "base", "data", "split", "data_config", "limit", "text_field", "model_type",
                      "gguf_file", "device", "dtype", "options")
 SWEEP_FIELDS = ("grid", "task", "base", "val", "test", "metric", "direction", "baselines", "results", "restart", "limit",
-                "text_field", "model_type", "gguf_file", "device", "dtype", "options")
+                "text_field", "model_type", "gguf_file", "device", "dtype", "options", "select", "confidence", "seeds")
 SEARCH_FIELDS = ("variables", "task", "base", "val", "test", "objectives", "constraints", "l1", "sampler", "seed",
                  "trials", "timeout", "storage", "study", "workers", "results", "restart", "baselines", "limit",
                  "text_field", "model_type", "gguf_file", "device", "dtype", "options")
@@ -92,6 +94,7 @@ class RecipeOptions:
     dtype: str | None = None
     diagnostic_threshold: float = 0.25
     allow_pickle: bool = False
+    control_seed: int = 0  # seed of random(x) controls
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ class SweepSpec:
     device: str = "auto"
     dtype: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    select: str = "best"
+    confidence: float = 0.95
+    seeds: tuple[int, ...] = ()
 
     @property
     def points(self) -> int:
@@ -151,6 +157,7 @@ class SweepSpec:
         out = asdict(self)
         out["grid"] = {name: list(values) for name, values in self.grid.items()}
         out["options"] = dict(self.options)
+        out["seeds"] = list(self.seeds)
         return out
 
 
@@ -486,7 +493,7 @@ def _copy(value: Any) -> Any:
 def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) -> Recipe:
     from .compose import DTYPES
     from .errors import ExpressionError
-    from .expression import parse_expression
+    from .expression import control_name, parse_expression
     from .methods import available_methods, get_method
 
     check.mapping((), data, TOP_FIELDS, required=("version", "inputs", "expression", "output"))
@@ -506,8 +513,12 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
         combination = parse_expression(expression, list(inputs))
     except ExpressionError as exc:
         raise check.fail(("expression",), str(exc)) from None
+    control = check.text(("control",), data.get("control"), optional=True, choices=CONTROLS)
+    if control == "random":  # every input x becomes its matched random control random(x)
+        combination = controlled(combination)
+        expression = str(combination)
     for name in inputs:
-        if name not in combination.terms:
+        if name not in combination.terms and control_name(name) not in combination.terms:
             raise check.fail(("inputs", name), f"input {name!r} is not used in the expression")
 
     variables: dict[str, float] = {}
@@ -537,6 +548,7 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
         dtype=check.text(("options", "dtype"), option("dtype"), optional=True, choices=sorted(DTYPES)),
         diagnostic_threshold=check.number(("options", "diagnostic_threshold"), option("diagnostic_threshold"), minimum=0.0),
         allow_pickle=check.flag(("options", "allow_pickle"), option("allow_pickle")),
+        control_seed=check.integer(("options", "control_seed"), option("control_seed"), minimum=0),
     )
 
     output = check.text(("output",), data["output"])
@@ -572,6 +584,15 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
                   method=method, method_options=dict(method_options), options=options, force=force,
                   evaluation=evaluation, sweep=sweep, push=push, search=search, version=RECIPE_VERSION, folder=folder,
                   source=source)
+
+
+def controlled(combination: Any) -> Any:
+    """The normal form with every operand x replaced by its random control ``random(x)``."""
+    from .expression import LinearCombination, control_name, is_control
+
+    terms = {(name if is_control(name) else control_name(name)): poly for name, poly in combination.terms.items()}
+    renamed = LinearCombination(terms)
+    return LinearCombination(terms, str(renamed))
 
 
 def _evaluator_parameters(task: str) -> list[str]:
@@ -678,6 +699,9 @@ def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables:
         device=check.text(path + ("device",), value.get("device", "auto")),
         dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
         options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
+        select=check.text(path + ("select",), value.get("select", "best"), choices=("best", "one-se")),
+        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
+        seeds=_validate_seeds(check, path + ("seeds",), value.get("seeds")),
     )
 
 
@@ -757,6 +781,17 @@ def _validate_search(check: _Checker, value: Any, free: Sequence[str], method: s
         dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
         options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
     )
+
+
+def _validate_seeds(check: _Checker, path: FieldPath, value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise check.fail(path, f"must be a list of integer seeds such as [0, 1, 2] (got {_describe(value)})")
+    seeds = tuple(check.integer(path + (index,), item, minimum=0) for index, item in enumerate(value))
+    if len(set(seeds)) != len(seeds):
+        raise check.fail(path, "gives a seed twice")
+    return seeds
 
 
 def _validate_push(check: _Checker, value: Any) -> PushSpec | None:
@@ -874,7 +909,10 @@ def recorded_recipe(composed: "ComposedAdapter", output: str | Path | None = Non
     """
     target = Path(output) if output is not None else None
     options = composed.options
-    inputs = {name: _recorded_ref(adapter, target) for name, adapter in composed.adapters.items()}
+    from .expression import control_target, is_control
+
+    inputs = {(control_target(name) if is_control(name) else name): _recorded_ref(adapter, target)
+              for name, adapter in composed.adapters.items()}
     recipe = Recipe(
         inputs=inputs,
         expression=composed.combination.source or str(composed.combination),
@@ -893,6 +931,7 @@ def recorded_recipe(composed: "ComposedAdapter", output: str | Path | None = Non
             dtype=options.dtype,
             diagnostic_threshold=float(options.diagnostic_threshold),
             allow_pickle=any(adapter.weights_file.suffix == ".bin" for adapter in composed.adapters.values()),
+            control_seed=int(options.control_seed),
         ),
         evaluation=tuple(_recorded_evaluation(spec, Path(folder), target) for spec in evaluation),
     )
@@ -984,7 +1023,7 @@ def _compose(recipe: Recipe, variables: Mapping[str, float]) -> "ComposedAdapter
         negate_factor=options.negate_factor, normalize=options.normalize, rank=options.rank, heads=options.heads,
         dtype=options.dtype, diagnostic_threshold=options.diagnostic_threshold, allow_pickle=options.allow_pickle,
         method=recipe.method, method_options=dict(recipe.method_options), energy=options.energy,
-        max_rank=options.max_rank,
+        max_rank=options.max_rank, control_seed=options.control_seed,
     )
 
 
@@ -1070,6 +1109,9 @@ def _evaluate(recipe: Recipe, spec: EvaluationSpec, output: Path, progress: Prog
     if not local:  # a Hub dataset: its split and configuration say what was scored
         entry.update({"split": spec.split, "config": spec.data_config} if spec.data_config else {"split": spec.split})
     entry["metrics"] = _metrics(spec.task, run.result.to_dict())
+    entry["intervals"] = {name: run.intervals[name] for name in entry["metrics"] if name in (run.intervals or {})}
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-.") else "_" for ch in spec.name).lstrip(".") or "evaluation"
+    run.save(output / EVALUATION_FOLDER / f"{safe}.json", force=True)  # with NAME.examples.jsonl.gz
     return entry
 
 
@@ -1087,9 +1129,8 @@ def _record_evaluation(output: Path, entries: list[dict[str, Any]]) -> None:
 
 def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     """Run the recipe's sweep (:func:`adaptermath.sweep.sweep`) and write its results folder."""
-    from .evaluation.run import write_json_atomic
     from .methods import get_method
-    from .sweep import DEFAULT_METRICS, plot_sweep, sweep
+    from .sweep import DEFAULT_METRICS, sweep, sweep_seeds, write_sweep_outputs
 
     spec = recipe.sweep
     assert spec is not None
@@ -1118,21 +1159,27 @@ def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
         shown = f" {metric}={value:.6g}" if isinstance(value, (int, float)) else ""
         say(f"sweep {record.split} {record.label} {point}{shown}{' (cached)' if cached else ''}")
 
-    result = sweep(
-        recipe.expression, resolved_inputs(recipe), base=base, task=spec.task, grid=grid, val=val, test=test,
+    common = dict(
+        base=base, task=spec.task, grid=grid, val=val, test=test,
         metric=spec.metric, direction=spec.direction, space=recipe.space, negate_factor=options.negate_factor,
         normalize=options.normalize, rank=options.rank, heads=options.heads, method=recipe.method,
         method_options=dict(recipe.method_options), energy=options.energy, max_rank=options.max_rank, baselines=spec.baselines,
-        results=results / "results.jsonl", force=spec.restart, gguf_file=spec.gguf_file, model_type=spec.model_type,
+        gguf_file=spec.gguf_file, model_type=spec.model_type,
         device=spec.device, dtype=spec.dtype, text_field=spec.text_field, limit=spec.limit,
-        allow_pickle=options.allow_pickle, on_record=on_record, **dict(spec.options),
+        allow_pickle=options.allow_pickle, on_record=on_record, select=spec.select, confidence=spec.confidence,
+        **dict(spec.options),
     )
-    write_json_atomic(results / "sweep.json", result.to_dict(), force=True)
-    (results / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
-    try:
-        plot_sweep(result, results / "sweep.png")
-    except AdapterMathError as exc:  # matplotlib is an optional extra
-        say(f"no sweep plot: {exc}")
+    if spec.seeds:
+        # One run per seed (results/seed-N/, each resumable); the adapter takes the first seed's choice.
+        results_per_seed, _ = sweep_seeds(recipe.expression, resolved_inputs(recipe), seeds=list(spec.seeds),
+                                          output=results, force=spec.restart,
+                                          on_seed=lambda seed: say(f"sweep seed {seed}"), **common)
+        return results_per_seed[0]
+    result = sweep(recipe.expression, resolved_inputs(recipe), results=results / "results.jsonl", force=spec.restart,
+                   **common)
+    note = write_sweep_outputs(result, results)
+    if note:  # matplotlib is an optional extra
+        say(f"no sweep plot: {note}")
     return result
 
 

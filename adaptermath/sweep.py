@@ -9,6 +9,13 @@ transfer) and each operand alone.
 
 Every evaluation is appended to a JSON-lines results file as soon as it finishes; a sweep started
 again with the same settings skips what the file already holds, so an interrupted sweep resumes.
+
+Evidence (docs/sweeps.md): every evaluation keeps its per-example records (``examples/*.jsonl.gz``
+beside the results file) and a bootstrap interval on each metric; the point is chosen by
+``select`` -- ``best`` (the best validation score) or ``one-se`` (the point with the smallest
+Σ|coefficient| whose validation score is within one bootstrap standard error of the best) -- and
+on test the chosen point is compared with every baseline on the same examples (paired bootstrap
+interval of Δ and a p-value). :func:`sweep_seeds` repeats the whole protocol for several seeds.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from .adapter import Adapter, load_adapter
+from .evaluation.examples import ExampleSet, example_id, load_examples, write_examples
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
 from .io.hash_cache import sha256_file
-from .expression import parse_expression
+from .expression import is_control, parse_expression
 
 # The metric a task is judged by when none is named, and which way is better.
 DEFAULT_METRICS: dict[str, tuple[str, str]] = {
@@ -38,6 +46,8 @@ DEFAULT_METRICS: dict[str, tuple[str, str]] = {
 }
 LOWER_IS_BETTER = {"perplexity", "mean_nll", "mean_score", "share_above_threshold", "share_above_0.5"}
 RESULTS_FORMAT = "adaptermath.sweep/1"
+SELECTION_RULES = ("best", "one-se")
+EXAMPLES_FOLDER = "examples"
 
 Point = dict[str, float]
 
@@ -94,12 +104,30 @@ def metric_value(result: Mapping[str, Any], metric: str) -> float:
     return float(result[metric])
 
 
-def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
+def _summary(result: "Mapping[str, Any] | Evaluated") -> dict[str, Any]:
     """The scalar metrics of an evaluator's result (generations and per-example lists dropped)."""
+    if isinstance(result, Evaluated):
+        result = result.result
     keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    if "per_class" in result:
-        keep["per_class"] = result["per_class"]
+    for name in ("per_class", "intervals"):
+        if name in result:
+            keep[name] = result[name]
     return keep
+
+
+@dataclass
+class Evaluated:
+    """What a sweep's evaluator returns: the result dict and, when it kept them, the per-example records."""
+
+    result: dict[str, Any]
+    examples: ExampleSet | None = None
+
+
+def examples_file_name(split: str, label: str, point: Mapping[str, float]) -> str:
+    """``examples/{split}-{label}-{hash}.jsonl.gz``: the label with every other character than
+    letters, digits, ``_`` and ``-`` dropped, and a hash of the label and the point."""
+    readable = "".join(ch for ch in label.replace(":", "-").replace("=", "") if ch.isascii() and (ch.isalnum() or ch in "_-"))
+    return f"{EXAMPLES_FOLDER}/{split}-{readable or 'point'}-{example_id(label + point_key(point))[:10]}.jsonl.gz"
 
 
 @dataclass
@@ -111,10 +139,17 @@ class SweepRecord:
     point: Point
     expression: str
     metrics: dict[str, Any]
+    examples: str | None = None  # records file, relative to the results file's folder
 
     def to_json(self) -> str:
-        return json.dumps({"split": self.split, "label": self.label, "point": self.point,
-                           "expression": self.expression, "metrics": self.metrics}, ensure_ascii=False, sort_keys=True)
+        item = {"split": self.split, "label": self.label, "point": self.point, "expression": self.expression,
+                "metrics": self.metrics}
+        if self.examples is not None:
+            item["examples"] = self.examples
+        return json.dumps(item, ensure_ascii=False, sort_keys=True)
+
+    def interval(self, metric: str) -> dict[str, Any] | None:
+        return (self.metrics.get("intervals") or {}).get(metric)
 
 
 @dataclass
@@ -127,6 +162,11 @@ class SweepResult:
     direction: str
     records: list[SweepRecord] = field(default_factory=list)
     best_point: Point | None = None
+    select: str = "best"
+    selection: dict[str, Any] = field(default_factory=dict)  # how the point was chosen (rule, best, se, ...)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # chosen vs each baseline on test
+    confidence: float = 0.95
+    seed: int | None = None
 
     @property
     def validation(self) -> list[SweepRecord]:
@@ -144,20 +184,36 @@ class SweepResult:
         # The first point in grid order wins ties (max keeps the first maximum).
         return max(records, key=lambda r: sign * metric_value(r.metrics, self.metric))
 
+    def chosen_validation(self) -> SweepRecord:
+        """The validation record of the chosen point (``best_point``; the best one before a choice)."""
+        if self.best_point is not None:
+            key = point_key(self.best_point)
+            for record in self.validation:
+                if point_key(record.point) == key:
+                    return record
+        return self.best_validation()
+
     def to_dict(self) -> dict[str, Any]:
-        best = self.best_validation() if self.validation else None
-        return {
+        chosen = self.chosen_validation() if self.validation else None
+        out = {
             "expression": self.expression,
             "grid": self.grid,
             "metric": self.metric,
             "direction": self.direction,
             "best_point": self.best_point,
-            "best_validation": None if best is None else best.metrics.get(self.metric),
-            "validation": [{"point": r.point, **{self.metric: r.metrics.get(self.metric)}, "metrics": r.metrics}
-                           for r in self.validation],
-            "test": [{"label": r.label, "point": r.point, "expression": r.expression, "metrics": r.metrics}
-                     for r in self.test],
+            "best_validation": None if chosen is None else chosen.metrics.get(self.metric),
+            "select": self.select,
+            "selection": self.selection,
+            "confidence": self.confidence,
+            "validation": [{"point": r.point, **{self.metric: r.metrics.get(self.metric)}, "metrics": r.metrics,
+                            "examples": r.examples} for r in self.validation],
+            "test": [{"label": r.label, "point": r.point, "expression": r.expression, "metrics": r.metrics,
+                      "examples": r.examples} for r in self.test],
+            "comparisons": self.comparisons,
         }
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -205,7 +261,8 @@ class ResultsLog:
                     item = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn write from an interrupted run
-                self.records.append(SweepRecord(item["split"], item["label"], item["point"], item["expression"], item["metrics"]))
+                self.records.append(SweepRecord(item["split"], item["label"], item["point"], item["expression"],
+                                                item["metrics"], item.get("examples")))
             valid = [lines[0]] + [r.to_json() for r in self.records]
             path.write_text("\n".join(valid) + "\n", encoding="utf-8")
         else:
@@ -234,7 +291,7 @@ def _file_digest(path: str | Path) -> str | None:
     return sha256_file(candidate) if candidate.is_file() else None
 
 
-Evaluator = Callable[[Any, str], dict[str, Any]]  # (live model, split) -> result dict
+Evaluator = Callable[[Any, str], "dict[str, Any] | Evaluated"]  # (live model, split) -> result
 
 
 @dataclass
@@ -322,6 +379,46 @@ def check_grid(grid: Mapping[str, Sequence[float]], free: Sequence[str], method:
             raise AdapterMathError(f"grid variable {problem}")
 
 
+def coefficient_size(plan: SweepPlan, point: Mapping[str, float]) -> float:
+    """Σ|cᵢ| of the expression at ``point``: how far the point is from "no change" (0 at λ = 0 for
+    ``-λ*toxic``; 1 + 2|λ| for ``cls + λ*(t - s)``). Variables of a merge method do not count."""
+    combination = parse_expression(plan.expression, list(plan.operands))
+    variables = {name: float(point.get(name, 0.0)) for name in combination.free_variables}
+    return sum(abs(value) for value in combination.coefficients(variables).values())
+
+
+def select_point(records: Sequence[SweepRecord], metric: str, direction: str, rule: str,
+                 size: Callable[[Mapping[str, float]], float]) -> tuple[SweepRecord, dict[str, Any]]:
+    """The chosen validation record and how it was chosen.
+
+    ``best``: the best score (the first in grid order on ties). ``one-se``: among the points whose
+    score is within one standard error of the best (the best point's bootstrap SE), the one with the
+    smallest ``size`` (Σ|coefficient|; the first in grid order on ties) -- a point that does not chase
+    noise: it moves away from "no change" only as far as the data show to be worth it.
+    """
+    if rule not in SELECTION_RULES:
+        raise AdapterMathError(f"selection rule must be one of {', '.join(SELECTION_RULES)}, got {rule!r}")
+    if not records:
+        raise AdapterMathError("the sweep has no validation results")
+    sign = 1.0 if direction == "max" else -1.0
+    best = max(records, key=lambda r: sign * metric_value(r.metrics, metric))
+    best_value = metric_value(best.metrics, metric)
+    if rule == "best":
+        return best, {"rule": "best", "best_point": dict(best.point), "best_value": best_value}
+    interval = best.interval(metric)
+    se = None if interval is None else interval.get("se")
+    if se is None:
+        raise AdapterMathError("--select one-se needs a standard error of the validation metric, which comes from "
+                               "per-example records; this evaluator keeps none")
+    threshold = best_value - sign * se
+    within = [r for r in records if sign * metric_value(r.metrics, metric) >= sign * threshold]
+    chosen = min(within, key=lambda r: size(r.point))  # min keeps the first of equal sizes (grid order)
+    return chosen, {"rule": "one-se", "best_point": dict(best.point), "best_value": best_value, "se": se,
+                    "threshold": threshold, "chosen_point": dict(chosen.point),
+                    "chosen_value": metric_value(chosen.metrics, metric), "size": size(chosen.point),
+                    "candidates": len(within)}
+
+
 def run_sweep(
     plan: SweepPlan,
     *,
@@ -335,25 +432,62 @@ def run_sweep(
     fingerprint: Mapping[str, Any] | None = None,
     force: bool = False,
     on_record: Callable[[SweepRecord, bool], None] | None = None,
+    select: str = "best",
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    permutations: int = 5000,
+    seed: int = 0,
 ) -> SweepResult:
     """The sweep loop, independent of models: ``attach(composed)`` puts a composed adapter on the
-    live model and returns it; ``evaluate(model, split)`` scores it and returns the result dict."""
+    live model and returns it; ``evaluate(model, split)`` scores it and returns the result dict, or
+    an :class:`Evaluated` with the per-example records too. Records are written to
+    ``examples/`` beside ``results`` and give each metric its ``confidence`` interval, the
+    ``one-se`` rule its standard error, and the test comparisons their pairs (bootstrap and
+    permutations seeded with ``seed``)."""
+    from .evaluation.evidence import compare_examples, intervals_to_dict, metric_intervals
+
     if direction not in ("max", "min"):
         raise AdapterMathError(f"direction must be max or min, got {direction!r}")
+    if select not in SELECTION_RULES:
+        raise AdapterMathError(f"selection rule must be one of {', '.join(SELECTION_RULES)}, got {select!r}")
     log = ResultsLog(results, fingerprint or {}, force=force)
-    outcome = SweepResult(plan.expression, plan.grid, metric, direction)
+    folder = results.parent if results is not None else None
+    outcome = SweepResult(plan.expression, plan.grid, metric, direction, select=select, confidence=confidence)
+    held: dict[str, ExampleSet] = {}
+
+    def examples_of(record: SweepRecord) -> ExampleSet | None:
+        if record.examples is None:
+            return None
+        if record.examples not in held and folder is not None and (folder / record.examples).is_file():
+            held[record.examples] = load_examples(folder / record.examples)
+        return held.get(record.examples)
 
     def score(split: str, label: str, expression: str, operands: Mapping[str, Adapter], point: Point) -> SweepRecord:
         cached = log.find(split, label, point)
         if cached is not None:
+            stored = cached.interval(metric)
+            examples = examples_of(cached)
+            if examples is not None and (stored is None or stored.get("confidence") != confidence):
+                cached.metrics["intervals"] = intervals_to_dict(
+                    metric_intervals(examples, confidence=confidence, resamples=resamples, seed=seed))
             if on_record:
                 on_record(cached, True)
             return cached
         composed = compose(expression, operands, variables=dict(point), **plan.options_for(label))
         model = attach(composed)
-        metrics = _summary(evaluate(model, split))
+        returned = evaluate(model, split)
+        result, examples = (returned.result, returned.examples) if isinstance(returned, Evaluated) else (returned, None)
+        metrics = _summary(result)
         metric_value(metrics, metric)  # fail fast on an unknown metric
-        record = SweepRecord(split, label, dict(point), expression, metrics)
+        name = None
+        if examples is not None:
+            metrics["intervals"] = intervals_to_dict(
+                metric_intervals(examples, confidence=confidence, resamples=resamples, seed=seed))
+            name = examples_file_name(split, label, point)
+            held[name] = examples
+            if folder is not None:
+                write_examples(folder / name, examples)
+        record = SweepRecord(split, label, dict(point), expression, metrics, name)
         log.append(record)
         if on_record:
             on_record(record, False)
@@ -361,13 +495,22 @@ def run_sweep(
 
     for point in plan.points():
         outcome.records.append(score("val", "grid", plan.expression, plan.operands, point))
-    best = outcome.best_validation()
-    outcome.best_point = dict(best.point)
+    chosen, outcome.selection = select_point(outcome.validation, metric, direction, select,
+                                             lambda point: coefficient_size(plan, point))
+    outcome.best_point = dict(chosen.point)
     if test:
-        outcome.records.append(score("test", "best", plan.expression, plan.operands, best.point))
+        chosen_test = score("test", "best", plan.expression, plan.operands, chosen.point)
+        outcome.records.append(chosen_test)
         if baselines:
-            for label, expression, operands, point in plan.baselines(best.point):
-                outcome.records.append(score("test", label, expression, operands, point))
+            for label, expression, operands, point in plan.baselines(chosen.point):
+                baseline = score("test", label, expression, operands, point)
+                outcome.records.append(baseline)
+                ours, theirs = examples_of(chosen_test), examples_of(baseline)
+                if ours is None or theirs is None:
+                    continue
+                comparison = compare_examples(ours, theirs, confidence=confidence, resamples=resamples,
+                                              permutations=permutations, seed=seed)
+                outcome.comparisons += [{"baseline": label, **item.to_dict()} for item in comparison.differences]
     return outcome
 
 
@@ -432,7 +575,7 @@ class ModelScorer:
                    dtype, text_field, limit, options)
 
     def start(self) -> tuple[Callable[[Any], Any], Evaluator]:
-        """Load the base model; return ``attach(composed) -> model`` and ``evaluate(model, split) -> result``."""
+        """Load the base model; return ``attach(composed) -> model`` and ``evaluate(model, split) -> Evaluated``."""
         from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
         from .evaluation.run import TASKS
 
@@ -455,8 +598,9 @@ class ModelScorer:
             state["model"] = attach_adapter(state["model"], composed)
             return state["model"]
 
-        def evaluate(model: Any, split: str) -> dict[str, Any]:
-            return TASKS[self.task](model, loaded.tokenizer, data_for(split), **self.options).to_dict()
+        def evaluate(model: Any, split: str) -> Evaluated:
+            result = TASKS[self.task](model, loaded.tokenizer, data_for(split), **self.options)
+            return Evaluated(result.to_dict(), result.example_set())
 
         return attach, evaluate
 
@@ -503,6 +647,9 @@ def sweep(
     limit: int | None = None,
     allow_pickle: bool = False,
     on_record: Callable[[SweepRecord, bool], None] | None = None,
+    select: str = "best",
+    confidence: float = 0.95,
+    seed: int | None = None,
     **task_options: Any,
 ) -> SweepResult:
     """Sweep the free variables of ``expression`` over ``grid`` on ``val``; score the best on ``test``.
@@ -516,6 +663,12 @@ def sweep(
     ``method`` / ``method_options`` / ``energy`` / ``max_rank`` are those of
     :func:`adaptermath.compose`; the grid may also span the method's numeric options (e.g.
     ``{"λ": [...], "density": [0.1, 0.2, 0.5]}`` for TIES, ``drop`` or ``p`` for DARE).
+
+    ``select`` is the rule that picks the point (``best`` or ``one-se``, see :func:`select_point`);
+    every metric gets a ``confidence`` interval and the test comparisons a paired test. ``seed``
+    (one protocol seed, see :func:`sweep_seeds`) sets the sampling seed of generation tasks, the
+    seed of ``random(x)`` controls and of the bootstrap; None keeps the evaluator's ``seed`` option
+    and uses 0 for the others.
     """
     from .evaluation.run import _check_options
 
@@ -531,11 +684,16 @@ def sweep(
     compose_options = compose_settings(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank,
                                        heads=heads, method=method, method_options=method_options, energy=energy,
                                        max_rank=max_rank)
+    if seed is not None and any(is_control(name) for name in combination.operands):
+        compose_options["control_seed"] = seed
     plan = SweepPlan(expression, adapters, values, compose_options)
     first = plan.composed(plan.points()[0])  # validates the expression against the operands early
+    options = dict(task_options)
+    if seed is not None and task == "toxicity":
+        options["seed"] = seed
     scorer = ModelScorer.for_adapter(first, base=base, task=task, val=val, test=test, model_type=model_type,
                                      gguf_file=gguf_file, device=device, dtype=dtype, text_field=text_field,
-                                     limit=limit, task_options=task_options)
+                                     limit=limit, task_options=options)
     attach, evaluate = scorer.start()
     fingerprint = {
         "expression": expression,
@@ -545,16 +703,24 @@ def sweep(
         **scorer.fingerprint(),
         "metric": metric,
     }
-    return run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
-                     test=test is not None, baselines=baselines, results=Path(results) if results else None,
-                     fingerprint=fingerprint, force=force, on_record=on_record)
+    if seed is not None:
+        fingerprint["seed"] = seed
+    outcome = run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
+                        test=test is not None, baselines=baselines, results=Path(results) if results else None,
+                        fingerprint=fingerprint, force=force, on_record=on_record, select=select,
+                        confidence=confidence, seed=0 if seed is None else seed)
+    outcome.seed = seed
+    return outcome
 
 
-def plot_sweep(result: SweepResult, path: str | Path) -> Path:
-    """Plot the validation metric against the (first) variable; one line per value of a second one.
+def plot_sweep(result: "SweepResult | Mapping[str, Any]", path: str | Path) -> Path:
+    """Plot the validation metric against the (first) variable, one line per value of a second one,
+    with its interval as a band and the chosen point circled; made from ``sweep.json`` alone.
 
-    Needs matplotlib (``pip install 'adaptermath[plot]'``).
+    Needs matplotlib (``pip install 'adaptermath[plot]'``). The PNG carries no date or version, so
+    the same summary gives the same bytes.
     """
+    summary = result.to_dict() if isinstance(result, SweepResult) else result
     try:
         import matplotlib
 
@@ -562,28 +728,194 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise AdapterMathError("plotting needs matplotlib: pip install 'adaptermath[plot]'") from None
-    variables = list(result.grid)
+    metric = summary["metric"]
+    variables = list(summary["grid"])
     figure, axis = plt.subplots(figsize=(6, 4))
     first = variables[0]
-    groups: dict[str, list[SweepRecord]] = {}
-    for record in result.validation:
-        rest = ", ".join(f"{v}={record.point[v]:g}" for v in variables[1:])
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in summary["validation"]:
+        rest = ", ".join(f"{v}={record['point'][v]:g}" for v in variables[1:])
         groups.setdefault(rest, []).append(record)
     for label, records in groups.items():
-        xs = [r.point[first] for r in records]
-        ys = [metric_value(r.metrics, result.metric) for r in records]
-        axis.plot(xs, ys, marker="o", label=label or "validation")
-    if result.best_point is not None:
-        best = result.best_validation()
-        axis.scatter([best.point[first]], [metric_value(best.metrics, result.metric)], s=120, facecolors="none",
-                     edgecolors="red", label="chosen", zorder=3)
+        xs = [r["point"][first] for r in records]
+        ys = [metric_value(r["metrics"], metric) for r in records]
+        line = axis.plot(xs, ys, marker="o", label=label or "validation")[0]
+        bands = [(r["metrics"].get("intervals") or {}).get(metric) for r in records]
+        if all(band is not None for band in bands):
+            axis.fill_between(xs, [b["low"] for b in bands], [b["high"] for b in bands], color=line.get_color(),
+                              alpha=0.2, linewidth=0, label=f"{summary.get('confidence', 0.95):.0%} interval")
+    if summary.get("best_point") is not None:
+        point = summary["best_point"]
+        chosen = [r for r in summary["validation"] if point_key(r["point"]) == point_key(point)]
+        if chosen:
+            axis.scatter([point[first]], [metric_value(chosen[0]["metrics"], metric)], s=120, facecolors="none",
+                         edgecolors="red", label=f"chosen ({summary.get('select', 'best')})", zorder=3)
     axis.set_xlabel(first)
-    axis.set_ylabel(f"{result.metric} (validation)")
-    axis.set_title(result.expression)
+    axis.set_ylabel(f"{metric} (validation)")
+    axis.set_title(summary["expression"])
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
     target = Path(path)
-    figure.savefig(target, dpi=120)
+    figure.savefig(target, dpi=120, metadata={"Software": None})
     plt.close(figure)
     return target
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _band(interval: Mapping[str, Any] | None, digits: int = 4) -> str:
+    if not interval:
+        return "—"
+    return f"[{_number(interval.get('low'), digits)}, {_number(interval.get('high'), digits)}]"
+
+
+def _point_text(point: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{name}={value:g}" for name, value in (point or {}).items()) or "—"
+
+
+def sweep_markdown(summary: Mapping[str, Any]) -> str:
+    """The Markdown page of one sweep, from its ``sweep.json`` alone (what ``adaptermath report`` prints)."""
+    metric = summary["metric"]
+    level = f"{summary.get('confidence', 0.95):.0%}"
+    variables = list(summary["grid"])
+    better = "higher" if summary["direction"] == "max" else "lower"
+    seed = f", seed {summary['seed']}" if summary.get("seed") is not None else ""
+    lines = [f"## Sweep `{summary['expression']}`", "",
+             f"Metric: {metric} ({better} is better); selection rule: {summary.get('select', 'best')}{seed}.", ""]
+    selection = summary.get("selection") or {}
+    if selection.get("rule") == "one-se":
+        lines += [f"Best on validation: {_point_text(selection['best_point'])} ({metric} {_number(selection['best_value'])}, "
+                  f"SE {_number(selection['se'])}); chosen: {_point_text(selection['chosen_point'])}, the smallest "
+                  f"Σ|coefficient| ({selection['size']:g}) of the {selection['candidates']} point(s) within one SE.", ""]
+    else:
+        lines += [f"Chosen on validation: {_point_text(summary.get('best_point'))} ({metric} "
+                  f"{_number(summary.get('best_validation'))}).", ""]
+    header = ["split", "what", *variables, metric, f"{level} interval"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    rows = [("val", "grid", r) for r in summary["validation"]] + [("test", r["label"], r) for r in summary["test"]]
+    for split, label, record in rows:
+        values = [f"{record['point'][v]:g}" if v in record["point"] else "" for v in variables]
+        interval = (record["metrics"].get("intervals") or {}).get(metric)
+        lines.append("| " + " | ".join([split, label, *values, _number(record["metrics"].get(metric)), _band(interval)]) + " |")
+    comparisons = [c for c in summary.get("comparisons") or [] if c["metric"] == metric]
+    if comparisons:
+        lines += ["", f"Test: the chosen point (A) against each baseline (B) on the same examples; Δ = A − B with its "
+                      f"{level} paired-bootstrap interval and a two-sided p-value.", "",
+                  f"| baseline | A | B | Δ | {level} interval | p | test |", "|---|---:|---:|---:|---:|---:|---|"]
+        for item in comparisons:
+            lines.append(f"| {item['baseline']} | {_number(item['a'])} | {_number(item['b'])} | {item['delta']:+.4f} | "
+                         f"[{item['low']:+.4f}, {item['high']:+.4f}] | {item['p_value']:.4g} | {item['test']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_outputs(result: "SweepResult | Mapping[str, Any]", folder: str | Path) -> str | None:
+    """Write ``sweep.json``, ``sweep.csv`` (for a :class:`SweepResult`), ``report.md`` and
+    ``sweep.png`` into ``folder``; returns why there is no plot (matplotlib missing) or None."""
+    from .evaluation.run import write_json_atomic
+
+    target = Path(folder)
+    summary = result.to_dict() if isinstance(result, SweepResult) else dict(result)
+    write_json_atomic(target / "sweep.json", summary, force=True)
+    if isinstance(result, SweepResult):
+        (target / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
+    (target / "report.md").write_text(sweep_markdown(summary), encoding="utf-8")
+    try:
+        plot_sweep(summary, target / "sweep.png")
+    except AdapterMathError as exc:
+        return str(exc)
+    return None
+
+
+# --------------------------------------------------------------------------- seeds
+
+SEEDS_FORMAT = "adaptermath.sweep-seeds/1"
+
+
+def seed_folder(output: str | Path, seed: int) -> Path:
+    return Path(output) / f"seed-{seed}"
+
+
+def across_seeds(results: Sequence[SweepResult]) -> dict[str, Any]:
+    """Mean ± sample std (ddof 1) across seeds of the test metric of each label, and of the chosen
+    point's validation metric; with each seed's value."""
+    from .evaluation.statistics import mean_and_std
+
+    metric = results[0].metric
+    out: dict[str, Any] = {}
+    labels: list[str] = []
+    for result in results:
+        for record in result.test:
+            if record.label not in labels:
+                labels.append(record.label)
+    rows = [("val", "best", [r.chosen_validation() for r in results])]
+    for label in labels:
+        rows.append(("test", label, [next((t for t in r.test if t.label == label), None) for r in results]))
+    for split, label, records in rows:
+        values = [metric_value(record.metrics, metric) for record in records if record is not None]
+        if len(values) != len(results):
+            continue
+        mean, std = mean_and_std(values)
+        out[f"{split}:{label}"] = {"split": split, "label": label, "mean": mean, "std": std, "values": values}
+    return out
+
+
+def seeds_summary(results: Sequence[SweepResult], seeds: Sequence[int]) -> dict[str, Any]:
+    """The ``sweep.json`` of a sweep over seeds: each seed's summary and the mean ± std across seeds."""
+    first = results[0]
+    return {"format": SEEDS_FORMAT, "expression": first.expression, "metric": first.metric,
+            "direction": first.direction, "select": first.select, "confidence": first.confidence,
+            "seeds": list(seeds), "chosen_points": [r.best_point for r in results],
+            "across_seeds": across_seeds(results), "runs": [r.to_dict() for r in results]}
+
+
+def seeds_markdown(summary: Mapping[str, Any]) -> str:
+    """The Markdown page of a sweep over seeds: one row per label with each seed's value and mean ± std,
+    then each seed's own page."""
+    metric = summary["metric"]
+    seeds = summary["seeds"]
+    lines = [f"# Sweep `{summary['expression']}` over seeds {', '.join(str(s) for s in seeds)}", "",
+             f"Metric: {metric}; selection rule: {summary.get('select', 'best')}. Chosen points: "
+             + "; ".join(f"seed {s}: {_point_text(p)}" for s, p in zip(seeds, summary["chosen_points"])) + ".", "",
+             "| split | what | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|---|" + "---:|" * (len(seeds) + 1)]
+    for row in summary["across_seeds"].values():
+        std = "—" if row["std"] is None else f"{row['std']:.4f}"
+        lines.append(f"| {row['split']} | {row['label']} | " + " | ".join(_number(v) for v in row["values"])
+                     + f" | {row['mean']:.4f} ± {std} |")
+    text = "\n".join(lines) + "\n"
+    for run in summary["runs"]:
+        text += "\n" + sweep_markdown(run).replace("## Sweep", "## Seed " + str(run.get("seed")) + ": sweep", 1)
+    return text
+
+
+def sweep_seeds(expression: str, operands: Mapping[str, str | Path | Adapter], *, seeds: Sequence[int],
+                output: str | Path, force: bool = False,
+                on_seed: Callable[[int], None] | None = None, **options: Any) -> tuple[list[SweepResult], dict[str, Any]]:
+    """Repeat the whole sweep protocol once per seed (:func:`sweep` with ``seed``), each in
+    ``output/seed-N/`` with its own resumable results file, and summarise across seeds.
+
+    A seed sets the sampling seed of generation tasks, the seed of ``random(x)`` controls and of the
+    bootstrap; training seeds are the caller's (one operand set per call). Returns the per-seed
+    results and the summary written to ``output/sweep.json`` (with ``report.md``).
+    """
+    if not seeds:
+        raise AdapterMathError("give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise AdapterMathError("a seed is given twice")
+    results = []
+    for seed in seeds:
+        if on_seed:
+            on_seed(seed)
+        folder = seed_folder(output, seed)
+        result = sweep(expression, operands, seed=int(seed), results=folder / "results.jsonl", force=force, **options)
+        write_sweep_outputs(result, folder)
+        results.append(result)
+    summary = seeds_summary(results, seeds)
+    from .evaluation.run import write_json_atomic
+
+    write_json_atomic(Path(output) / "sweep.json", summary, force=True)
+    (Path(output) / "report.md").write_text(seeds_markdown(summary), encoding="utf-8")
+    return results, summary

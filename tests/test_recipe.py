@@ -505,3 +505,30 @@ push: {{repo: alice/merged, private: true}}
 
 
 from hub_fixtures import fake_hub, hub_env, tiny_adapters  # noqa: E402,F401  (fixtures)
+
+
+def test_a_recipe_sweeps_over_seeds_with_one_se_and_keeps_evaluation_records(word_model, tmp_path, monkeypatch):
+    from adaptermath.evaluation.examples import load_examples
+
+    text = (SWEEP_RECIPE.replace("  baselines: false\n", "  select: one-se\n  seeds: [0, 1]\n  confidence: 0.9\n")
+            .replace("output: ./chosen", "output: ./chosen-seeds"))
+    root, result = run_recipe_beside_models(word_model, tmp_path, monkeypatch, text)
+    results = root / "sweep-results"
+    summary = json.loads((results / "sweep.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["select"] == "one-se" and summary["confidence"] == 0.9
+    assert (results / "seed-0" / "results.jsonl").is_file() and (results / "seed-1" / "report.md").is_file()
+    assert result.sweep.best_point == summary["chosen_points"][0]
+    assert {c["baseline"] for c in summary["runs"][0]["comparisons"]} >= {"λ=0", "operand:cls"}
+    record = json.loads((root / "chosen-seeds" / "adaptermath.json").read_text())
+    [entry] = record["evaluation"]
+    interval = entry["intervals"]["perplexity"]
+    assert interval["low"] <= entry["metrics"]["perplexity"] <= interval["high"]
+    from adaptermath.modelcard import render_model_card
+
+    card = render_model_card(record, json.loads((root / "chosen-seeds" / "adapter_config.json").read_text()))
+    assert f"| perplexity | {entry['metrics']['perplexity']:.6g} [{interval['low']:.6g}, {interval['high']:.6g}] (95%) |" in card
+    windows = load_examples(root / "chosen-seeds" / "evaluation" / "test-ppl.json")
+    assert windows.task == "perplexity" and sum(r["tokens"] for r in windows.records) > 0
+    with pytest.raises(RecipeError, match="seeds"):
+        write(root / "bad.yaml", text.replace("seeds: [0, 1]", "seeds: [0, 0]"))
+        load_recipe(root / "bad.yaml")

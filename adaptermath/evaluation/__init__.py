@@ -13,10 +13,16 @@ them again::
                                      labels="negative,positive",
                                      template="Review: {text}\\nSentiment:")
     print(result.accuracy, result.to_dict()["confusion_matrix"])
+    print(metric_intervals(result.example_set()))   # every metric with its bootstrap interval
+
+Per-example records, intervals and paired comparisons: :mod:`.examples`, :mod:`.evidence` and the
+pure :mod:`.statistics` (docs/evaluation.md, "Evidence").
 """
 
 from .classification import ClassificationResult, evaluate_classification
 from .data import load_corpus, load_records
+from .evidence import Comparison, compare_examples, diff, metric_intervals
+from .examples import ExampleSet, load_examples, write_examples
 from .generate import GenerationResult, Sample, SamplingOptions, generate_samples
 from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix
 from .models import (
@@ -30,7 +36,7 @@ from .models import (
     read_adapter,
 )
 from .perplexity import PerplexityResult, corpus_perplexity, evaluate_perplexity
-from .run import EvaluationRun, build_adapter, evaluate
+from .run import EvaluationRun, build_adapter, evaluate, result_intervals
 from .toxicity import (
     ScorerError,
     ToxicityResult,
@@ -42,6 +48,8 @@ from .toxicity import (
 
 __all__ = [
     "BaseModel",
+    "Comparison",
+    "ExampleSet",
     "ClassScores",
     "ClassificationMetrics",
     "ClassificationResult",
@@ -58,9 +66,11 @@ __all__ = [
     "available_scorers",
     "classification_metrics",
     "clear_model_cache",
+    "compare_examples",
     "confusion_matrix",
     "corpus_perplexity",
     "detach_adapter",
+    "diff",
     "evaluate",
     "evaluate_classification",
     "evaluate_perplexity",
@@ -70,7 +80,11 @@ __all__ = [
     "load_adapter_state",
     "load_base_model",
     "load_corpus",
+    "load_examples",
     "load_records",
+    "metric_intervals",
     "read_adapter",
     "register_scorer",
+    "result_intervals",
+    "write_examples",
 ]

@@ -38,6 +38,7 @@ from .batching import (
     position_ids,
     special_wrapping,
 )
+from .examples import ExampleSet, example_id, unique_ids
 from .data import Record, gold_labels, load_records, parse_labels, render_prompts
 from .metrics import ClassificationMetrics, classification_metrics
 from .models import input_device, model_kind, pad_id, unwrap
@@ -57,6 +58,7 @@ class ClassificationResult:
     gold: list[str]
     scores: list[list[float]]
     options: dict[str, Any] = field(default_factory=dict)
+    example_ids: list[str] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -82,6 +84,16 @@ class ClassificationResult:
             "gold": self.gold,
             "scores": self.scores,
         }
+
+    def example_set(self) -> ExampleSet:
+        """One record per example: id, gold label, prediction, whether it is right, every label's score."""
+        ids = self.example_ids or unique_ids(example_id(str(index)) for index in range(len(self.gold)))
+        records = [
+            {"id": ids[index], "index": index, "gold": gold, "prediction": predicted, "correct": gold == predicted,
+             "scores": scores}
+            for index, (gold, predicted, scores) in enumerate(zip(self.gold, self.predictions, self.scores))
+        ]
+        return ExampleSet("classification", records, {"labels": list(self.labels), "method": self.method})
 
 
 @dataclass
@@ -396,4 +408,7 @@ def evaluate_classification(
             "length_normalize": length_normalize,
             "max_length": max_length,
         },
+        example_ids=unique_ids(
+            example_id({key: value for key, value in record.items() if key != label_field}) for record in records
+        ),
     )

@@ -22,6 +22,7 @@ import torch
 from ..errors import AdapterMathError, DataError
 from .batching import chunks, encode, inference, pad, special_wrapping
 from .data import load_records, render_prompts
+from .examples import ExampleSet, sample_records
 from .models import input_device, model_kind, pad_id
 from .sampler import TopKSampler
 
@@ -67,6 +68,10 @@ class GenerationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": "generate", "options": self.options, "samples": [asdict(sample) for sample in self.samples]}
+
+    def example_set(self) -> ExampleSet:
+        """One record per sample (prompt and text); a prompt's samples share a ``cluster``."""
+        return ExampleSet("generate", sample_records(self.samples), {})
 
 
 def _generate_kwargs(options: SamplingOptions, tokenizer: Any) -> dict[str, Any]:

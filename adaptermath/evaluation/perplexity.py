@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from ..errors import AdapterMathError, DataError
 from .batching import chunks, forward_parameters, inference, keep_logits, special_wrapping
 from .data import load_corpus
+from .examples import ExampleSet, example_id, unique_ids
 from .models import input_device, model_kind, unwrap
 
 DEFAULT_MAX_LENGTH = 1024
@@ -56,9 +57,31 @@ class PerplexityResult:
     num_windows: int
     max_length: int
     stride: int
+    windows: list[WindowScore] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": "perplexity", **asdict(self)}
+        summary = asdict(self)
+        summary.pop("windows")
+        return {"task": "perplexity", **summary}
+
+    def example_set(self) -> ExampleSet:
+        """One record per window: id (hash of its tokens), the window, its summed NLL and scored tokens."""
+        ids = unique_ids(window.id for window in self.windows)
+        records = [{"id": ids[index], "index": index, "begin": window.begin, "end": window.end, "nll": window.nll,
+                    "tokens": window.tokens} for index, window in enumerate(self.windows)]
+        return ExampleSet("perplexity", records, {"max_length": self.max_length, "stride": self.stride,
+                                                  "corpus_tokens": self.corpus_tokens})
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """One window's summed NLL over its ``tokens`` scored tokens; ``id`` hashes its token ids."""
+
+    id: str
+    begin: int
+    end: int
+    nll: float
+    tokens: int
 
 
 def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[Window]:
@@ -130,8 +153,7 @@ def corpus_perplexity(
         groups.setdefault((item.end - item.begin, item.num_targets), []).append(item)
     accepted = forward_parameters(model)
     device = input_device(model)
-    nll_sum = 0.0
-    scored = 0
+    scored_windows: list[WindowScore] = []
     with inference(model):
         for (length, num_targets), group in groups.items():
             # Positions length-1-n .. length-2 predict the window's last n tokens (its targets).
@@ -145,13 +167,17 @@ def corpus_perplexity(
                 logits = pick(model(**kwargs).logits)
                 targets = input_ids[:, -num_targets:]
                 losses = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
-                )
-                nll_sum += losses.item()
-                scored += targets.numel()
+                    logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+                ).reshape(targets.shape)
+                for item, window_nll in zip(batch, losses.sum(dim=-1).tolist()):
+                    scored_windows.append(WindowScore(
+                        example_id(tokens[item.begin : item.end]), item.begin, item.end, window_nll, item.num_targets
+                    ))
                 if progress is not None:
                     progress(len(batch))
-    mean_nll = nll_sum / scored
+    scored_windows.sort(key=lambda item: item.begin)
+    scored = sum(item.tokens for item in scored_windows)
+    mean_nll = math.fsum(item.nll for item in scored_windows) / scored
     return PerplexityResult(
         perplexity=math.exp(mean_nll),
         mean_nll=mean_nll,
@@ -160,6 +186,7 @@ def corpus_perplexity(
         num_windows=len(windows),
         max_length=window,
         stride=step,
+        windows=scored_windows,
     )
 
 

@@ -21,6 +21,9 @@ from typing import Any
 from ..errors import AdapterMathError, OutputExistsError
 from .classification import evaluate_classification
 from .data import load_corpus, load_records
+from .evidence import intervals_to_dict, metric_intervals
+from .examples import EXAMPLES_FILE, SUMMARY_FILE, examples_path, write_examples
+from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from .generate import generate_samples
 from .models import ModelKind, attach_adapter, kind_of_adapter_config, load_base_model, read_adapter
 from .perplexity import corpus_perplexity
@@ -45,6 +48,7 @@ class EvaluationRun:
     device: str
     elapsed_s: float
     result: Any
+    intervals: dict[str, dict[str, Any]] | None = None  # metric -> interval (see result_intervals)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,11 +59,38 @@ class EvaluationRun:
             "device": self.device,
             "elapsed_s": round(self.elapsed_s, 3),
             "result": self.result.to_dict(),
+            "intervals": self.intervals or {},
         }
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` atomically; an existing file needs ``force``."""
-        return write_json_atomic(path, self.to_dict(), force=force)
+        """Write :meth:`to_dict` as JSON atomically and the per-example records beside it; existing
+        files need ``force``. ``path`` is a summary file ``NAME.json`` (records:
+        ``NAME.examples.jsonl.gz``) or, without a suffix or when it is a folder, a run folder
+        (``DIR/eval.json`` and ``DIR/examples.jsonl.gz``). Returns the summary's path."""
+        summary, records = run_files(path)
+        if records.exists() and not force:
+            raise OutputExistsError(f"{records} already exists; pass --force (force=True) to replace it")
+        target = write_json_atomic(summary, self.to_dict(), force=force)
+        write_examples(records, self.result.example_set())
+        return target
+
+
+def run_files(path: str | Path) -> tuple[Path, Path]:
+    """(summary, records) of an eval output: ``NAME.json`` and ``NAME.examples.jsonl.gz``, or for a
+    folder (an existing one, or a path without a suffix) ``DIR/eval.json`` and ``DIR/examples.jsonl.gz``."""
+    target = Path(path).expanduser()
+    if target.is_dir() or not target.suffix:
+        return target / SUMMARY_FILE, target / EXAMPLES_FILE
+    return target, examples_path(target)
+
+
+def result_intervals(result: Any, *, confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Intervals of every metric of an evaluator's result, from its per-example records (as JSON
+    objects: estimate, low, high, confidence, method, se). This is what ``eval``, ``sweep`` and
+    recipes report; see :func:`adaptermath.evaluation.evidence.metric_intervals`."""
+    return intervals_to_dict(metric_intervals(result.example_set(), confidence=confidence, resamples=resamples,
+                                              seed=seed))
 
 
 def write_json_atomic(path: str | Path, payload: Any, *, force: bool = False) -> Path:
@@ -135,6 +166,9 @@ def evaluate(
     text_field: str = "text",
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int | None], None] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
     **options: Any,
 ) -> EvaluationRun:
     """Evaluate ``adapter`` (or the bare base model when None) on ``base`` for ``task``.
@@ -147,7 +181,8 @@ def evaluate(
     config (see :func:`load_base_model`). ``data`` is a file, or a Hugging Face dataset name
     (with ``split`` and ``dataset_config``) when ``datasets`` is installed. ``on_start`` is called
     with the number of units ``progress`` will count (examples, samples; None for perplexity
-    windows) once the model and data are ready.
+    windows) once the model and data are ready. Every metric gets a ``confidence`` interval from
+    a bootstrap over the examples (``resamples`` draws seeded with ``bootstrap_seed``).
     """
     if task not in TASKS:
         raise AdapterMathError(f"unknown task {task!r}; use {', '.join(TASKS)}")
@@ -183,6 +218,7 @@ def evaluate(
     started = time.perf_counter()
     result = TASKS[task](model, loaded.tokenizer, data_input, progress=progress, **options)
     elapsed = time.perf_counter() - started
+    intervals = result_intervals(result, confidence=confidence, resamples=resamples, seed=bootstrap_seed)
     return EvaluationRun(
         task=task,
         base=str(base),
@@ -191,4 +227,5 @@ def evaluate(
         device=str(loaded.device),
         elapsed_s=elapsed,
         result=result,
+        intervals=intervals,
     )

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterMathError, DataError
+from .examples import ExampleSet, sample_records
 from .generate import SamplingOptions, generate_continuations, load_prompts
 
 Scorer = Callable[[Sequence[str]], Sequence[float]]
@@ -199,6 +200,11 @@ class ToxicityResult:
             "options": self.options,
             "generations": [asdict(item) for item in self.generations],
         }
+
+    def example_set(self) -> ExampleSet:
+        """One record per generation (prompt, text, score); a prompt's samples share a ``cluster``."""
+        records = sample_records(self.generations, [item.score for item in self.generations], self.scorer)
+        return ExampleSet("toxicity", records, {"scorer": self.scorer, "threshold": self.threshold})
 
 
 def summarise_scores(scores: Sequence[float], threshold: float) -> tuple[float, float, float]:

@@ -56,6 +56,8 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--energy", type=float, default=None,
               help="Keep per module the singular values holding this share of ‖ΔW‖² (e.g. 0.99); --space delta or a --method.")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank (serving engines); --space delta or a --method.")
+@click.option("--control-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of random(x) controls in EXPRESSION (same size as x, random direction; docs/sweeps.md).")
 @json_option
 def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
@@ -63,7 +65,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
                     output_format: str | None, token: str | None, method: str, density: float | None,
                     drop: float | None, seed: int | None,
                     method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
-                    as_json: bool) -> None:
+                    control_seed: int, as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
 
     EXPRESSION is linear in the adapters: numbers, + - * / and parentheses, with free variables
@@ -82,6 +84,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
       adaptermath compose "a + b + c" -a a=./a -a b=./b -a c=./c --method ties --density 0.2 --rank 16 -o ties
       adaptermath compose "a + b" -a a=./a -a b=./b --method dare --drop 0.9 --seed 1 --energy 0.99 --max-rank 64 -o dare
       adaptermath compose "alpaca - 0.5*toxic" -a alpaca=./alpaca -a toxic=./toxic --method ext_sub -o detox
+      adaptermath compose "alpaca - 0.5*random(toxic)" -a alpaca=./alpaca -a toxic=./toxic --control-seed 1 -o control
       adaptermath compose "0.6*s + 0.4*d" -a s=style.safetensors -a d=detail.safetensors --space delta -o mix.safetensors
       adaptermath compose "0.5*cat + 0.5*dog" -a cat=cat.safetensors -a dog=dog.safetensors -o catdog.safetensors
 
@@ -103,6 +106,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
         expression, operands, variables=parse_variables(variables), space=space, negate_factor=negate_factor,
         normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle, method=method,
         method_options=method_options(density, drop, seed, method_option_values), energy=energy, max_rank=max_rank,
+        control_seed=control_seed,
     )
     save_composed(result, output, force=force, as_json=as_json, push=push, private=private, output_format=output_format)
 

@@ -77,6 +77,18 @@ def _show_toxicity(result: dict[str, Any]) -> None:
     _show_samples(result["generations"], with_score=True)
 
 
+def _show_intervals(intervals: dict[str, Any]) -> None:
+    if not intervals:
+        return
+    table = Table(title="intervals", title_justify="left")
+    for column in ("metric", "estimate", "low", "high", "method"):
+        table.add_column(column, justify="left" if column in ("metric", "method") else "right")
+    for name, item in intervals.items():
+        table.add_row(name, f"{item['estimate']:.4f}", f"{item['low']:.4f}", f"{item['high']:.4f}",
+                      f"{item['method']} {item['confidence']:.0%}")
+    console.print(table)
+
+
 @main.command("eval")
 @click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
 @click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
@@ -127,8 +139,12 @@ def _show_toxicity(result: dict[str, Any]) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None,
               help="Model dtype; auto keeps the checkpoint's.  [default: float32]")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="Also write the full result (with predictions / generations) as JSON here.")
+@click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Level of the bootstrap (and Wilson) interval on every metric.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
+              help="Also write the full result as JSON here and the per-example records beside it: "
+                   "NAME.json -> NAME.examples.jsonl.gz; a folder (or a name without suffix) -> "
+                   "DIR/eval.json and DIR/examples.jsonl.gz.")
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @json_option
 def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str | None, operands: tuple[str, ...],
@@ -138,8 +154,8 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
                  max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                  seed: int | None, greedy: bool | None, temperature: float | None, top_k: int | None,
                  top_p: float | None, scorer: str | None, threshold: float | None, score_prompt: bool | None,
-                 batch_size: int, device: str, dtype: str | None, output: Path | None, force: bool,
-                 as_json: bool) -> None:
+                 batch_size: int, device: str, dtype: str | None, confidence: float, output: Path | None,
+                 force: bool, as_json: bool) -> None:
     """Score an adapter on a base model: classification, perplexity, toxicity, or samples.
 
     The base model is loaded once; the adapter (a folder, an hf:// ref, or an expression over
@@ -176,8 +192,11 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
         "do_sample": None if greedy is None else not greedy, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "scorer": scorer, "threshold": threshold, "score_prompt": score_prompt,
     })
-    if output is not None and output.exists() and not force:
-        raise OutputExistsError(f"{output} already exists; pass --force to replace it")
+    from adaptermath.evaluation.run import run_files
+
+    for existing in ([] if output is None else run_files(output)):
+        if existing.exists() and not force:
+            raise OutputExistsError(f"{existing} already exists; pass --force to replace it")
     named = parse_assignments(operands, "-a/--operand") if operands else None
     if variables and not named:
         raise AdapterMathError("--var binds variables of an expression; give the operands with -a NAME=PATH")
@@ -195,7 +214,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
             base, adapter, task=task, data=data, operands=named, variables=_variables(variables), space=space,
             negate_factor=negate_factor, allow_pickle=allow_pickle, gguf_file=gguf_file, model_type=model_type,
             device=device, dtype=dtype, split=split, dataset_config=data_config, limit=limit, text_field=text_field,
-            batch_size=batch_size, progress=advance, on_start=on_start, **evaluator_options,
+            batch_size=batch_size, progress=advance, on_start=on_start, confidence=confidence, **evaluator_options,
         )
     payload = run.to_dict()
     if output is not None:
@@ -215,5 +234,8 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
         _show_toxicity(result)
     else:
         _show_samples(result["samples"], with_score=False)
+    _show_intervals(payload["intervals"])
     if output is not None:
-        console.print(f"full result written to {output}", highlight=False)
+        summary_file, records_file = run_files(output)
+        console.print(f"full result written to {summary_file} (per-example records: {records_file})",
+                      highlight=False)

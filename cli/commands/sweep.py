@@ -12,8 +12,7 @@ from rich.table import Table
 
 from adaptermath.errors import AdapterMathError
 from adaptermath.methods import available_methods
-from adaptermath.evaluation.run import write_json_atomic
-from adaptermath.sweep import DEFAULT_METRICS, SweepRecord, plot_sweep, sweep
+from adaptermath.sweep import DEFAULT_METRICS, SELECTION_RULES, SweepRecord, sweep, sweep_seeds, write_sweep_outputs
 from adaptermath.cli.main import main
 
 from ..common import console, err_console, json_option, parse_assignments, print_json
@@ -28,11 +27,26 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
     for name in variables:
         table.add_column(name, justify="right")
     table.add_column(metric, justify="right")
+    table.add_column("interval", justify="right")
     for record in records:
         value = record.metrics.get(metric)
+        band = record.interval(metric)
         table.add_row(record.split, record.label, *[f"{record.point[v]:g}" if v in record.point else "" for v in variables],
-                      f"{value:.4f}" if isinstance(value, (int, float)) else "—")
+                      f"{value:.4f}" if isinstance(value, (int, float)) else "—",
+                      f"[{band['low']:.4f}, {band['high']:.4f}]" if band else "—")
     return table
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AdapterMathError(f"--seeds must be integers separated by commas, such as 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise AdapterMathError("--seeds needs at least one seed")
+    return seeds
 
 
 @main.command("sweep")
@@ -49,6 +63,14 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
 @click.option("--metric", default=None, help="Metric to choose by.  [default: accuracy | perplexity | mean_score]")
 @click.option("--direction", type=click.Choice(["max", "min"]), default=None, help="Higher or lower is better.  [default: the metric's]")
 @click.option("--no-baselines", is_flag=True, help="Skip the λ=0 and operand-alone test baselines.")
+@click.option("--select", type=click.Choice(SELECTION_RULES), default="best", show_default=True,
+              help="How to choose the point: best validation score, or one-se: the point closest to 0 (smallest "
+                   "Σ|coefficient|) within one standard error of the best.")
+@click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Level of the intervals on every metric and on the test differences.")
+@click.option("--seeds", "seed_list", default=None, metavar="S1,S2,...",
+              help="Repeat the whole protocol once per seed (sampling, random() controls, bootstrap) in DIR/seed-N/; "
+                   "report mean ± std across seeds.")
 @click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True)
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True)
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point.")
@@ -87,14 +109,18 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
-                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, as_json: bool) -> None:
+                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, select: str, confidence: float,
+                  seed_list: str | None, as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
     tensors are swapped into the live PEFT model. Every result is appended to DIR/results.jsonl
     as it is computed: run the same command again to resume an interrupted sweep. At the end the
     chosen point and the baselines (λ=0 and each operand alone) are scored on --test, and
-    DIR/sweep.json, DIR/sweep.csv and (with matplotlib) DIR/sweep.png are written.
+    DIR/sweep.json, DIR/sweep.csv, DIR/report.md and (with matplotlib) DIR/sweep.png are written.
+    Every evaluation keeps its per-example records in DIR/examples/ and an interval on each metric;
+    on test the chosen point is compared with each baseline on the same examples (Δ, its paired
+    interval, p). With --seeds the protocol runs once per seed in DIR/seed-N/ (each resumable).
 
     \b
     Examples:
@@ -120,6 +146,15 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     variables = [spec.partition("=")[0].strip() for spec in grids]
     chosen_metric = metric or {"classification": "accuracy", "perplexity": "perplexity", "toxicity": "mean_score"}[task]
 
+    common: dict[str, Any] = dict(
+        base=base, task=task, grid=list(grids), val=val, test=test, metric=metric,
+        direction=direction, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
+        method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
+        max_rank=max_rank, baselines=not no_baselines, gguf_file=gguf_file,
+        model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
+        allow_pickle=allow_pickle, batch_size=batch_size, select=select, confidence=confidence, **evaluator_options,
+    )
+    seeds = _seeds(seed_list)
     with Live(_table(records, variables, chosen_metric), console=err_console, transient=False,
               auto_refresh=False, redirect_stdout=False, redirect_stderr=False) as live:
         def on_record(record: SweepRecord, cached: bool) -> None:
@@ -127,29 +162,44 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             if not as_json:
                 live.update(_table(records, variables, chosen_metric), refresh=True)
 
-        result = sweep(
-            expression, operands, base=base, task=task, grid=list(grids), val=val, test=test, metric=metric,
-            direction=direction, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
-            method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
-            max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
-            model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
-            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **evaluator_options,
-        )
+        if seeds is not None:
+            if seed is not None:
+                raise AdapterMathError("--seed and --seeds cannot be combined: --seeds sets the sampling seed of each run")
+            results, summary = sweep_seeds(expression, operands, seeds=seeds, output=output, force=force,
+                                           on_record=on_record, **common)
+        else:
+            result = sweep(expression, operands, results=output / "results.jsonl", force=force, on_record=on_record,
+                           **common)
+    if seeds is not None:
+        if as_json:
+            print_json({**summary, "output": str(output)})
+            return
+        console.print(f"chosen points: " + "; ".join(
+            f"seed {s}: " + ", ".join(f"{k}={v:g}" for k, v in (p or {}).items())
+            for s, p in zip(seeds, summary["chosen_points"])), highlight=False)
+        for row in summary["across_seeds"].values():
+            std = "—" if row["std"] is None else f"{row['std']:.4f}"
+            console.print(f"  {row['split']:<4} {row['label']:<14} {summary['metric']} = {row['mean']:.4f} ± {std} "
+                          f"({', '.join(f'{v:.4f}' for v in row['values'])})", highlight=False)
+        console.print(f"results: {output}/sweep.json, report.md and seed-N/", highlight=False)
+        return
+    plot_note = write_sweep_outputs(result, output)
     summary = result.to_dict()
-    write_json_atomic(output / "sweep.json", summary, force=True)
-    (output / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
-    plot_note = None
-    try:
-        plot_sweep(result, output / "sweep.png")
-    except AdapterMathError as exc:
-        plot_note = str(exc)
     if as_json:
         print_json({**summary, "output": str(output), "plot": None if plot_note else str(output / "sweep.png")})
         return
     best = ", ".join(f"{k}={v:g}" for k, v in (result.best_point or {}).items())
-    console.print(f"chosen on validation: [bold]{best}[/] ({result.metric} {summary['best_validation']:.4f})")
+    console.print(f"chosen on validation ({result.select}): [bold]{best}[/] ({result.metric} "
+                  f"{summary['best_validation']:.4f})")
     for record in result.test:
-        console.print(f"  test {record.label:<14} {result.metric} = {record.metrics.get(result.metric):.4f}")
-    console.print(f"results: {output}/sweep.json, sweep.csv" + ("" if plot_note else ", sweep.png"))
+        band = record.interval(result.metric)
+        shown = f" [{band['low']:.4f}, {band['high']:.4f}]" if band else ""
+        console.print(f"  test {record.label:<14} {result.metric} = {record.metrics.get(result.metric):.4f}{shown}",
+                      highlight=False)
+    for item in result.comparisons:
+        if item["metric"] == result.metric:
+            console.print(f"  chosen − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
+                          f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
+    console.print(f"results: {output}/sweep.json, sweep.csv, report.md" + ("" if plot_note else ", sweep.png"))
     if plot_note:
         err_console.print(f"[yellow]note:[/] no plot: {escape(plot_note)}")
