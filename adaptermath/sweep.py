@@ -402,6 +402,7 @@ def sweep(
     limit: int | None = None,
     allow_pickle: bool = False,
     on_record: Callable[[SweepRecord, bool], None] | None = None,
+    engine: Any = None,
     **task_options: Any,
 ) -> SweepResult:
     """Sweep the free variables of ``expression`` over ``grid`` on ``val``; score the best on ``test``.
@@ -415,14 +416,20 @@ def sweep(
     ``method`` / ``method_options`` / ``energy`` / ``max_rank`` are those of
     :func:`adaptermath.compose`; the grid may also span the method's numeric options (e.g.
     ``{"λ": [...], "density": [0.1, 0.2, 0.5]}`` for TIES, ``drop`` or ``p`` for DARE).
+
+    ``engine`` (an :class:`~adaptermath.evaluation.engine.EngineSpec`) scores every point on an
+    inference engine with runtime adapter loading instead of transformers here (docs/engines.md).
     """
-    from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
+    from .evaluation import load_corpus, load_records
+    from .evaluation.engine import check_engine_task, engine_spec, open_engine
     from .evaluation.models import kind_of_adapter_config
     from .evaluation.run import TASKS, _check_options
 
     if task not in DEFAULT_METRICS:
         raise AdapterMathError(f"sweep task must be one of {', '.join(DEFAULT_METRICS)}, got {task!r}")
     _check_options(task, task_options)
+    spec = engine_spec(engine)
+    check_engine_task(spec, task)
     metric = metric or DEFAULT_METRICS[task][0]
     direction = direction or ("min" if metric in LOWER_IS_BETTER else "max")
     values = parse_grid(list(grid)) if not isinstance(grid, Mapping) else {k: [float(v) for v in vs] for k, vs in grid.items()}
@@ -441,7 +448,6 @@ def sweep(
     if kind == "seq-cls" and task_options.get("labels") is not None:
         labels = task_options["labels"]
         num_labels = len(labels.split(",") if isinstance(labels, str) else list(labels))
-    loaded = load_base_model(base, device=device, dtype=dtype, task=kind, gguf_file=gguf_file, num_labels=num_labels)
     splits: dict[str, Any] = {}
 
     def data_for(split: str) -> Any:
@@ -456,14 +462,10 @@ def sweep(
     options = dict(task_options)
     if task != "perplexity":
         options["text_field"] = text_field
-    state = {"model": loaded.model}
-
-    def attach(composed: Any) -> Any:
-        state["model"] = attach_adapter(state["model"], composed)
-        return state["model"]
+    session: Any = None
 
     def evaluate(model: Any, split: str) -> dict[str, Any]:
-        return TASKS[task](model, loaded.tokenizer, data_for(split), **options).to_dict()
+        return TASKS[task](model, session.tokenizer, data_for(split), **options).to_dict()
 
     fingerprint = {
         "expression": expression,
@@ -478,9 +480,14 @@ def sweep(
         "test": None if test is None else {"path": str(test), "sha256": _file_digest(test)},
         "limit": limit,
     }
-    return run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
-                     test=test is not None, baselines=baselines, results=Path(results) if results else None,
-                     fingerprint=fingerprint, force=force, on_record=on_record)
+    if spec.name != "transformers":  # transformers fingerprints stay as they were, so old results resume
+        fingerprint["engine"] = spec.name
+    configs = [first.config, *(adapter.config for adapter in adapters.values())]
+    with open_engine(spec, str(base), kind=kind, device=device, dtype=dtype, gguf_file=gguf_file,
+                     num_labels=num_labels, adapter_configs=configs) as session:
+        return run_sweep(plan, attach=session.attach, evaluate=evaluate, metric=metric, direction=direction,
+                         test=test is not None, baselines=baselines, results=Path(results) if results else None,
+                         fingerprint=fingerprint, force=force, on_record=on_record)
 
 
 def plot_sweep(result: SweepResult, path: str | Path) -> Path:

@@ -27,6 +27,7 @@ import torch
 from ..errors import AdapterMathError, DataError
 from .batching import chunks, forward_parameters, inference, keep_logits, special_wrapping
 from .data import load_corpus
+from .engine import ServedModel
 from .models import input_device, model_kind, unwrap
 
 DEFAULT_MAX_LENGTH = 1024
@@ -110,7 +111,7 @@ def corpus_perplexity(
     kind = model_kind(model)
     if kind != "causal-lm":
         raise AdapterMathError(f"perplexity needs a causal LM, got a {kind} model")
-    limit = model_max_length(model)
+    limit = model.max_model_len if isinstance(model, ServedModel) else model_max_length(model)
     window = max_length if max_length is not None else min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
     if limit is not None and window > limit:
         raise DataError(f"max length {window} is longer than the model's limit of {limit} positions")
@@ -123,6 +124,10 @@ def corpus_perplexity(
     if len(tokens) < 2:
         raise DataError(f"the corpus has {len(tokens)} token(s); perplexity needs at least 2")
     windows = sliding_windows(len(tokens), window, step)
+    if isinstance(model, ServedModel):  # the engine returns each window's summed NLL (see engine.py)
+        per_window = model.window_nll(tokens, windows, progress=progress)
+        return _result(sum(nll for nll, _ in per_window), sum(count for _, count in per_window),
+                       len(tokens), windows, window, step)
     stream = torch.tensor(tokens, dtype=torch.long)
 
     groups: dict[tuple[int, int], list[Window]] = {}
@@ -151,12 +156,17 @@ def corpus_perplexity(
                 scored += targets.numel()
                 if progress is not None:
                     progress(len(batch))
+    return _result(nll_sum, scored, len(tokens), windows, window, step)
+
+
+def _result(nll_sum: float, scored: int, corpus_tokens: int, windows: Sequence[Window], window: int,
+            step: int) -> PerplexityResult:
     mean_nll = nll_sum / scored
     return PerplexityResult(
         perplexity=math.exp(mean_nll),
         mean_nll=mean_nll,
         num_tokens=scored,
-        corpus_tokens=len(tokens),
+        corpus_tokens=corpus_tokens,
         num_windows=len(windows),
         max_length=window,
         stride=step,

@@ -17,6 +17,7 @@ from adaptermath.sweep import DEFAULT_METRICS, SweepRecord, plot_sweep, sweep
 from adaptermath.cli.main import main
 
 from ..common import console, err_console, json_option, parse_assignments, print_json
+from ..engine_options import engine_options
 from .compose import method_options
 from ..task_options import quiet_transformers, task_options, unescape
 
@@ -79,6 +80,7 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
 @click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
 @click.option("--allow-pickle", is_flag=True)
+@engine_options
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
@@ -87,7 +89,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
-                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, as_json: bool) -> None:
+                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, engine: Any,
+                  as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -106,6 +109,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
           --grid "λ=0,0.5,1" --val news_val.txt -o sweeps/ppl
       adaptermath sweep "a + b" -a a=./a -a b=./b --method ties --rank 16 --grid density=0.1,0.2,0.5 \\
           --base ./smollm2 --task perplexity --val news_val.txt -o sweeps/ties
+      adaptermath sweep "-λ*toxic" -a toxic=./toxic --base ./smollm2 --task toxicity --grid "λ=0,0.5,1" \
+          --val prompts.txt --engine vllm --engine-launch --engine-python ~/vllm-env/bin/python -o sweeps/tox
     """
     evaluator_options: dict[str, Any] = task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field, "max_length": max_length,
@@ -133,7 +138,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
             max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
             model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
-            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **evaluator_options,
+            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, engine=engine, **evaluator_options,
         )
     summary = result.to_dict()
     write_json_atomic(output / "sweep.json", summary, force=True)
