@@ -172,7 +172,7 @@ class FakeVllm:
             return 400, {"error": {"message": f"The lora adapter '{name}' has already been loaded.", "code": 400}}
         self.backend.load(str(name), str(path))
         self.loaded[str(name)] = str(path)
-        return 200, None
+        return 200, f"Success: LoRA adapter '{name}' added successfully."
 
     def unload(self, payload: dict[str, Any]) -> tuple[int, Any]:
         name = payload.get("lora_name")
@@ -180,7 +180,7 @@ class FakeVllm:
             return 404, {"error": {"message": f"The lora adapter '{name}' cannot be found.", "code": 404}}
         del self.loaded[name]
         self.backend.unload(str(name))
-        return 200, None
+        return 200, f"Success: LoRA adapter '{name}' removed successfully."
 
     def complete(self, payload: dict[str, Any]) -> tuple[int, Any]:
         with self._lock:
@@ -213,9 +213,10 @@ class FakeVllm:
                 pass
 
             def _send(self, status: int, payload: Any) -> None:
-                body = b"" if payload is None else json.dumps(payload).encode()
+                # like vLLM: JSON, or a plain-text line for a successful load / unload
+                body = b"" if payload is None else payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -93,7 +93,7 @@ class EngineClient:
         return self.request("POST", path, payload, timeout_s=timeout_s)
 
     def request(self, method: str, path: str, payload: Any, *, timeout_s: float | None = None) -> Any:
-        """Send one request and return the decoded JSON answer (None for an empty body)."""
+        """Send one request; the answer decoded from JSON, else its text (None for an empty body)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         headers = {"Accept": "application/json"}
         data = None
@@ -127,10 +127,8 @@ class EngineClient:
             return None
         try:
             return json.loads(body)
-        except json.JSONDecodeError:
-            if path == "/health":
-                return None
-            raise EngineError(f"the server at {self.url} answered {path} with something that is not JSON") from None
+        except json.JSONDecodeError:  # vLLM answers /health and adapter loading with plain text
+            return body.decode("utf-8", errors="replace")
 
     def _timeout(self, path: str, timeout: float) -> EngineTimeoutError:
         return EngineTimeoutError(
