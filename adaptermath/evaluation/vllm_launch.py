@@ -182,11 +182,16 @@ def launched_server(
     start_timeout_s: float = 900.0,
     log_dir: str | Path | None = None,
 ) -> Iterator[LaunchedServer]:
-    """Run a vLLM server on a free loopback port for the ``with`` block (see the module doc)."""
+    """Run a vLLM server on a free loopback port for the ``with`` block (see the module doc).
+
+    The server's log goes to ``log_dir`` (default: a new temporary folder, removed again when the
+    block ends without an error and kept, named in the error, when the server fails).
+    """
     interpreter = python or sys.executable
     check_python(interpreter)
     port = free_loopback_port()
-    folder = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="adaptermath-vllm-"))
+    own_folder = log_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="adaptermath-vllm-")) if own_folder else Path(str(log_dir))
     log_path = folder / "vllm-server.log"
     command = server_command(interpreter, base, port, max_lora_rank=max_lora_rank_flag(max_lora_rank),
                              dtype=dtype, extra_args=extra_args)
@@ -205,3 +210,5 @@ def launched_server(
             yield server
         finally:
             server.stop()
+    if own_folder:  # reached only when the block ended without an error
+        shutil.rmtree(folder, ignore_errors=True)
