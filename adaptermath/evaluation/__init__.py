@@ -17,6 +17,7 @@ them again::
 
 from .classification import ClassificationResult, evaluate_classification
 from .data import load_corpus, load_records
+from .engine import EngineError, EngineSpec
 from .generate import GenerationResult, Sample, SamplingOptions, generate_samples
 from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix
 from .models import (
@@ -45,6 +46,8 @@ __all__ = [
     "ClassScores",
     "ClassificationMetrics",
     "ClassificationResult",
+    "EngineError",
+    "EngineSpec",
     "EvaluationRun",
     "GenerationResult",
     "ModelLoadError",
