@@ -26,17 +26,22 @@ so the two never compete for the CPU; the median of ``--repeats`` runs after a w
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# OpenMP's busy-waiting makes multi-threaded torch many times slower on a shared machine; it is
+# read when torch loads (the launched server inherits it too).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from adaptermath.evaluation import evaluate
-from adaptermath.evaluation.engine import EngineSpec
-from adaptermath.evaluation.vllm_launch import launched_server
+import torch  # noqa: E402
+
+from adaptermath.evaluation import evaluate  # noqa: E402
+from adaptermath.evaluation.engine import EngineSpec  # noqa: E402
+from adaptermath.evaluation.vllm_launch import launched_server  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_throughput import machine, write_section  # noqa: E402
@@ -76,6 +81,7 @@ def timed_runs(repeats: int, **options) -> tuple[list[float], list[str]]:
         run = evaluate(**options)
         seconds.append(run.elapsed_s)
         texts = [sample.text for sample in run.result.samples]
+        print(f"{run.device}: {run.elapsed_s:.2f} s", file=sys.stderr, flush=True)
     return seconds, texts
 
 

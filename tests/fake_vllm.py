@@ -122,6 +122,8 @@ class FakeVllm:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
+        # a client that gave up (timeout, error elsewhere) is not the fake's problem: no traceback on stderr
+        self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self._thread: threading.Thread | None = None
 
     @property

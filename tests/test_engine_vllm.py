@@ -362,3 +362,16 @@ def test_max_lora_rank_flag_rounds_up_to_a_value_vllm_accepts():
     assert [max_lora_rank_flag(r) for r in (1, 4, 8, 9, 40, 300)] == [1, 8, 8, 16, 64, 320]
     with pytest.raises(AdapterMathError):
         max_lora_rank_flag(1024)
+
+
+def test_ctrl_c_does_not_wait_for_requests_in_flight():
+    from adaptermath.evaluation.vllm_engine import run_bounded
+
+    def interrupt(done: int) -> None:
+        raise KeyboardInterrupt
+
+    jobs = [lambda: None] + [lambda: time.sleep(1.5)] * 3
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_bounded(jobs, 2, progress=interrupt)
+    assert time.monotonic() - started < 1.0

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,8 @@ def _rank_flag(rank: int) -> int:
 def run_bounded(jobs: Sequence[Callable[[], Any]], concurrency: int, progress: Callable[[int], None] | None = None) -> list[Any]:
     """Run ``jobs`` with at most ``concurrency`` in flight; results in order; the first error wins.
 
-    On an error or Ctrl-C the jobs not started yet are cancelled (those in flight finish or time out).
+    On an error or Ctrl-C the jobs not started yet are cancelled and the error is raised at once
+    (requests in flight end on their own: answered, timed out, or cut when a launched server stops).
     """
     results: list[Any] = [None] * len(jobs)
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="adaptermath-engine")
@@ -130,13 +131,15 @@ def run_bounded(jobs: Sequence[Callable[[], Any]], concurrency: int, progress: C
         futures: dict[Future, int] = {executor.submit(job): index for index, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 results[futures[future]] = future.result()  # re-raises the job's error
                 if progress is not None:
                     progress(1)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
     return results
 
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +84,25 @@ def check_python(python: str) -> None:
         )
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies (None elsewhere).
+
+    libc is resolved here, in the parent: the hook itself only makes one system call, which is
+    safe between fork and exec even while other threads run.
+    """
+    if sys.platform != "linux":
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 @dataclass
@@ -200,7 +212,7 @@ def launched_server(
         try:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                start_new_session=True, preexec_fn=_die_with_parent_hook(),
             )
         except OSError as exc:
             raise EngineLaunchError(f"cannot start {interpreter}: {one_line(str(exc))}") from None
