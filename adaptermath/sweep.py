@@ -22,13 +22,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapter import Adapter, load_adapter
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
 from .io.hash_cache import sha256_file
 from .expression import parse_expression
+
+if TYPE_CHECKING:
+    from .evaluation.engine import EngineSpec
 
 # The metric a task is judged by when none is named, and which way is better.
 DEFAULT_METRICS: dict[str, tuple[str, str]] = {
@@ -402,7 +405,7 @@ def sweep(
     limit: int | None = None,
     allow_pickle: bool = False,
     on_record: Callable[[SweepRecord, bool], None] | None = None,
-    engine: Any = None,
+    engine: EngineSpec | str | None = None,
     **task_options: Any,
 ) -> SweepResult:
     """Sweep the free variables of ``expression`` over ``grid`` on ``val``; score the best on ``test``.

@@ -169,7 +169,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
       adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
           --num-samples 100 --max-new-tokens 64 --seed 42 --threshold 0.8 -o tox.json
       adaptermath eval --base ./smollm2 --adapter ./detox --task generate --data prompts.txt --greedy
-      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \
+      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
           --engine vllm --engine-url http://127.0.0.1:8000
     """
     evaluator_options = task_options(task, {

@@ -109,7 +109,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
           --grid "λ=0,0.5,1" --val news_val.txt -o sweeps/ppl
       adaptermath sweep "a + b" -a a=./a -a b=./b --method ties --rank 16 --grid density=0.1,0.2,0.5 \\
           --base ./smollm2 --task perplexity --val news_val.txt -o sweeps/ties
-      adaptermath sweep "-λ*toxic" -a toxic=./toxic --base ./smollm2 --task toxicity --grid "λ=0,0.5,1" \
+      adaptermath sweep "-λ*toxic" -a toxic=./toxic --base ./smollm2 --task toxicity --grid "λ=0,0.5,1" \\
           --val prompts.txt --engine vllm --engine-launch --engine-python ~/vllm-env/bin/python -o sweeps/tox
     """
     evaluator_options: dict[str, Any] = task_options(task, {
