@@ -6,9 +6,10 @@ the SmolLM2 asset is set up (``python -m adaptermath.experiments.setup``)::
     ADAPTERMATH_VLLM_PYTHON=/path/to/vllm-env/bin/python VLLM_CPU_KVCACHE_SPACE=1 \\
         python -m pytest tests/test_engine_vllm_slow.py -m slow -q
 
-One server is launched for the module the way ``--engine-launch`` launches it (float32, LoRA
-rank up to 16, runtime loading on); every test talks to it through ``--engine-url``. Perplexity
-runs last: if the server's engine fails on it, the other tests have already run.
+The toxicity sweep runs first, through the CLI with ``--engine-launch`` (its own server, stopped
+at the end of the command). Then one server is launched for the other tests the same way
+(float32, LoRA rank up to 16, runtime loading on) and they talk to it through ``--engine-url``.
+Perplexity runs last: if the server's engine fails on it, the other tests have already run.
 """
 
 from __future__ import annotations
@@ -80,6 +81,41 @@ def files(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return paths
 
 
+def test_three_point_toxicity_sweep_through_runtime_loading(files, tmp_path):
+    """The CLI end to end with ``--engine-launch``: its own server, three adapters loaded at run time."""
+    pytest.importorskip("profanity_check", reason="pip install 'adaptermath[toxicity]'")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    output = tmp_path / "sweep"
+    result = CliRunner().invoke(main, [
+        "sweep", "x + λ*y", "-a", f"x={files['x']}", "-a", f"y={files['y']}", "--base", str(files["base"]),
+        "--task", "toxicity", "--grid", "λ=0,0.5,1", "--val", str(files["prompts"]), "--scorer", "profanity-check",
+        "--num-samples", "2", "--max-new-tokens", "16", "--seed", "42", "--engine", "vllm", "--engine-launch",
+        "--engine-python", str(VLLM_PYTHON), "--dtype", DTYPE, "--engine-arg=--max-model-len=1024",
+        "-o", str(output), "--json",
+    ])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [row["point"]["λ"] for row in summary["validation"]] == [0.0, 0.5, 1.0]
+    assert all(0.0 <= row["metrics"]["mean_score"] <= 1.0 and row["metrics"]["num_samples"] == 8
+               for row in summary["validation"])
+    lines = (output / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["fingerprint"]["engine"] == "vllm" and len(lines) == 4
+    assert vllm_servers_on(files["base"]) == []  # the launched server and its engine process are gone
+
+
+def vllm_servers_on(base: Path) -> list[int]:
+    """Pids of processes whose command line runs vLLM's API server on ``base``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in command and str(base).encode() in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture(scope="module")
 def server_url(smollm2: Path) -> Iterator[str]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -97,26 +133,8 @@ def test_greedy_generations_of_a_composition_equal_transformers_peft(files, serv
     bare = evaluate(files["base"], None, task="generate", data=files["prompts"], do_sample=False, max_new_tokens=16,
                     engine=EngineSpec("vllm", url=server_url))
     assert [s.text for s in bare.result.samples] != [s.text for s in served.result.samples]  # the adapter acts
-
-
-def test_three_point_toxicity_sweep_through_runtime_loading(files, server_url, tmp_path):
-    pytest.importorskip("profanity_check", reason="pip install 'adaptermath[toxicity]'")
-    output = tmp_path / "sweep"
-    result = CliRunner().invoke(main, [
-        "sweep", "x + λ*y", "-a", f"x={files['x']}", "-a", f"y={files['y']}", "--base", str(files["base"]),
-        "--task", "toxicity", "--grid", "λ=0,0.5,1", "--val", str(files["prompts"]), "--scorer", "profanity-check",
-        "--num-samples", "2", "--max-new-tokens", "16", "--seed", "42", "--engine", "vllm", "--engine-url", server_url,
-        "-o", str(output), "--json",
-    ])
-    assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert [row["point"]["λ"] for row in summary["validation"]] == [0.0, 0.5, 1.0]
-    assert all(0.0 <= row["metrics"]["mean_score"] <= 1.0 and row["metrics"]["num_samples"] == 8
-               for row in summary["validation"])
-    lines = (output / "results.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["fingerprint"]["engine"] == "vllm" and len(lines) == 4
-    served = EngineClient(server_url, timeout_s=30).get("/v1/models")["data"]
-    assert [entry for entry in served if entry.get("parent")] == []  # every adapter was unloaded
+    served_models = EngineClient(server_url, timeout_s=30).get("/v1/models")["data"]
+    assert [entry for entry in served_models if entry.get("parent")] == []  # the adapter was unloaded
 
 
 def test_perplexity_through_prompt_logprobs_matches_transformers(files, server_url):
