@@ -26,10 +26,11 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapter import Adapter, load_adapter
 from .evaluation.examples import ExampleSet, example_id, load_examples, write_examples
@@ -37,6 +38,9 @@ from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
 from .io.hash_cache import sha256_file
 from .expression import is_control, parse_expression
+
+if TYPE_CHECKING:
+    from .evaluation.engine import EngineSpec
 
 # The metric a task is judged by when none is named, and which way is better.
 DEFAULT_METRICS: dict[str, tuple[str, str]] = {
@@ -550,12 +554,20 @@ class ModelScorer:
     text_field: str
     limit: int | None
     options: dict[str, Any]
+    engine: Any = None  # an EngineSpec, its name, or None for transformers in this process
+    _session: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_session"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _session=ExitStack())
 
     @classmethod
     def for_adapter(cls, first: Any, *, base: str | Path, task: str, val: str | Path, test: str | Path | None,
                     model_type: str = "auto", gguf_file: str | None = None, device: str = "auto",
                     dtype: str | None = None, text_field: str = "text", limit: int | None = None,
-                    task_options: Mapping[str, Any] | None = None) -> "ModelScorer":
+                    task_options: Mapping[str, Any] | None = None, engine: Any = None) -> "ModelScorer":
         """The scorer of ``task`` for adapters like ``first`` (a composed adapter: its config picks
         the model head when ``model_type`` is ``auto``)."""
         from .evaluation.models import kind_of_adapter_config
@@ -572,15 +584,16 @@ class ModelScorer:
         if task != "perplexity":
             options["text_field"] = text_field
         return cls(str(base), task, str(val), None if test is None else str(test), kind, num_labels, gguf_file, device,
-                   dtype, text_field, limit, options)
+                   dtype, text_field, limit, options, engine)
 
-    def start(self) -> tuple[Callable[[Any], Any], Evaluator]:
-        """Load the base model; return ``attach(composed) -> model`` and ``evaluate(model, split) -> Evaluated``."""
-        from .evaluation import attach_adapter, load_base_model, load_corpus, load_records
+    @contextmanager
+    def open(self, adapter_configs: Sequence[Mapping[str, Any]] = ()) -> Iterator[tuple[Callable[[Any], Any], Evaluator]]:
+        """Open the engine on the base model (loaded once); yield ``attach(composed) -> model`` and
+        ``evaluate(model, split) -> Evaluated``. ``adapter_configs`` size a launched server."""
+        from .evaluation import load_corpus, load_records
+        from .evaluation.engine import engine_spec, open_engine
         from .evaluation.run import TASKS
 
-        loaded = load_base_model(self.base, device=self.device, dtype=self.dtype, task=self.kind,
-                                 gguf_file=self.gguf_file, num_labels=self.num_labels)
         splits: dict[str, Any] = {}
 
         def data_for(split: str) -> Any:
@@ -592,17 +605,19 @@ class ModelScorer:
                     splits[split] = load_records(source, limit=self.limit)
             return splits[split]
 
-        state = {"model": loaded.model}
+        with open_engine(engine_spec(self.engine), self.base, kind=self.kind, device=self.device, dtype=self.dtype,
+                         gguf_file=self.gguf_file, num_labels=self.num_labels,
+                         adapter_configs=list(adapter_configs)) as session:
 
-        def attach(composed: Any) -> Any:
-            state["model"] = attach_adapter(state["model"], composed)
-            return state["model"]
+            def evaluate(model: Any, split: str) -> Evaluated:
+                result = TASKS[self.task](model, session.tokenizer, data_for(split), **self.options)
+                return Evaluated(result.to_dict(), result.example_set())
 
-        def evaluate(model: Any, split: str) -> Evaluated:
-            result = TASKS[self.task](model, loaded.tokenizer, data_for(split), **self.options)
-            return Evaluated(result.to_dict(), result.example_set())
+            yield session.attach, evaluate
 
-        return attach, evaluate
+    def start(self) -> tuple[Callable[[Any], Any], Evaluator]:
+        """:meth:`open` for the life of this process (a search worker's): the session stays open."""
+        return self._session.enter_context(self.open())
 
     def fingerprint(self) -> dict[str, Any]:
         """What the scores depend on besides the adapter: task, options, base model, data."""
@@ -650,6 +665,7 @@ def sweep(
     select: str = "best",
     confidence: float = 0.95,
     seed: int | None = None,
+    engine: EngineSpec | str | None = None,
     **task_options: Any,
 ) -> SweepResult:
     """Sweep the free variables of ``expression`` over ``grid`` on ``val``; score the best on ``test``.
@@ -669,12 +685,18 @@ def sweep(
     (one protocol seed, see :func:`sweep_seeds`) sets the sampling seed of generation tasks, the
     seed of ``random(x)`` controls and of the bootstrap; None keeps the evaluator's ``seed`` option
     and uses 0 for the others.
+
+    ``engine`` (an :class:`~adaptermath.evaluation.engine.EngineSpec`) scores every point on an
+    inference engine with runtime adapter loading instead of transformers here (docs/engines.md).
     """
+    from .evaluation.engine import check_engine_task, engine_spec
     from .evaluation.run import _check_options
 
     if task not in DEFAULT_METRICS:
         raise AdapterMathError(f"sweep task must be one of {', '.join(DEFAULT_METRICS)}, got {task!r}")
     _check_options(task, task_options)
+    spec = engine_spec(engine)
+    check_engine_task(spec, task)
     metric = metric or DEFAULT_METRICS[task][0]
     direction = direction or ("min" if metric in LOWER_IS_BETTER else "max")
     values = parse_grid(list(grid)) if not isinstance(grid, Mapping) else {k: [float(v) for v in vs] for k, vs in grid.items()}
@@ -693,8 +715,7 @@ def sweep(
         options["seed"] = seed
     scorer = ModelScorer.for_adapter(first, base=base, task=task, val=val, test=test, model_type=model_type,
                                      gguf_file=gguf_file, device=device, dtype=dtype, text_field=text_field,
-                                     limit=limit, task_options=options)
-    attach, evaluate = scorer.start()
+                                     limit=limit, task_options=options, engine=spec)
     fingerprint = {
         "expression": expression,
         "operands": operand_hashes(adapters),
@@ -705,10 +726,14 @@ def sweep(
     }
     if seed is not None:
         fingerprint["seed"] = seed
-    outcome = run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
-                        test=test is not None, baselines=baselines, results=Path(results) if results else None,
-                        fingerprint=fingerprint, force=force, on_record=on_record, select=select,
-                        confidence=confidence, seed=0 if seed is None else seed)
+    if spec.name != "transformers":  # transformers fingerprints stay as they were, so old results resume
+        fingerprint["engine"] = spec.name
+    configs = [first.config, *(adapter.config for adapter in adapters.values())]
+    with scorer.open(adapter_configs=configs) as (attach, evaluate):
+        outcome = run_sweep(plan, attach=attach, evaluate=evaluate, metric=metric, direction=direction,
+                            test=test is not None, baselines=baselines, results=Path(results) if results else None,
+                            fingerprint=fingerprint, force=force, on_record=on_record, select=select,
+                            confidence=confidence, seed=0 if seed is None else seed)
     outcome.seed = seed
     return outcome
 

@@ -21,6 +21,7 @@ pure :mod:`.statistics` (docs/evaluation.md, "Evidence").
 
 from .classification import ClassificationResult, evaluate_classification
 from .data import load_corpus, load_records
+from .engine import EngineError, EngineSpec
 from .evidence import Comparison, compare_examples, diff, metric_intervals
 from .examples import ExampleSet, load_examples, write_examples
 from .generate import GenerationResult, Sample, SamplingOptions, generate_samples
@@ -53,6 +54,8 @@ __all__ = [
     "ClassScores",
     "ClassificationMetrics",
     "ClassificationResult",
+    "EngineError",
+    "EngineSpec",
     "EvaluationRun",
     "GenerationResult",
     "ModelLoadError",

@@ -23,6 +23,7 @@ from ..errors import AdapterMathError, DataError
 from .batching import chunks, encode, inference, pad, special_wrapping
 from .data import load_records, render_prompts
 from .examples import ExampleSet, sample_records
+from .engine import ServedModel
 from .models import input_device, model_kind, pad_id
 from .sampler import TopKSampler
 
@@ -129,6 +130,10 @@ def generate_continuations(
         if not ids:
             raise DataError(f"prompt {index} encodes to no tokens; generation needs at least one")
     rows = [(index, sample) for index in range(len(prompts)) for sample in range(num_samples)]
+    if isinstance(model, ServedModel):  # an inference engine draws the rows (see engine.py)
+        texts = model.sample(prompt_ids, rows, options, progress=progress)
+        return [Sample(prompt_index=index, sample=sample, prompt=prompts[index], text=text)
+                for (index, sample), text in zip(rows, texts)]
     device = input_device(model)
     generate_kwargs = _generate_kwargs(options, tokenizer)
     filler = pad_id(tokenizer)

@@ -117,6 +117,10 @@ def unwrap(model: Any) -> Any:
 
 def model_kind(model: Any) -> ModelKind:
     """The kind of a live model: seq2seq (encoder-decoder), seq-cls (a classification head) or causal-lm."""
+    from .engine import ServedModel
+
+    if isinstance(model, ServedModel):
+        return model.kind  # type: ignore[return-value]
     base = unwrap(model)
     if getattr(base.config, "is_encoder_decoder", False):
         return "seq2seq"

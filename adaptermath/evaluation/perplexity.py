@@ -28,6 +28,7 @@ from ..errors import AdapterMathError, DataError
 from .batching import chunks, forward_parameters, inference, keep_logits, special_wrapping
 from .data import load_corpus
 from .examples import ExampleSet, example_id, unique_ids
+from .engine import ServedModel
 from .models import input_device, model_kind, unwrap
 
 DEFAULT_MAX_LENGTH = 1024
@@ -133,7 +134,7 @@ def corpus_perplexity(
     kind = model_kind(model)
     if kind != "causal-lm":
         raise AdapterMathError(f"perplexity needs a causal LM, got a {kind} model")
-    limit = model_max_length(model)
+    limit = model.max_model_len if isinstance(model, ServedModel) else model_max_length(model)
     window = max_length if max_length is not None else min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
     if limit is not None and window > limit:
         raise DataError(f"max length {window} is longer than the model's limit of {limit} positions")
@@ -146,6 +147,12 @@ def corpus_perplexity(
     if len(tokens) < 2:
         raise DataError(f"the corpus has {len(tokens)} token(s); perplexity needs at least 2")
     windows = sliding_windows(len(tokens), window, step)
+    if isinstance(model, ServedModel):  # the engine returns each window's summed NLL (see engine.py)
+        per_window = model.window_nll(tokens, windows, progress=progress)
+        return _result(tokens, windows, [
+            WindowScore(example_id(tokens[item.begin : item.end]), item.begin, item.end, nll, count)
+            for item, (nll, count) in zip(windows, per_window)
+        ], window, step)
     stream = torch.tensor(tokens, dtype=torch.long)
 
     groups: dict[tuple[int, int], list[Window]] = {}
@@ -175,6 +182,11 @@ def corpus_perplexity(
                     ))
                 if progress is not None:
                     progress(len(batch))
+    return _result(tokens, windows, scored_windows, window, step)
+
+
+def _result(tokens: Sequence[int], windows: Sequence[Window], scored_windows: list[WindowScore], window: int,
+            step: int) -> PerplexityResult:
     scored_windows.sort(key=lambda item: item.begin)
     scored = sum(item.tokens for item in scored_windows)
     mean_nll = math.fsum(item.nll for item in scored_windows) / scored

@@ -24,8 +24,9 @@ from .data import load_corpus, load_records
 from .evidence import intervals_to_dict, metric_intervals
 from .examples import EXAMPLES_FILE, SUMMARY_FILE, examples_path, write_examples
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from .engine import EngineSpec, check_engine_task, engine_spec, open_engine
 from .generate import generate_samples
-from .models import ModelKind, attach_adapter, kind_of_adapter_config, load_base_model, read_adapter
+from .models import ModelKind, kind_of_adapter_config, read_adapter
 from .perplexity import corpus_perplexity
 from .toxicity import evaluate_toxicity
 
@@ -169,6 +170,7 @@ def evaluate(
     confidence: float = DEFAULT_CONFIDENCE,
     resamples: int = DEFAULT_RESAMPLES,
     bootstrap_seed: int = 0,
+    engine: EngineSpec | str | None = None,
     **options: Any,
 ) -> EvaluationRun:
     """Evaluate ``adapter`` (or the bare base model when None) on ``base`` for ``task``.
@@ -182,11 +184,15 @@ def evaluate(
     (with ``split`` and ``dataset_config``) when ``datasets`` is installed. ``on_start`` is called
     with the number of units ``progress`` will count (examples, samples; None for perplexity
     windows) once the model and data are ready. Every metric gets a ``confidence`` interval from
-    a bootstrap over the examples (``resamples`` draws seeded with ``bootstrap_seed``).
+    a bootstrap over the examples (``resamples`` draws seeded with ``bootstrap_seed``). ``engine``
+    (an :class:`EngineSpec`) scores on an inference engine instead of transformers in this process
+    (see docs/engines.md).
     """
     if task not in TASKS:
         raise AdapterMathError(f"unknown task {task!r}; use {', '.join(TASKS)}")
     _check_options(task, options)
+    spec = engine_spec(engine)
+    check_engine_task(spec, task)
     if operands and adapter is None:
         raise AdapterMathError("operands (-a NAME=PATH) need an expression in --adapter")
     built = None
@@ -201,8 +207,20 @@ def evaluate(
     if kind == "seq-cls" and options.get("labels") is not None:
         labels = options["labels"]
         num_labels = len(labels.split(",") if isinstance(labels, str) else list(labels))
-    loaded = load_base_model(base, device=device, dtype=dtype, task=kind, gguf_file=gguf_file, num_labels=num_labels)
-    model = loaded.model if built is None else attach_adapter(loaded.model, built)
+    with open_engine(spec, str(base), kind=kind, device=device, dtype=dtype, gguf_file=gguf_file,
+                     num_labels=num_labels, adapter_configs=[built[0]] if built else []) as session:
+        model = session.bare() if built is None else session.attach(built)
+        return _run_task(session, model, task=task, base=base, adapter=adapter, operands=operands, data=data,
+                         split=split, dataset_config=dataset_config, limit=limit, text_field=text_field,
+                         progress=progress, on_start=on_start, options=options, confidence=confidence,
+                         resamples=resamples, bootstrap_seed=bootstrap_seed)
+
+
+def _run_task(session: Any, model: Any, *, task: str, base: str | Path, adapter: str | Path | None,
+              operands: Mapping[str, str | Path] | None, data: str | Path, split: str, dataset_config: str | None,
+              limit: int | None, text_field: str, progress: Callable[[int], None] | None,
+              on_start: Callable[[int | None], None] | None, options: dict[str, Any], confidence: float,
+              resamples: int, bootstrap_seed: int) -> EvaluationRun:
     if task == "perplexity":
         data_input: Any = load_corpus(
             data, text_field=text_field, split=split, dataset_config=dataset_config, limit=limit
@@ -216,7 +234,7 @@ def evaluate(
             units *= int(options.get("num_samples", 1))
         on_start(units)
     started = time.perf_counter()
-    result = TASKS[task](model, loaded.tokenizer, data_input, progress=progress, **options)
+    result = TASKS[task](model, session.tokenizer, data_input, progress=progress, **options)
     elapsed = time.perf_counter() - started
     intervals = result_intervals(result, confidence=confidence, resamples=resamples, seed=bootstrap_seed)
     return EvaluationRun(
@@ -224,7 +242,7 @@ def evaluate(
         base=str(base),
         adapter=None if adapter is None else str(adapter),
         operands=None if not operands else {name: str(path) for name, path in operands.items()},
-        device=str(loaded.device),
+        device=session.device_label,
         elapsed_s=elapsed,
         result=result,
         intervals=intervals,

@@ -13,6 +13,7 @@ from adaptermath.errors import AdapterMathError, OutputExistsError
 from adaptermath.evaluation.run import TASKS, evaluate
 
 from ..common import console, json_option, parse_assignments, print_json, progress
+from ..engine_options import engine_options
 from ..task_options import quiet_transformers, task_options, unescape
 
 SHOWN_SAMPLES = 5
@@ -146,6 +147,7 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
                    "NAME.json -> NAME.examples.jsonl.gz; a folder (or a name without suffix) -> "
                    "DIR/eval.json and DIR/examples.jsonl.gz.")
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
+@engine_options
 @json_option
 def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str | None, operands: tuple[str, ...],
                  variables: tuple[str, ...], space: str, negate_factor: str, allow_pickle: bool, task: str, data: str,
@@ -155,7 +157,7 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
                  seed: int | None, greedy: bool | None, temperature: float | None, top_k: int | None,
                  top_p: float | None, scorer: str | None, threshold: float | None, score_prompt: bool | None,
                  batch_size: int, device: str, dtype: str | None, confidence: float, output: Path | None,
-                 force: bool, as_json: bool) -> None:
+                 force: bool, engine: Any, as_json: bool) -> None:
     """Score an adapter on a base model: classification, perplexity, toxicity, or samples.
 
     The base model is loaded once; the adapter (a folder, an hf:// ref, or an expression over
@@ -183,6 +185,8 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
       adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
           --num-samples 100 --max-new-tokens 64 --seed 42 --threshold 0.8 -o tox.json
       adaptermath eval --base ./smollm2 --adapter ./detox --task generate --data prompts.txt --greedy
+      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
+          --engine vllm --engine-url http://127.0.0.1:8000
     """
     evaluator_options = task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field,
@@ -214,7 +218,8 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
             base, adapter, task=task, data=data, operands=named, variables=_variables(variables), space=space,
             negate_factor=negate_factor, allow_pickle=allow_pickle, gguf_file=gguf_file, model_type=model_type,
             device=device, dtype=dtype, split=split, dataset_config=data_config, limit=limit, text_field=text_field,
-            batch_size=batch_size, progress=advance, on_start=on_start, confidence=confidence, **evaluator_options,
+            batch_size=batch_size, progress=advance, on_start=on_start, confidence=confidence, engine=engine,
+            **evaluator_options,
         )
     payload = run.to_dict()
     if output is not None:

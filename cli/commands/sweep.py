@@ -16,6 +16,7 @@ from adaptermath.sweep import DEFAULT_METRICS, SELECTION_RULES, SweepRecord, swe
 from adaptermath.cli.main import main
 
 from ..common import console, err_console, json_option, parse_assignments, print_json
+from ..engine_options import engine_options
 from .compose import method_options
 from ..task_options import quiet_transformers, task_options, unescape
 
@@ -101,6 +102,7 @@ def _seeds(text: str | None) -> list[int] | None:
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
 @click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
 @click.option("--allow-pickle", is_flag=True)
+@engine_options
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
@@ -110,7 +112,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
                   dtype: str | None, output: Path, force: bool, allow_pickle: bool, select: str, confidence: float,
-                  seed_list: str | None, as_json: bool) -> None:
+                  seed_list: str | None, engine: Any, as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -132,6 +134,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
           --grid "λ=0,0.5,1" --val news_val.txt -o sweeps/ppl
       adaptermath sweep "a + b" -a a=./a -a b=./b --method ties --rank 16 --grid density=0.1,0.2,0.5 \\
           --base ./smollm2 --task perplexity --val news_val.txt -o sweeps/ties
+      adaptermath sweep "-λ*toxic" -a toxic=./toxic --base ./smollm2 --task toxicity --grid "λ=0,0.5,1" \\
+          --val prompts.txt --engine vllm --engine-launch --engine-python ~/vllm-env/bin/python -o sweeps/tox
     """
     evaluator_options: dict[str, Any] = task_options(task, {
         "labels": labels, "template": unescape(template), "label_field": label_field, "max_length": max_length,
@@ -152,7 +156,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
         max_rank=max_rank, baselines=not no_baselines, gguf_file=gguf_file,
         model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
-        allow_pickle=allow_pickle, batch_size=batch_size, select=select, confidence=confidence, **evaluator_options,
+        allow_pickle=allow_pickle, batch_size=batch_size, select=select, confidence=confidence, engine=engine,
+        **evaluator_options,
     )
     seeds = _seeds(seed_list)
     with Live(_table(records, variables, chosen_metric), console=err_console, transient=False,
