@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from adaptermath.compose import ComposedAdapter
 from adaptermath.errors import AdapterMathError
+
+if TYPE_CHECKING:
+    from adaptermath.compose import ComposedAdapter
 
 from .common import console, err_console, print_json, progress
 

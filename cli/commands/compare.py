@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from adaptermath.comparison import compare
 from adaptermath.cli.main import main
 
 from ..common import console, json_option, print_json
@@ -28,6 +27,8 @@ def compare_command(a: str, b: str, allow_pickle: bool, as_json: bool) -> None:
     Example:
       adaptermath compare ./amazon_lm ./yelp_lm
     """
+    from adaptermath.comparison import compare
+
     result = compare(a, b, allow_pickle=allow_pickle)
     if as_json:
         print_json(result)

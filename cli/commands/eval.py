@@ -10,7 +10,7 @@ from rich.table import Table
 
 from adaptermath.cli.main import main
 from adaptermath.errors import AdapterMathError, OutputExistsError
-from adaptermath.evaluation.run import TASKS, evaluate
+from adaptermath.choices import EVAL_TASKS
 
 from ..common import console, json_option, parse_assignments, print_json, progress
 from ..task_options import quiet_transformers, task_options, unescape
@@ -92,7 +92,7 @@ def _show_toxicity(result: dict[str, Any]) -> None:
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="Param space: which LoRA factor carries a negative coefficient.")
 @click.option("--allow-pickle", is_flag=True, help="Allow adapter_model.bin (pickle), read with weights_only.")
-@click.option("--task", required=True, type=click.Choice(list(TASKS)), help="What to measure.")
+@click.option("--task", required=True, type=click.Choice(EVAL_TASKS), help="What to measure.")
 @click.option("--data", required=True, metavar="FILE",
               help="JSONL/JSON/CSV/TSV/TXT file, or a Hugging Face dataset name (needs the datasets extra).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (Hugging Face dataset names only).")
@@ -181,6 +181,8 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
     named = parse_assignments(operands, "-a/--operand") if operands else None
     if variables and not named:
         raise AdapterMathError("--var binds variables of an expression; give the operands with -a NAME=PATH")
+    from adaptermath.evaluation.run import evaluate
+
     quiet_transformers()
     with progress(disable=as_json) as bar:
         bar_task = bar.add_task(f"{task}: loading", total=None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from adaptermath.inspection import inspect_adapter
 from adaptermath.cli.main import main
 
 from ..common import console, json_option, print_json
@@ -38,6 +37,8 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
     """
     if _show_embedding(path, allow_pickle, as_json):
         return
+    from adaptermath.inspection import inspect_adapter
+
     info = inspect_adapter(path, norms=not no_norms, allow_pickle=allow_pickle)
     if as_json:
         print_json(info)

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from adaptermath.choices import MODEL_TYPES, SWEEP_TASKS
 from adaptermath.errors import AdapterMathError
-from adaptermath.methods import available_methods
-from adaptermath.evaluation.run import write_json_atomic
-from adaptermath.sweep import DEFAULT_METRICS, SweepRecord, plot_sweep, sweep
 from adaptermath.cli.main import main
 
-from ..common import console, err_console, json_option, parse_assignments, print_json
-from .compose import method_options
+from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json
+from ..merge_options import method_flags, method_options
 from ..task_options import quiet_transformers, task_options, unescape
 
+if TYPE_CHECKING:
+    from adaptermath.sweep import SweepRecord
 
-def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Table:
+
+def _table(records: list["SweepRecord"], variables: list[str], metric: str) -> Table:
     table = Table(title="sweep", title_justify="left")
     table.add_column("split")
     table.add_column("what")
@@ -35,13 +36,14 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
     return table
 
 
-@main.command("sweep")
+@main.command("sweep", cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("-a", "--adapter", "adapters", multiple=True, required=True, metavar="NAME=PATH", help="An operand (repeat).")
 @click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
 @click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
-@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto", show_default=True)
-@click.option("--task", required=True, type=click.Choice(list(DEFAULT_METRICS)), help="What to measure.")
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default="auto", show_default=True,
+              help="Model class; auto uses the adapter's task_type, else the base config.")
+@click.option("--task", required=True, type=click.Choice(SWEEP_TASKS), help="What to measure.")
 @click.option("--grid", "grids", multiple=True, required=True, metavar="NAME=START:STOP:STEP|V1,V2",
               help="Values of a free variable (STOP included); several --grid span their product.")
 @click.option("--val", required=True, metavar="FILE", help="Validation data: the grid point is chosen on it.")
@@ -49,19 +51,18 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
 @click.option("--metric", default=None, help="Metric to choose by.  [default: accuracy | perplexity | mean_score]")
 @click.option("--direction", type=click.Choice(["max", "min"]), default=None, help="Higher or lower is better.  [default: the metric's]")
 @click.option("--no-baselines", is_flag=True, help="Skip the λ=0 and operand-alone test baselines.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True)
-@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True)
+@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
+              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic (see compose).")
+@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
+              help="Param space: which LoRA factor carries a negative coefficient.")
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point.")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
 @click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
-@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
-              help="Merge method (docs/methods.md); sweep its options with --grid density=... or --grid p=...")
-@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
-              help="A fixed option of the method, e.g. density=0.2, seed=1, combine=ties, direction=expert.")
+@method_flags
 @click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
-@click.option("--text-field", default="text", show_default=True)
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text or prompt.")
 @click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
 @click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations.")
 @click.option("--template", default=None, help="Prompt template with {text}.")
@@ -69,21 +70,24 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate.")
-@click.option("--seed", type=int, default=None, help="Toxicity: sampling seed.")
+@click.option("--seed", type=int, default=None,
+              help="Toxicity: seed of the sampled continuations [0] (a dare drop seed is --method-option seed=N).")
 @click.option("--scorer", default=None, help="Toxicity scorer.")
 @click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per forward pass (windows for perplexity, rows for generation).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@dtype_option("Model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="DIR",
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
 @click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
-@click.option("--allow-pickle", is_flag=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
                   no_baselines: bool, space: str, negate_factor: str, normalize: bool, rank: int | None, heads: str | None,
-                  method: str, method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
+                  method: str, density: float | None, drop: float | None,
+                  method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
@@ -116,6 +120,9 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     if output.exists() and not output.is_dir():
         raise AdapterMathError(f"{output} exists and is not a folder")
     quiet_transformers()
+    from adaptermath.evaluation.run import write_json_atomic
+    from adaptermath.sweep import SweepRecord, plot_sweep, sweep
+
     records: list[SweepRecord] = []
     variables = [spec.partition("=")[0].strip() for spec in grids]
     chosen_metric = metric or {"classification": "accuracy", "perplexity": "perplexity", "toxicity": "mean_score"}[task]
@@ -130,7 +137,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         result = sweep(
             expression, operands, base=base, task=task, grid=list(grids), val=val, test=test, metric=metric,
             direction=direction, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
-            method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
+            method=method, method_options=method_options(density, drop, None, method_option_values), energy=energy,
             max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
             model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
             allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **evaluator_options,

@@ -1,0 +1,16 @@
+"""The names the CLI offers as choices, without importing torch (so ``--help`` starts fast).
+
+Each tuple mirrors a registry that needs torch or transformers to build; tests/test_cli_startup.py
+checks that they agree: :data:`METHODS` = ``adaptermath.methods.available_methods()``,
+:data:`EVAL_TASKS` = ``adaptermath.evaluation.run.TASKS``, :data:`SWEEP_TASKS` =
+``adaptermath.sweep.DEFAULT_METRICS``, :data:`DTYPES` = ``adaptermath.compose.DTYPES`` plus ``auto``.
+"""
+
+from __future__ import annotations
+
+METHODS: tuple[str, ...] = ("linear", "dare", "dare_ties", "ext_sub", "magnitude_prune", "ties")
+EVAL_TASKS: tuple[str, ...] = ("classification", "perplexity", "toxicity", "generate")
+SWEEP_TASKS: tuple[str, ...] = ("classification", "perplexity", "toxicity")
+# Every command's --dtype takes these; "auto" keeps the source's dtype (the inputs', or the checkpoint's).
+DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16", "float64", "fp32", "fp16", "bf16")
+MODEL_TYPES: tuple[str, ...] = ("auto", "causal-lm", "seq2seq", "seq-cls")
