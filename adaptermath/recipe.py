@@ -1007,7 +1007,8 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
     """What :func:`run_recipe` would do, without writing anything.
 
     With ``check_inputs`` and only local inputs, the inputs' headers are read and the composition
-    is planned (shapes, ranks, options checked; no tensor is computed).
+    is planned (shapes, ranks, options checked; no tensor is computed). Local inputs that do not
+    exist are listed under ``missing_inputs`` and nothing is read.
     """
     from .expression import parse_expression
 
@@ -1018,7 +1019,10 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
     output = output_path(recipe)
     inputs = resolved_inputs(recipe)
     checked = False
-    if check_inputs and not any(ref.startswith("hf://") for ref in inputs.values()):
+    # A recipe whose inputs do not exist yet (placeholders, as in recipes/sweep.yaml) still validates:
+    # the plan names them under missing_inputs and the inputs are not read.
+    missing = {name: ref for name, ref in inputs.items() if not ref.startswith("hf://") and not Path(ref).exists()}
+    if check_inputs and not missing and not any(ref.startswith("hf://") for ref in inputs.values()):
         composed = _compose(recipe, bound)
         checked = True
         kind = "LoRA" if composed.kind == "lora" else "(IA)^3"
@@ -1038,6 +1042,7 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
         "output_exists": output.exists(),
         "force": recipe.force,
         "inputs_checked": checked,
+        "missing_inputs": missing,
         "type": kind,
         "sweep": None,
         "evaluation": [],

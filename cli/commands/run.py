@@ -26,6 +26,9 @@ def _show_plan(plan: dict[str, Any], recipe_yaml: str) -> None:
     table.add_row("[bold]method[/]", plan["method"])
     if plan["type"]:
         table.add_row("[bold]type[/]", f"{plan['type']} (inputs read and checked)")
+    if plan["missing_inputs"]:
+        missing = ", ".join(f"{name} ({ref})" for name, ref in plan["missing_inputs"].items())
+        table.add_row("[bold]not found[/]", escape(f"{missing}: the recipe is valid; these inputs were not read"))
     sweep = plan["sweep"]
     if sweep:
         grid = ", ".join(f"{name} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for name, values in sweep["grid"].items())
@@ -96,7 +99,7 @@ def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry
     \b
     Examples:
       adaptermath run recipes/merge.yaml
-      adaptermath run recipes/analogy.yaml --set variables.λ=0.2 --set output=../demo/analogy-0.2
+      adaptermath run recipes/analogy.yaml --set variables.λ=0.2 --set output=../demo/recipes/analogy-0.2
       adaptermath run recipes/negate.yaml --dry-run
       adaptermath run demo/merged --force                 # rebuild an output in place
       adaptermath run demo/merged/adaptermath.json --set output=../merged-again

@@ -1,0 +1,96 @@
+"""CLI start-up time against the bare interpreter, measured in one run (results: docs/benchmarks.md).
+
+Run by hand (never in tests)::
+
+    python benchmarks/cli_startup.py                 # 15 rounds, prints a markdown table
+    python benchmarks/cli_startup.py --repeats 5 --json startup.json
+
+Every variant is a fresh process (``sys.executable``), timed wall-clock from spawn to exit; the
+rounds interleave the variants so that load from other processes spreads evenly over them, and
+the median is reported. The adapter that ``inspect`` reads is the quick start's ``demo/sst2``
+(rank 8 on q/v of a 2-layer model), written once to a temporary folder by
+recipes/quickstart/make_adapters.py.
+
+Targets (issue 14): ``adaptermath --help`` at most 0.4 s over ``python -c pass``;
+``adaptermath inspect`` at most 1.5× ``python -c "import torch"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "adaptermath"]
+
+
+def variants(demo: Path) -> dict[str, list[str]]:
+    return {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        'python -c "import torch"': [sys.executable, "-c", "import torch"],
+        "adaptermath --help": [*CLI, "--help"],
+        "adaptermath --version": [*CLI, "--version"],
+        "adaptermath compose --help": [*CLI, "compose", "--help"],
+        "adaptermath eval --help": [*CLI, "eval", "--help"],
+        "adaptermath inspect demo/sst2": [*CLI, "inspect", str(demo / "sst2")],
+        "adaptermath inspect demo/sst2 --no-norms": [*CLI, "inspect", str(demo / "sst2"), "--no-norms"],
+        "python -c \"import adaptermath\"": [sys.executable, "-c", "import adaptermath"],
+    }
+
+
+def time_once(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="Rounds (each runs every variant once).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = Path(tmp) / "demo"
+        subprocess.run([sys.executable, str(ROOT / "recipes" / "quickstart" / "make_adapters.py"), str(demo)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs = variants(demo)
+        for command in runs.values():  # warm the page cache and .pyc files
+            time_once(command)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, command in runs.items():
+                times[name].append(time_once(command))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    interpreter, torch_import = median["python -c pass"], median['python -c "import torch"']
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+        "median_s": median,
+        "targets": {
+            "help_over_interpreter_s": median["adaptermath --help"] - interpreter,
+            "inspect_over_import_torch": median["adaptermath inspect demo/sst2"] / torch_import,
+        },
+    }
+    print(f"| command | median (s) | over `python -c pass` (s) |\n|---|---:|---:|")
+    for name, value in median.items():
+        print(f"| `{name}` | {value:.3f} | {value - interpreter:+.3f} |")
+    help_over = results["targets"]["help_over_interpreter_s"]
+    inspect_ratio = results["targets"]["inspect_over_import_torch"]
+    print(f"\n--help over the interpreter: {help_over:.3f} s (target ≤ 0.4 s: {'met' if help_over <= 0.4 else 'MISSED'})")
+    print(f"inspect / import torch: {inspect_ratio:.2f}× (target ≤ 1.5×: {'met' if inspect_ratio <= 1.5 else 'MISSED'})")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()
