@@ -34,6 +34,7 @@ from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_ad
 from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
+from .base_models import base_model_identity
 from .errors import AdapterMathError, CompositionError
 from .expression import LinearCombination, parse_expression
 from .formats.compat import check_composable, uses_format_writer
@@ -63,6 +64,7 @@ class ComposeOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)  # resolved (see MergeMethod.resolve_options)
     energy: float | None = None  # keep the singular values holding this share of ‖ΔW‖² (per module)
     max_rank: int | None = None  # cap on every output rank
+    base_mismatch: str = "error"  # "ok": combine operands of different base models, with a warning
 
     @property
     def rank_policy(self) -> RankPolicy:
@@ -148,11 +150,12 @@ class ComposedAdapter:
         self.kind = _common_kind(adapters)
         check_composable(adapters, options.space)  # LoHa/LoKr: delta space only; one module-naming style
         options.validate(self.kind)
-        self.base_model = _common_base_model(adapters)
+        self.base_model, base_warning = _common_base_model(adapters, options.base_mismatch)
         self.module_names = _module_union(adapters)
         self._check_shapes()
         self.extra_keys = self._extra_keys()
-        self.report = ComposeReport()
+        self.base_warnings = [base_warning] if base_warning else []
+        self.report = ComposeReport(warnings=list(self.base_warnings))
         self._ranks: dict[str, tuple[int, float]] = {}  # output (rank, alpha) per LoRA module
         self._plan_ranks()
 
@@ -313,7 +316,7 @@ class ComposedAdapter:
 
     def iter_tensors(self, progress: ProgressCallback | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (key, tensor) for the output, one module at a time; fills :attr:`report`."""
-        self.report = ComposeReport()
+        self.report = ComposeReport(warnings=list(self.base_warnings))
         total = len(self.module_names) + len(self.extra_keys)
         dtype = self.output_dtype
         for index, name in enumerate(self.module_names):
@@ -544,12 +547,21 @@ def _common_kind(adapters: Mapping[str, Adapter]) -> str:
     return next(iter(kinds.values()))
 
 
-def _common_base_model(adapters: Mapping[str, Adapter]) -> str | None:
+def _common_base_model(adapters: Mapping[str, Adapter], base_mismatch: str = "error") -> tuple[str | None, str | None]:
+    """The operands' base model (the first one's reference) and, with ``base_mismatch="ok"``, a
+    warning when they differ. References are compared as models (:mod:`adaptermath.base_models`):
+    ``base``, ``./base``, ``/abs/base`` and a symlink to it are one model; so are a Hub id and a
+    local snapshot of it."""
     bases = {name: a.base_model for name, a in adapters.items() if a.base_model}
-    if len(set(bases.values())) > 1:
-        described = ", ".join(f"{n}: {b}" for n, b in bases.items())
-        raise CompositionError(f"operands were trained on different base models ({described})")
-    return next(iter(bases.values()), None)
+    identities = {name: base_model_identity(ref) for name, ref in bases.items()}
+    first = next(iter(bases.values()), None)
+    if len(set(identities.values())) <= 1:
+        return first, None
+    described = ", ".join(f"{n}: {b}" for n, b in bases.items())
+    if base_mismatch != "ok":
+        raise CompositionError(f"operands were trained on different base models ({described}); "
+                               "pass --base-mismatch ok to combine them anyway")
+    return first, f"operands were trained on different base models ({described}); the result records {first}"
 
 
 def _module_union(adapters: Mapping[str, Adapter]) -> list[str]:
@@ -603,6 +615,7 @@ def compose(
     method_options: Mapping[str, Any] | None = None,
     energy: float | None = None,
     max_rank: int | None = None,
+    base_mismatch: str = "error",
 ) -> ComposedAdapter:
     """Evaluate ``expression`` over the adapters in ``operands`` (name → Adapter, folder or hf:// ref).
 
@@ -618,7 +631,12 @@ def compose(
     Non-linear methods combine each module's dense ΔWᵢ and re-emit LoRA factors by truncated SVD
     (always delta space). ``energy`` keeps, per module, the singular values holding that share of
     ‖ΔW‖², ``max_rank`` caps every rank; both apply to delta-space linear composes too.
+
+    Operands trained on different base models are refused unless ``base_mismatch="ok"`` (then the
+    report carries a warning); base-model references are compared as models, not as strings.
     """
+    if base_mismatch not in ("error", "ok"):
+        raise AdapterMathError(f"base_mismatch must be error or ok, got {base_mismatch!r}")
     variables = dict(variables or {})
     merge_method = get_method(method)
     resolved_options = merge_method.resolve_options(method_options, variables)
@@ -643,5 +661,6 @@ def compose(
         adapters[name] = value if isinstance(value, Adapter) else load_adapter(value, allow_pickle=allow_pickle)
     options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
                              dtype=dtype, diagnostic_threshold=diagnostic_threshold, method=method,
-                             method_options=resolved_options, energy=energy, max_rank=max_rank)
+                             method_options=resolved_options, energy=energy, max_rank=max_rank,
+                             base_mismatch=base_mismatch)
     return ComposedAdapter(combination, coefficients, adapters, options, variables)

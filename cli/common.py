@@ -120,3 +120,10 @@ class ExpressionCommand(click.Command):
         if short == "-a":
             return "=" in token  # -aNAME=PATH; "-alpaca" is an expression
         return True
+
+
+def base_mismatch_option(func: F) -> F:
+    """``--base-mismatch error|ok``: whether operands of different base models may be combined."""
+    return click.option("--base-mismatch", type=click.Choice(["error", "ok"]), default="error", show_default=True,
+                        help="ok: combine operands trained on different base models (compared as resolved paths "
+                             "or Hub ids), with a warning.")(func)

@@ -9,7 +9,7 @@ import click
 from adaptermath.errors import AdapterMathError
 from adaptermath.cli.main import main
 
-from ..common import ExpressionCommand, dtype_option, dtype_or_none, json_option, parse_assignments
+from ..common import ExpressionCommand, base_mismatch_option, dtype_option, dtype_or_none, json_option, parse_assignments
 from ..merge_options import method_flags, method_options
 
 
@@ -50,6 +50,7 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--energy", type=float, default=None,
               help="Keep per module the singular values holding this share of ‖ΔW‖² (e.g. 0.99); --space delta or a --method.")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank (serving engines); --space delta or a --method.")
+@base_mismatch_option
 @json_option
 def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
@@ -57,7 +58,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
                     output_format: str | None, token: str | None, method: str, density: float | None,
                     drop: float | None, seed: int | None,
                     method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
-                    as_json: bool) -> None:
+                    base_mismatch: str, as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
 
     EXPRESSION is linear in the adapters: numbers, + - * / and parentheses, with free variables
@@ -102,6 +103,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
         expression, operands, variables=parse_variables(variables), space=space, negate_factor=negate_factor,
         normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle, method=method,
         method_options=method_options(density, drop, seed, method_option_values), energy=energy, max_rank=max_rank,
+        base_mismatch=base_mismatch,
     )
     save_composed(result, output, force=force, as_json=as_json, push=push, private=private, output_format=output_format)
 
