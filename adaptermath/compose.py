@@ -65,6 +65,7 @@ class ComposeOptions:
     energy: float | None = None  # keep the singular values holding this share of ‖ΔW‖² (per module)
     max_rank: int | None = None  # cap on every output rank
     base_mismatch: str = "error"  # "ok": combine operands of different base models, with a warning
+    guard_param: bool = False  # param space by default, not by choice: refuse a result ≥ threshold off ΔW
 
     @property
     def rank_policy(self) -> RankPolicy:
@@ -350,6 +351,12 @@ class ComposedAdapter:
         if self.options.space == "param":
             A, B = param_space_lora(terms, scaling=info.scaling, negate_factor=self.options.negate_factor)
             report.param_vs_delta = param_vs_delta_deviation(terms, self.options.negate_factor)
+            if self.options.guard_param and report.param_vs_delta >= self.options.diagnostic_threshold:
+                raise CompositionError(
+                    f"parameter-space arithmetic is {report.param_vs_delta:.0%} off the exact sum of updates "
+                    f"(module {name}): the operands do not share an initialisation, or Σ|cᵢ| is not 1; nothing "
+                    "was written. Use --space delta for exact arithmetic, or --space param to apply the paper's "
+                    "operators anyway (docs/algebra.md)")
         elif self.options.rank is None and self.single_operand:
             (c, module), = terms
             A, B = module.A.float(), module.B.float()
@@ -603,7 +610,7 @@ def compose(
     operands: Mapping[str, Adapter | str | Path],
     *,
     variables: Mapping[str, float] | None = None,
-    space: str = "param",
+    space: str | None = None,
     negate_factor: str = "B",
     normalize: bool = False,
     rank: int | None = None,
@@ -624,6 +631,12 @@ def compose(
     operators; "delta": exact ΔW arithmetic, optionally compressed to ``rank``). Nothing is
     computed until the result is saved or materialised.
 
+    ``space=None`` (the default) is parameter space, guarded: when the shared-initialisation
+    diagnostic finds a LoRA module ``diagnostic_threshold`` (25%) or more off the exact ΔW, saving
+    or materialising raises :class:`CompositionError` instead of returning that result. Pass
+    ``space="param"`` to apply the paper's operators regardless (the diagnostic then only warns),
+    or ``space="delta"`` for exact arithmetic. See docs/algebra.md.
+
     ``method`` picks a merge method from :mod:`adaptermath.methods` (``linear``, ``ties``,
     ``dare``, ``dare_ties``, ``magnitude_prune``, ``ext_sub``) with ``method_options`` (e.g.
     ``{"density": 0.2}``, ``{"drop": 0.9, "seed": 1}``; a numeric option may name a variable, and
@@ -640,8 +653,12 @@ def compose(
     variables = dict(variables or {})
     merge_method = get_method(method)
     resolved_options = merge_method.resolve_options(method_options, variables)
+    guard_param = space is None
+    if space is None:
+        space = "param"
     if not merge_method.exact_linear:
         space = "delta"
+        guard_param = False
     operand_names = list(operands)
     if isinstance(expression, LinearCombination):
         combination = expression
@@ -662,5 +679,5 @@ def compose(
     options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
                              dtype=dtype, diagnostic_threshold=diagnostic_threshold, method=method,
                              method_options=resolved_options, energy=energy, max_rank=max_rank,
-                             base_mismatch=base_mismatch)
+                             base_mismatch=base_mismatch, guard_param=guard_param)
     return ComposedAdapter(combination, coefficients, adapters, options, variables)

@@ -209,7 +209,7 @@ def test_example_recipe_runs_and_rebuilds_byte_for_byte(tree, name):
     result = run("run", f"recipes/{name}.yaml", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output"] == output
-    expected = am.compose(expression, operands, variables=variables, **options).state_dict()
+    expected = am.compose(expression, operands, variables=variables, space="param", **options).state_dict()
     saved = adapter_tensors(tree / output)
     assert saved.keys() == expected.keys()
     for key in saved:

@@ -28,8 +28,9 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("-a", "--adapter", "adapters", multiple=True, metavar="NAME=PATH", required=True,
               help="Name an operand: a PEFT adapter folder or hf://owner/repo[@rev][/subfolder]. Repeat for each.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output adapter folder.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
-              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic.")
+@click.option("--space", type=click.Choice(["param", "delta"]), default=None,
+              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic. [default: param, "
+                   "refused when ≥25% off the exact ΔW (shared-init diagnostic) unless --space param is given]")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank (truncated SVD).")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="Param space: which LoRA factor carries a negative coefficient.")
@@ -52,7 +53,7 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank (serving engines); --space delta or a --method.")
 @base_mismatch_option
 @json_option
-def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
+def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str | None, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
                     variables: tuple[str, ...], force: bool, allow_pickle: bool, push: str | None, private: bool,
                     output_format: str | None, token: str | None, method: str, density: float | None,
