@@ -19,17 +19,24 @@ from pathlib import Path
 _SNAPSHOT = re.compile(r"(?:^|/)models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+/?$")
 
 
-def base_model_identity(reference: str) -> str:
-    """What ``reference`` names: a Hub id, or the resolved path of a local folder (see module doc)."""
+def hub_snapshot_id(reference: str) -> str | None:
+    """The Hub id ``owner/name`` when ``reference`` is (or resolves to) a Hub cache snapshot folder."""
     text = reference.strip()
     match = _SNAPSHOT.search(text.replace("\\", "/"))
-    if match:
-        return f"{match['owner']}/{match['name']}"
+    if match is None and Path(text).expanduser().exists():
+        match = _SNAPSHOT.search(Path(text).expanduser().resolve().as_posix())
+    return f"{match['owner']}/{match['name']}" if match else None
+
+
+def base_model_identity(reference: str) -> str:
+    """What ``reference`` names: a Hub id, or the resolved path of a local folder (see module doc)."""
+    snapshot = hub_snapshot_id(reference)
+    if snapshot is not None:
+        return snapshot
+    text = reference.strip()
     path = Path(text).expanduser()
     if path.exists():
-        resolved = path.resolve()
-        match = _SNAPSHOT.search(resolved.as_posix())
-        return f"{match['owner']}/{match['name']}" if match else resolved.as_posix()
+        return path.resolve().as_posix()
     return text.rstrip("/").removeprefix("./")
 
 

@@ -118,6 +118,14 @@ class ComposeReport:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """Aggregate diagnostics of the composition (filled when its tensors are computed):
+
+        ``modules`` (count), ``warnings`` (list of text); with a rank policy or method
+        ``relative_error`` = {max, mean, worst_module} of ‖ΔW − ΔW_k‖/‖ΔW‖ and ``per_module`` =
+        {name: {rank, relative_error}}; in parameter space ``param_vs_delta`` = {max, mean,
+        worst_module} of ‖ΔW_param − ΔW_delta‖/‖ΔW_delta‖ (the shared-init diagnostic). Per-module
+        values are in :attr:`modules` (:class:`ModuleReport`).
+        """
         errs = {n: r.relative_error for n, r in self.modules.items() if r.relative_error is not None}
         devs = {n: r.param_vs_delta for n, r in self.modules.items() if r.param_vs_delta is not None}
         out: dict[str, Any] = {"modules": len(self.modules), "warnings": list(self.warnings)}
@@ -507,6 +515,10 @@ class ComposedAdapter:
 
             return save_composed_file(self, output, format, force=force, progress=progress, recipe=recipe)
         output = Path(output).expanduser()
+        if output.suffix.lower() in (".safetensors", ".bin", ".pt", ".ckpt"):
+            raise CompositionError(
+                f"output {output} names a file, but the result is a PEFT adapter folder; give a folder name, "
+                "or --format kohya/diffusers to write a single LoRA file")
         for name, adapter in self.adapters.items():
             if output.resolve() == adapter.path.resolve():
                 raise CompositionError(f"output {output} is the folder of operand {name!r}; choose another output")

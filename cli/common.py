@@ -127,3 +127,16 @@ def base_mismatch_option(func: F) -> F:
     return click.option("--base-mismatch", type=click.Choice(["error", "ok"]), default="error", show_default=True,
                         help="ok: combine operands trained on different base models (compared as resolved paths "
                              "or Hub ids), with a warning.")(func)
+
+
+def print_table(table: Any) -> None:
+    """Print a table on stdout; when stdout is not a terminal (piped, redirected) the table gets
+    the width its content needs, so module names are never truncated or wrapped."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    unbounded = Console(file=sys.stdout, width=100_000, color_system=None, highlight=False)
+    needed = Measurement.get(unbounded, unbounded.options, table).maximum
+    Console(file=sys.stdout, width=max(needed, console.width), color_system=None, highlight=False).print(table)

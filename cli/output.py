@@ -17,8 +17,10 @@ from .common import console, err_console, print_json, progress
 
 
 def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json: bool, push: str | None = None,
-                  private: bool = False, output_format: str | None = None) -> dict[str, Any]:
-    """Save ``result`` to ``output`` (with a progress bar), print a summary, optionally push it."""
+                  private: bool = False, output_format: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Save ``result`` to ``output`` (with a progress bar), print a summary, optionally push it.
+
+    ``quiet``: print nothing (the caller reports), return the summary."""
     if push and output_format not in (None, "peft"):
         raise AdapterMathError("--push uploads a PEFT adapter folder; drop --format or push a converted folder")
     with progress(disable=as_json) as bar:
@@ -53,6 +55,8 @@ def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json
 
         pushed = push_folder(output, push, private=private)
         payload["push"] = {k: v for k, v in vars(pushed).items() if k != "files"}
+    if quiet:
+        return payload
     if as_json:
         print_json(payload)
         return payload

@@ -48,7 +48,7 @@ def test_compose_accepts_one_folder_spelled_twice(tiny, tmp_path: Path, monkeypa
     a = _with_base(tiny["lora_a"], tmp_path / "a", "demo/base")
     b = _with_base(tiny["lora_b"], tmp_path / "b", str(tmp_path / "demo" / "base"))
     monkeypatch.chdir(tmp_path)
-    composed = am.compose("a + b", {"a": a, "b": b})
+    composed = am.compose("a + b", {"a": a, "b": b}, space="delta")
     assert composed.base_model == "demo/base" and composed.report.warnings == []
 
 
@@ -57,12 +57,12 @@ def test_a_real_mismatch_is_refused_unless_overridden(tiny, tmp_path: Path) -> N
     b = _with_base(tiny["lora_b"], tmp_path / "b", "owner/model-two")
     with pytest.raises(CompositionError, match="different base models.*--base-mismatch ok"):
         am.compose("a + b", {"a": a, "b": b})
-    composed = am.compose("a + b", {"a": a, "b": b}, base_mismatch="ok")
+    composed = am.compose("a + b", {"a": a, "b": b}, space="delta", base_mismatch="ok")
     composed.state_dict()
     assert any("different base models" in w for w in composed.report.warnings)
 
     runner = CliRunner()
-    args = ["compose", "a + b", "-a", f"a={a}", "-a", f"b={b}", "-o", str(tmp_path / "out")]
+    args = ["compose", "a + b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta", "-o", str(tmp_path / "out")]
     refused = runner.invoke(main, args)
     assert refused.exit_code == 2 and "--base-mismatch ok" in refused.stderr
     allowed = runner.invoke(main, [*args, "--base-mismatch", "ok"])

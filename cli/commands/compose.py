@@ -86,6 +86,11 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
     textual-inversion embeddings (docs/formats.md).
     """
     dtype = dtype_or_none(dtype)
+    if push:  # before any work: a missing token or offline mode is known now
+        from adaptermath.hub import check_can_push, validate_model_repo_id
+
+        validate_model_repo_id(push)
+        check_can_push()
     operands = parse_assignments(adapters, "--adapter")
     if _all_embeddings(operands, allow_pickle):
         _compose_embeddings(expression, operands, output, variables=parse_variables(variables), token=token,

@@ -80,7 +80,9 @@ def _table(records: list["SweepRecord"], variables: list[str], metric: str) -> T
 @dtype_option("Model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="DIR",
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
-@click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
+@click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep (and replace --save-best's folder).")
+@click.option("--save-best", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write the adapter at the chosen point to DIR (as compose would, with its adaptermath.json).")
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
@@ -91,7 +93,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
-                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, as_json: bool) -> None:
+                  dtype: str | None, output: Path, force: bool, save_best: Path | None, allow_pickle: bool,
+                  as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -144,6 +147,17 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         )
     summary = result.to_dict()
     write_json_atomic(output / "sweep.json", summary, force=True)
+    best_adapter = None
+    if save_best is not None and result.best_point is not None:
+        from adaptermath.compose import compose
+
+        from ..output import save_composed
+
+        chosen = compose(expression, operands, variables=dict(result.best_point), space=space,
+                         negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads, method=method,
+                         method_options=method_options(density, drop, None, method_option_values), energy=energy,
+                         max_rank=max_rank, allow_pickle=allow_pickle)
+        best_adapter = save_composed(chosen, save_best, force=force, as_json=True, quiet=True)
     (output / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
     plot_note = None
     try:
@@ -151,12 +165,15 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     except AdapterMathError as exc:
         plot_note = str(exc)
     if as_json:
-        print_json({**summary, "output": str(output), "plot": None if plot_note else str(output / "sweep.png")})
+        print_json({**summary, "output": str(output), "plot": None if plot_note else str(output / "sweep.png"),
+                    "best_adapter": best_adapter})
         return
     best = ", ".join(f"{k}={v:g}" for k, v in (result.best_point or {}).items())
     console.print(f"chosen on validation: [bold]{best}[/] ({result.metric} {summary['best_validation']:.4f})")
     for record in result.test:
         console.print(f"  test {record.label:<14} {result.metric} = {record.metrics.get(result.metric):.4f}")
     console.print(f"results: {output}/sweep.json, sweep.csv" + ("" if plot_note else ", sweep.png"))
+    if best_adapter is not None:
+        console.print(f"chosen adapter written to {best_adapter['output']}", highlight=False)
     if plot_note:
         err_console.print(f"[yellow]note:[/] no plot: {escape(plot_note)}")
