@@ -14,3 +14,6 @@ SWEEP_TASKS: tuple[str, ...] = ("classification", "perplexity", "toxicity")
 # Every command's --dtype takes these; "auto" keeps the source's dtype (the inputs', or the checkpoint's).
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16", "float64", "fp32", "fp16", "bf16")
 MODEL_TYPES: tuple[str, ...] = ("auto", "causal-lm", "seq2seq", "seq-cls")
+# init --task-type: the keys of adaptermath.modelcard.AUTO_CLASS_FOR_TASK, sorted.
+PEFT_TASK_TYPES: tuple[str, ...] = ("CAUSAL_LM", "FEATURE_EXTRACTION", "QUESTION_ANS", "SEQ_2_SEQ_LM", "SEQ_CLS",
+                                    "TOKEN_CLS")

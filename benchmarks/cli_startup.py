@@ -3,7 +3,8 @@
 Run by hand (never in tests)::
 
     python benchmarks/cli_startup.py                 # 15 rounds, prints a markdown table
-    python benchmarks/cli_startup.py --repeats 5 --json startup.json
+    python benchmarks/cli_startup.py --repeats 9 --json docs/benchmarks-cli-startup.json
+    python benchmarks/cli_startup.py --render docs/benchmarks-cli-startup.json   # the docs table
 
 Every variant is a fresh process (``sys.executable``), timed wall-clock from spawn to exit; the
 rounds interleave the variants so that load from other processes spreads evenly over them, and
@@ -56,7 +57,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15, help="Rounds (each runs every variant once).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
+    parser.add_argument("--render", type=Path, default=None, help="Print the markdown of a results JSON; run nothing.")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text(encoding="utf-8"))
+        print(render(results), end="")
+        return results
     with tempfile.TemporaryDirectory() as tmp:
         demo = Path(tmp) / "demo"
         subprocess.run([sys.executable, str(ROOT / "recipes" / "quickstart" / "make_adapters.py"), str(demo)],
@@ -80,16 +86,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "inspect_over_import_torch": median["adaptermath inspect demo/sst2"] / torch_import,
         },
     }
-    print(f"| command | median (s) | over `python -c pass` (s) |\n|---|---:|---:|")
-    for name, value in median.items():
-        print(f"| `{name}` | {value:.3f} | {value - interpreter:+.3f} |")
-    help_over = results["targets"]["help_over_interpreter_s"]
-    inspect_ratio = results["targets"]["inspect_over_import_torch"]
-    print(f"\n--help over the interpreter: {help_over:.3f} s (target ≤ 0.4 s: {'met' if help_over <= 0.4 else 'MISSED'})")
-    print(f"inspect / import torch: {inspect_ratio:.2f}× (target ≤ 1.5×: {'met' if inspect_ratio <= 1.5 else 'MISSED'})")
+    print(render(results), end="")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
+
+
+def render(results: dict) -> str:
+    """The markdown table and target lines for docs/benchmarks.md (``--render FILE.json`` prints them)."""
+    median = results["median_s"]
+    interpreter = median["python -c pass"]
+    lines = ["| command | median (s) | over `python -c pass` (s) |", "|---|---:|---:|"]
+    lines += [f"| `{name}` | {value:.3f} | {value - interpreter:+.3f} |" for name, value in median.items()]
+    help_over = results["targets"]["help_over_interpreter_s"]
+    inspect_ratio = results["targets"]["inspect_over_import_torch"]
+    lines += ["", f"`--help` over the interpreter: {help_over:.3f} s (target ≤ 0.4 s: {'met' if help_over <= 0.4 else 'missed'}); "
+              f"`inspect` / `import torch`: {inspect_ratio:.2f}× (target ≤ 1.5×: {'met' if inspect_ratio <= 1.5 else 'missed'}).",
+              f"Median of {results['repeats']} rounds; {results['machine']}; Python {results['python']}."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -68,3 +68,6 @@ def test_choices_match_the_registries() -> None:
     assert set(choices.DTYPES) == set(COMPOSE_DTYPES) | {"auto"}
     assert set(choices.DTYPES) - {"auto"} <= set(MODEL_DTYPES)
     assert choices.MODEL_TYPES == ("auto", *MODEL_KINDS)
+    from adaptermath.modelcard import AUTO_CLASS_FOR_TASK
+
+    assert choices.PEFT_TASK_TYPES == tuple(sorted(AUTO_CLASS_FOR_TASK))

@@ -141,7 +141,7 @@ def test_end_to_end_sweep_matches_fresh_peft_models(word_model, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(word_model["base"])
     for record in result.validation + [r for r in result.test if r.label == "best"]:
-        out = am.compose("cls + λ*(t - s)", word_model["adapters"], variables=record.point).save(tmp_path / f"p{len(list(tmp_path.iterdir()))}")
+        out = am.compose("cls + λ*(t - s)", word_model["adapters"], variables=record.point, space="param").save(tmp_path / f"p{len(list(tmp_path.iterdir()))}")
         fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(word_model["base"]), str(out)).eval()
         data = load_records(word_model["val"] if record.split == "val" else word_model["test"])
         expected = evaluate_classification(fresh, tokenizer, data, **options).to_dict()

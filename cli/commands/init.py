@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adaptermath.cli.main import main
-from adaptermath.modelcard import AUTO_CLASS_FOR_TASK
+from adaptermath.choices import PEFT_TASK_TYPES
 
 from ..common import console, err_console, json_option, print_json
 
@@ -29,7 +29,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--dropout", "lora_dropout", type=float, default=0.0, show_default=True, help="LoRA dropout used in training.")
 @click.option("--feedforward-modules", help="(IA)^3: comma-separated targets scaled at their input (FFN layers).")
 @click.option("--modules-to-save", help="Comma-separated modules trained in full and saved with the adapter, e.g. classifier.")
-@click.option("--task-type", type=click.Choice(sorted(AUTO_CLASS_FOR_TASK)), default=None, help="PEFT task type; picks the transformers Auto class.")
+@click.option("--task-type", type=click.Choice(PEFT_TASK_TYPES), default=None, help="PEFT task type; picks the transformers Auto class.")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="Classes of a new SEQ_CLS head.")
 @click.option("--seed", type=int, default=0, show_default=True, help="torch seed for the adapter (and a new head).")
 @click.option("--gguf-file", default=None, help="Load BASE_MODEL from this GGUF file inside it (dequantised to float32).")
