@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         results = json.loads(args.render.read_text(encoding="utf-8"))
         print(render(results), end="")
         return results
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         demo = Path(tmp) / "demo"
         subprocess.run([sys.executable, str(ROOT / "recipes" / "quickstart" / "make_adapters.py"), str(demo)],
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "python": platform.python_version(),
         "repeats": args.repeats,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-min, at start and end
         "median_s": median,
         "targets": {
             "help_over_interpreter_s": median["adaptermath --help"] - interpreter,
@@ -102,7 +104,9 @@ def render(results: dict) -> str:
     inspect_ratio = results["targets"]["inspect_over_import_torch"]
     lines += ["", f"`--help` over the interpreter: {help_over:.3f} s (target ≤ 0.4 s: {'met' if help_over <= 0.4 else 'missed'}); "
               f"`inspect` / `import torch`: {inspect_ratio:.2f}× (target ≤ 1.5×: {'met' if inspect_ratio <= 1.5 else 'missed'}).",
-              f"Median of {results['repeats']} rounds; {results['machine']}; Python {results['python']}."]
+              f"Median of {results['repeats']} rounds; {results['machine']}; Python {results['python']}; "
+              f"1-minute load average {results['load_average'][0]:g} at the start, {results['load_average'][1]:g} at the end "
+              "(a shared machine: other jobs ran)."]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,12 @@ def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json
     ``quiet``: print nothing (the caller reports), return the summary."""
     if push and output_format not in (None, "peft"):
         raise AdapterMathError("--push uploads a PEFT adapter folder; drop --format or push a converted folder")
+    if push:
+        from adaptermath.formats.compat import uses_format_writer
+
+        if uses_format_writer(result.adapters, output_format):  # known before any tensor is computed
+            raise AdapterMathError(f"{output} would be a single LoRA file; --push uploads PEFT adapter folders — "
+                                   "write one with --format peft (or adaptermath convert) and push that")
     with progress(disable=as_json) as bar:
         task = bar.add_task("composing", total=len(result.module_names) + len(result.extra_keys))
 
@@ -30,9 +36,6 @@ def save_composed(result: ComposedAdapter, output: Path, *, force: bool, as_json
             bar.update(task, completed=done, description=name.rsplit(".", 2)[-2] if "." in name else name)
 
         written = result.save(output, force=force, progress=advance, format=output_format)
-    if push and not Path(written).is_dir():
-        raise AdapterMathError(f"{written} is a single LoRA file; --push uploads PEFT adapter folders — "
-                               "write one with --format peft (or adaptermath convert) and push that")
     summary = result.report.summary()
     payload: dict[str, Any] = {
         "output": str(written),

@@ -71,3 +71,17 @@ def test_choices_match_the_registries() -> None:
     from adaptermath.modelcard import AUTO_CLASS_FOR_TASK
 
     assert choices.PEFT_TASK_TYPES == tuple(sorted(AUTO_CLASS_FOR_TASK))
+
+
+def test_benchmark_page_matches_its_data() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("cli_startup", root / "benchmarks" / "cli_startup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((root / "docs" / "benchmarks-cli-startup.json").read_text(encoding="utf-8"))
+    page = (root / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = page.split("<!-- cli_startup: generated", 1)[1].split("-->\n", 1)[1].split("<!-- /cli_startup -->", 1)[0]
+    assert section == module.render(results)
