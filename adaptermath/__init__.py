@@ -14,22 +14,82 @@ comparison of two runs), :func:`report` (re-render a results folder),
 
 __version__ = "0.1.0"
 
-from .adapter import Adapter, load_adapter  # noqa: E402
-from .comparison import compare  # noqa: E402
-from .compose import ComposedAdapter, compose  # noqa: E402
-from .errors import AdapterMathError  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .evaluation.evidence import diff  # noqa: E402
-from .expression import LinearCombination, parse_expression  # noqa: E402
-from .formats import convert, detect_format  # noqa: E402
-from .init_adapter import init_adapter  # noqa: E402
-from .inspection import inspect_adapter  # noqa: E402
-from .modules import Ia3Module, LoraModule  # noqa: E402
-from .negation import negate  # noqa: E402
-from .recipe import load_recipe, run_recipe  # noqa: E402
-from .report import report  # noqa: E402
-from .search import search  # noqa: E402  (Optuna is imported only when a search runs)
-from .sweep import sweep  # noqa: E402
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# Public names, imported on first use (``import adaptermath`` stays light: no torch until needed).
+_LAZY = {
+    "Adapter": "adapter",
+    "load_adapter": "adapter",
+    "compare": "comparison",
+    "ComposedAdapter": "compose",
+    "compose": "compose",
+    "AdapterMathError": "errors",
+    "evaluate": "evaluation",
+    "diff": "evaluation.evidence",
+    "LinearCombination": "expression",
+    "parse_expression": "expression",
+    "convert": "formats",
+    "detect_format": "formats",
+    "init_adapter": "init_adapter",
+    "inspect_adapter": "inspection",
+    "Ia3Module": "modules",
+    "LoraModule": "modules",
+    "negate": "negation",
+    "load_recipe": "recipe",
+    "run_recipe": "recipe",
+    "report": "report",
+    "search": "search",
+    "sweep": "sweep",
+}
+
+if TYPE_CHECKING:
+    from .adapter import Adapter, load_adapter
+    from .comparison import compare
+    from .compose import ComposedAdapter, compose
+    from .errors import AdapterMathError
+    from .evaluation import evaluate
+    from .evaluation.evidence import diff
+    from .expression import LinearCombination, parse_expression
+    from .formats import convert, detect_format
+    from .init_adapter import init_adapter
+    from .inspection import inspect_adapter
+    from .modules import Ia3Module, LoraModule
+    from .negation import negate
+    from .recipe import load_recipe, run_recipe
+    from .report import report
+    from .search import search
+    from .sweep import sweep
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'adaptermath' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``adaptermath.compose``, ``.sweep`` and ``.init_adapter`` are functions, as when they were
+    imported eagerly: importing the submodule of the same name must not rebind the attribute."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "Adapter",

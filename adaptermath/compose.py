@@ -34,6 +34,7 @@ from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_ad
 from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
+from .base_models import base_model_identity
 from .errors import AdapterMathError, CompositionError
 from .controls import control_record, random_like
 from .expression import LinearCombination, control_name, control_target, is_control, parse_expression
@@ -65,6 +66,8 @@ class ComposeOptions:
     energy: float | None = None  # keep the singular values holding this share of ‖ΔW‖² (per module)
     max_rank: int | None = None  # cap on every output rank
     control_seed: int = 0  # seed of random(x) controls (adaptermath.controls)
+    base_mismatch: str = "error"  # "ok": combine operands of different base models, with a warning
+    guard_param: bool = False  # param space by default, not by choice: refuse a result ≥ threshold off ΔW
 
     @property
     def rank_policy(self) -> RankPolicy:
@@ -117,6 +120,14 @@ class ComposeReport:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """Aggregate diagnostics of the composition (filled when its tensors are computed):
+
+        ``modules`` (count), ``warnings`` (list of text); with a rank policy or method
+        ``relative_error`` = {max, mean, worst_module} of ‖ΔW − ΔW_k‖/‖ΔW‖ and ``per_module`` =
+        {name: {rank, relative_error}}; in parameter space ``param_vs_delta`` = {max, mean,
+        worst_module} of ‖ΔW_param − ΔW_delta‖/‖ΔW_delta‖ (the shared-init diagnostic). Per-module
+        values are in :attr:`modules` (:class:`ModuleReport`).
+        """
         errs = {n: r.relative_error for n, r in self.modules.items() if r.relative_error is not None}
         devs = {n: r.param_vs_delta for n, r in self.modules.items() if r.param_vs_delta is not None}
         out: dict[str, Any] = {"modules": len(self.modules), "warnings": list(self.warnings)}
@@ -150,11 +161,12 @@ class ComposedAdapter:
         self.kind = _common_kind(adapters)
         check_composable(adapters, options.space)  # LoHa/LoKr: delta space only; one module-naming style
         options.validate(self.kind)
-        self.base_model = _common_base_model(adapters)
+        self.base_model, base_warning = _common_base_model(adapters, options.base_mismatch)
         self.module_names = _module_union(adapters)
         self._check_shapes()
         self.extra_keys = self._extra_keys()
-        self.report = ComposeReport()
+        self.base_warnings = [base_warning] if base_warning else []
+        self.report = ComposeReport(warnings=list(self.base_warnings))
         self._ranks: dict[str, tuple[int, float]] = {}  # output (rank, alpha) per LoRA module
         self._plan_ranks()
 
@@ -315,7 +327,7 @@ class ComposedAdapter:
 
     def iter_tensors(self, progress: ProgressCallback | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (key, tensor) for the output, one module at a time; fills :attr:`report`."""
-        self.report = ComposeReport()
+        self.report = ComposeReport(warnings=list(self.base_warnings))
         total = len(self.module_names) + len(self.extra_keys)
         dtype = self.output_dtype
         for index, name in enumerate(self.module_names):
@@ -349,6 +361,12 @@ class ComposedAdapter:
         if self.options.space == "param":
             A, B = param_space_lora(terms, scaling=info.scaling, negate_factor=self.options.negate_factor)
             report.param_vs_delta = param_vs_delta_deviation(terms, self.options.negate_factor)
+            if self.options.guard_param and report.param_vs_delta >= self.options.diagnostic_threshold:
+                raise CompositionError(
+                    f"parameter-space arithmetic is {report.param_vs_delta:.0%} off the exact sum of updates "
+                    f"(module {name}): the operands do not share an initialisation, or Σ|cᵢ| is not 1; nothing "
+                    "was written. Use --space delta for exact arithmetic, or --space param to apply the paper's "
+                    "operators anyway (docs/algebra.md)")
         elif self.options.rank is None and self.single_operand:
             (c, module), = terms
             A, B = module.A.float(), module.B.float()
@@ -502,6 +520,10 @@ class ComposedAdapter:
 
             return save_composed_file(self, output, format, force=force, progress=progress, recipe=recipe)
         output = Path(output).expanduser()
+        if output.suffix.lower() in (".safetensors", ".bin", ".pt", ".ckpt"):
+            raise CompositionError(
+                f"output {output} names a file, but the result is a PEFT adapter folder; give a folder name, "
+                "or --format kohya/diffusers to write a single LoRA file")
         for name, adapter in self.adapters.items():
             if output.resolve() == adapter.path.resolve():
                 raise CompositionError(f"output {output} is the folder of operand {name!r}; choose another output")
@@ -549,12 +571,21 @@ def _common_kind(adapters: Mapping[str, Adapter]) -> str:
     return next(iter(kinds.values()))
 
 
-def _common_base_model(adapters: Mapping[str, Adapter]) -> str | None:
+def _common_base_model(adapters: Mapping[str, Adapter], base_mismatch: str = "error") -> tuple[str | None, str | None]:
+    """The operands' base model (the first one's reference) and, with ``base_mismatch="ok"``, a
+    warning when they differ. References are compared as models (:mod:`adaptermath.base_models`):
+    ``base``, ``./base``, ``/abs/base`` and a symlink to it are one model; so are a Hub id and a
+    local snapshot of it."""
     bases = {name: a.base_model for name, a in adapters.items() if a.base_model}
-    if len(set(bases.values())) > 1:
-        described = ", ".join(f"{n}: {b}" for n, b in bases.items())
-        raise CompositionError(f"operands were trained on different base models ({described})")
-    return next(iter(bases.values()), None)
+    identities = {name: base_model_identity(ref) for name, ref in bases.items()}
+    first = next(iter(bases.values()), None)
+    if len(set(identities.values())) <= 1:
+        return first, None
+    described = ", ".join(f"{n}: {b}" for n, b in bases.items())
+    if base_mismatch != "ok":
+        raise CompositionError(f"operands were trained on different base models ({described}); "
+                               "pass --base-mismatch ok to combine them anyway")
+    return first, f"operands were trained on different base models ({described}); the result records {first}"
 
 
 def _module_union(adapters: Mapping[str, Adapter]) -> list[str]:
@@ -596,7 +627,7 @@ def compose(
     operands: Mapping[str, Adapter | str | Path],
     *,
     variables: Mapping[str, float] | None = None,
-    space: str = "param",
+    space: str | None = None,
     negate_factor: str = "B",
     normalize: bool = False,
     rank: int | None = None,
@@ -609,6 +640,7 @@ def compose(
     energy: float | None = None,
     max_rank: int | None = None,
     control_seed: int = 0,
+    base_mismatch: str = "error",
 ) -> ComposedAdapter:
     """Evaluate ``expression`` over the adapters in ``operands`` (name → Adapter, folder or hf:// ref).
 
@@ -616,6 +648,12 @@ def compose(
     optionally normalised so that Σ|cᵢ| = 1, and evaluated in ``space`` ("param": the paper's
     operators; "delta": exact ΔW arithmetic, optionally compressed to ``rank``). Nothing is
     computed until the result is saved or materialised.
+
+    ``space=None`` (the default) is parameter space, guarded: when the shared-initialisation
+    diagnostic finds a LoRA module ``diagnostic_threshold`` (25%) or more off the exact ΔW, saving
+    or materialising raises :class:`CompositionError` instead of returning that result. Pass
+    ``space="param"`` to apply the paper's operators regardless (the diagnostic then only warns),
+    or ``space="delta"`` for exact arithmetic. See docs/algebra.md.
 
     ``method`` picks a merge method from :mod:`adaptermath.methods` (``linear``, ``ties``,
     ``dare``, ``dare_ties``, ``magnitude_prune``, ``ext_sub``) with ``method_options`` (e.g.
@@ -628,12 +666,20 @@ def compose(
     ``random(x)`` in the expression is the matched random control of operand x (same per-module
     shapes, rank, scaling and ‖ΔW‖_F, random direction; :mod:`adaptermath.controls`), drawn with
     ``control_seed`` (recorded in the provenance).
+    Operands trained on different base models are refused unless ``base_mismatch="ok"`` (then the
+    report carries a warning); base-model references are compared as models, not as strings.
     """
+    if base_mismatch not in ("error", "ok"):
+        raise AdapterMathError(f"base_mismatch must be error or ok, got {base_mismatch!r}")
     variables = dict(variables or {})
     merge_method = get_method(method)
     resolved_options = merge_method.resolve_options(method_options, variables)
+    guard_param = space is None
+    if space is None:
+        space = "param"
     if not merge_method.exact_linear:
         space = "delta"
+        guard_param = False
     operand_names = list(operands)
     if isinstance(expression, LinearCombination):
         combination = expression
@@ -658,5 +704,6 @@ def compose(
     options = ComposeOptions(space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
                              dtype=dtype, diagnostic_threshold=diagnostic_threshold, method=method,
                              method_options=resolved_options, energy=energy, max_rank=max_rank,
-                             control_seed=int(control_seed))
+                             control_seed=int(control_seed), base_mismatch=base_mismatch,
+                             guard_param=guard_param)
     return ComposedAdapter(combination, coefficients, adapters, options, variables)

@@ -398,6 +398,18 @@ def default_commit_message(folder: str | Path) -> str:
     return message if len(message) <= 72 else message[:71] + "…"
 
 
+def check_can_push(*, token: str | None = None, endpoint: str | None = None) -> HubSettings:
+    """Fail early (before any work) when a push cannot happen: offline mode, or no token."""
+    from huggingface_hub import get_token
+
+    settings = hub_settings(endpoint)
+    if settings.offline:
+        raise HubError("offline mode is on (HF_HUB_OFFLINE), so nothing can be pushed; unset it or use a dry run")
+    if token is None and get_token() is None:
+        raise HubError("pushing needs a Hugging Face token with write access: run `hf auth login` or set HF_TOKEN")
+    return settings
+
+
 def push_folder(
     folder: str | Path,
     repo_id: str,
@@ -448,13 +460,9 @@ def push_folder(
     if dry_run:
         return result
 
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
-    settings = hub_settings(endpoint)
-    if settings.offline:
-        raise HubError("offline mode is on (HF_HUB_OFFLINE), so nothing can be pushed; unset it or use a dry run")
-    if token is None and get_token() is None:
-        raise HubError("pushing needs a Hugging Face token with write access: run `hf auth login` or set HF_TOKEN")
+    settings = check_can_push(token=token, endpoint=endpoint)
     if card is not None:
         write_text_atomic(folder / MODEL_CARD_FILE, card)
     api = HfApi(endpoint=settings.endpoint, token=token, library_name="adaptermath", library_version=__version__)

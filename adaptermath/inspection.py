@@ -30,7 +30,7 @@ def inspect_adapter(ref: str | Path | Adapter, *, norms: bool = True, allow_pick
         "modules": len(infos),
         "parameters": adapter.num_parameters,
         "dtype": str(adapter.dtype).replace("torch.", ""),
-        "size_bytes": adapter.size_bytes,
+        "size_bytes": adapter.weights_file.stat().st_size,  # the weights file alone (not + config)
         "weights_file": adapter.weights_file.name,
         "modules_to_save": adapter.config.get("modules_to_save"),
         "extra_tensors": list(adapter.extra_keys),

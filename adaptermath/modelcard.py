@@ -74,9 +74,9 @@ def model_card_metadata(
 ) -> dict[str, Any]:
     """The card's YAML metadata as a dict (the Hub's model card metadata keys)."""
     adapter_type = _adapter_type(provenance, adapter_config)
-    base_model = _base_model(provenance, adapter_config)
+    base_model = _hub_base_model(provenance, adapter_config)
     metadata: dict[str, Any] = {}
-    if base_model and _is_hub_model_id(base_model):
+    if base_model:
         metadata["base_model"] = base_model
     metadata["library_name"] = "peft"
     licence = _common_license(provenance.get("inputs") or [])
@@ -173,6 +173,26 @@ def _base_model(provenance: dict[str, Any], adapter_config: dict[str, Any]) -> s
     return str(value) if value else None
 
 
+def _hub_base_model(provenance: dict[str, Any], adapter_config: dict[str, Any]) -> str | None:
+    """The base model as a Hub id, or None when it is a local folder (never a link or a tag).
+
+    A folder that exists here is local, unless it is a Hub cache snapshot, which is its Hub id
+    (:func:`adaptermath.base_models.base_model_identity`); so are ``./x``, ``../x``, ``/x``, ``~/x``.
+    """
+    from .base_models import base_model_identity, hub_snapshot_id
+
+    name = _base_model(provenance, adapter_config)
+    if not name:
+        return None
+    snapshot = hub_snapshot_id(name)
+    if snapshot is not None:
+        return snapshot
+    if name.startswith((".", "/", "~")):
+        return None
+    identity = base_model_identity(name)  # an existing local folder: its absolute path, not a Hub id
+    return identity if _is_hub_model_id(identity) else None
+
+
 def _is_hub_model_id(name: str) -> bool:
     """A Hub model id (``owner/name`` or ``name``), as opposed to a local path."""
     return bool(_HUB_MODEL_ID.match(name)) and ".." not in name and len(name) <= 96
@@ -258,9 +278,10 @@ def _body(provenance: dict[str, Any], adapter_config: dict[str, Any], repo_id: s
     adapter_type = _adapter_type(provenance, adapter_config)
     type_name = ADAPTER_TYPE_NAMES.get(adapter_type, adapter_type or "PEFT")
     base_model = _base_model(provenance, adapter_config)
+    hub_base = _hub_base_model(provenance, adapter_config)
     title = _model_name(repo_id) if repo_id else f"Composed {type_name} adapter"
-    if base_model and _is_hub_model_id(base_model):
-        base_text = f"[`{base_model}`](https://huggingface.co/{base_model})"
+    if hub_base:
+        base_text = f"[`{hub_base}`](https://huggingface.co/{hub_base})"
     elif base_model:
         base_text = f"a local base model ({_code(_public_name(base_model))})"
     else:
@@ -274,7 +295,7 @@ def _body(provenance: dict[str, Any], adapter_config: dict[str, Any], repo_id: s
         _recipe_section(provenance),
         _inputs_section(provenance),
         _evaluation_section(provenance),
-        _usage_section(adapter_config, base_model, repo_id),
+        _usage_section(adapter_config, hub_base, repo_id),
         _provenance_section(provenance),
     ]
     return "\n".join(section for section in sections if section)
@@ -293,6 +314,8 @@ def _recipe_section(provenance: dict[str, Any]) -> str:
     options = provenance.get("options") or {}
     if isinstance(options, dict):
         for name, value in options.items():
+            if value is None or value == {} or value == []:
+                continue  # an option left at "not set" says nothing
             rows.append((f"Option `{_cell(name)}`", _code(json.dumps(value, ensure_ascii=False))))
     table = "\n".join(f"| {label} | {value} |" for label, value in rows)
     return f"## How it was made\n\n| | |\n|---|---|\n{table}\n"
@@ -363,7 +386,7 @@ def _auto_class(adapter_config: dict[str, Any]) -> str:
 
 def _usage_section(adapter_config: dict[str, Any], base_model: str | None, repo_id: str | None) -> str:
     auto_class = _auto_class(adapter_config)
-    base = base_model if base_model and _is_hub_model_id(base_model) else "path/to/base-model"
+    base = base_model or "path/to/base-model"  # a Hub id (see _hub_base_model) or None
     adapter = repo_id or "path/to/this-adapter"
     return (
         "## Usage\n\n"
@@ -384,6 +407,6 @@ def _provenance_section(provenance: dict[str, Any]) -> str:
     )
     recipe = provenance.get("recipe")
     if isinstance(recipe, dict) and recipe:
-        recipe_yaml = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        recipe_yaml = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1_000_000)
         text += f"\nRecipe:\n\n```yaml\n{recipe_yaml}```\n"
     return text

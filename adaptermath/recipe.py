@@ -497,89 +497,138 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
     from .methods import available_methods, get_method
 
     check.mapping((), data, TOP_FIELDS, required=("version", "inputs", "expression", "output"))
-    version = data["version"]
-    if isinstance(version, bool) or version != RECIPE_VERSION:
-        raise check.fail(("version",), f"must be {RECIPE_VERSION} (this adaptermath reads recipe version {RECIPE_VERSION}; "
-                                       f"got {_describe(version)})")
+    # Every independent field is checked, and all the problems are reported at once (one line).
+    errors: list[RecipeError] = []
 
-    inputs = check.names(("inputs",), data["inputs"], "input names to folders or hf:// refs")
-    if not inputs:
-        raise check.fail(("inputs",), "must name at least one adapter")
-    for name, ref in inputs.items():
-        check.text(("inputs", name), ref)
+    def attempt(check_field: Callable[[], Any], fallback: Any = None) -> Any:
+        try:
+            return check_field()
+        except RecipeError as exc:
+            errors.append(exc)
+            return fallback
 
-    expression = check.text(("expression",), data["expression"])
-    try:
-        combination = parse_expression(expression, list(inputs))
-    except ExpressionError as exc:
-        raise check.fail(("expression",), str(exc)) from None
-    control = check.text(("control",), data.get("control"), optional=True, choices=CONTROLS)
-    if control == "random":  # every input x becomes its matched random control random(x)
-        combination = controlled(combination)
-        expression = str(combination)
-    for name in inputs:
-        if name not in combination.terms and control_name(name) not in combination.terms:
-            raise check.fail(("inputs", name), f"input {name!r} is not used in the expression")
+    def check_version() -> None:
+        version = data["version"]
+        if isinstance(version, bool) or version != RECIPE_VERSION:
+            raise check.fail(("version",), f"must be {RECIPE_VERSION} (this adaptermath reads recipe version {RECIPE_VERSION}; "
+                                           f"got {_describe(version)})")
+
+    attempt(check_version)
+
+    def check_inputs() -> dict[str, Any]:
+        inputs = check.names(("inputs",), data["inputs"], "input names to folders or hf:// refs")
+        if not inputs:
+            raise check.fail(("inputs",), "must name at least one adapter")
+        for name, ref in inputs.items():
+            check.text(("inputs", name), ref)
+        return inputs
+
+    inputs = attempt(check_inputs, {})
+
+    def check_expression() -> tuple[str, Any]:
+        expression = check.text(("expression",), data["expression"])
+        try:
+            combination = parse_expression(expression, list(inputs))
+        except ExpressionError as exc:
+            raise check.fail(("expression",), str(exc)) from None
+        control = check.text(("control",), data.get("control"), optional=True, choices=CONTROLS)
+        if control == "random":  # every input x becomes its matched random control random(x)
+            combination = controlled(combination)
+            expression = str(combination)
+        for name in inputs:
+            if name not in combination.terms and control_name(name) not in combination.terms:
+                raise check.fail(("inputs", name), f"input {name!r} is not used in the expression")
+        return expression, combination
+
+    expression, combination = attempt(check_expression, (None, None))
 
     variables: dict[str, float] = {}
-    for name, value in check.names(("variables",), data.get("variables"), "variable names to numbers").items():
-        if name in inputs:
-            raise check.fail(("variables", name), f"{name!r} is both an input and a variable")
-        variables[name] = check.number(("variables", name), value)
 
-    space = check.text(("space",), data.get("space", "param"), choices=SPACES)
+    def check_variables() -> None:
+        for name, value in check.names(("variables",), data.get("variables"), "variable names to numbers").items():
+            if name in inputs:
+                raise check.fail(("variables", name), f"{name!r} is both an input and a variable")
+            variables[name] = check.number(("variables", name), value)
+
+    attempt(check_variables)
+    space = attempt(lambda: check.text(("space",), data.get("space", "param"), choices=SPACES), "param")
     methods = available_methods()
-    method = check.text(("method",), data.get("method", "linear"), choices=methods)
+    method = attempt(lambda: check.text(("method",), data.get("method", "linear"), choices=methods), "linear")
 
     options_data = data.get("options") or {}
-    check.mapping(("options",), options_data, OPTION_FIELDS)
+    attempt(lambda: check.mapping(("options",), options_data, OPTION_FIELDS))
+    if not isinstance(options_data, dict):
+        options_data = {}
     defaults = RecipeOptions()
 
-    def option(name: str) -> Any:
-        return options_data.get(name, getattr(defaults, name))
+    def option(name: str, checker: Callable[[Any], Any]) -> Any:
+        return attempt(lambda: checker(options_data.get(name, getattr(defaults, name))), getattr(defaults, name))
 
     options = RecipeOptions(
-        negate_factor=check.text(("options", "negate_factor"), option("negate_factor"), choices=("A", "B")),
-        normalize=check.flag(("options", "normalize"), option("normalize")),
-        rank=check.integer(("options", "rank"), option("rank"), minimum=1, optional=True),
-        energy=check.number(("options", "energy"), option("energy"), above=0.0, maximum=1.0, optional=True),
-        max_rank=check.integer(("options", "max_rank"), option("max_rank"), minimum=1, optional=True),
-        heads=check.text(("options", "heads"), option("heads"), optional=True, choices=list(inputs)),
-        dtype=check.text(("options", "dtype"), option("dtype"), optional=True, choices=sorted(DTYPES)),
-        diagnostic_threshold=check.number(("options", "diagnostic_threshold"), option("diagnostic_threshold"), minimum=0.0),
-        allow_pickle=check.flag(("options", "allow_pickle"), option("allow_pickle")),
-        control_seed=check.integer(("options", "control_seed"), option("control_seed"), minimum=0),
+        negate_factor=option("negate_factor", lambda v: check.text(("options", "negate_factor"), v, choices=("A", "B"))),
+        normalize=option("normalize", lambda v: check.flag(("options", "normalize"), v)),
+        rank=option("rank", lambda v: check.integer(("options", "rank"), v, minimum=1, optional=True)),
+        energy=option("energy", lambda v: check.number(("options", "energy"), v, above=0.0, maximum=1.0, optional=True)),
+        max_rank=option("max_rank", lambda v: check.integer(("options", "max_rank"), v, minimum=1, optional=True)),
+        heads=option("heads", lambda v: check.text(("options", "heads"), v, optional=True, choices=list(inputs))),
+        dtype=option("dtype", lambda v: check.text(("options", "dtype"), v, optional=True, choices=sorted(DTYPES))),
+        diagnostic_threshold=option("diagnostic_threshold",
+                                    lambda v: check.number(("options", "diagnostic_threshold"), v, minimum=0.0)),
+        allow_pickle=option("allow_pickle", lambda v: check.flag(("options", "allow_pickle"), v)),
+        control_seed=option("control_seed", lambda v: check.integer(("options", "control_seed"), v, minimum=0)),
     )
 
-    output = check.text(("output",), data["output"])
-    force = check.flag(("force",), data.get("force", False))
+    output = attempt(lambda: check.text(("output",), data["output"]))
+    force = attempt(lambda: check.flag(("force",), data.get("force", False)), False)
 
-    evaluation = _validate_evaluation(check, data.get("evaluation"))
+    evaluation = attempt(lambda: _validate_evaluation(check, data.get("evaluation")), ())
     raw_method_options = data.get("method_options") if isinstance(data.get("method_options"), Mapping) else None
-    sweep = _validate_sweep(check, data.get("sweep"), combination.free_variables, variables, method, options,
-                            raw_method_options)
-    search = _validate_search(check, data.get("search"), combination.free_variables, method, raw_method_options)
-    if sweep is not None and search is not None:
-        raise check.fail(("search",), "a recipe chooses its variables by a sweep or by a search, not both")
-    if search is not None and variables:
-        raise check.fail(("variables",), "a search recipe searches every variable: give each a range under "
-                                         "'search.variables' (or write fixed values into the expression)")
+    free = combination.free_variables if combination is not None else ()
+    sweep = attempt(lambda: _validate_sweep(check, data.get("sweep"), free, variables, method, options,
+                                            raw_method_options))
+    search = attempt(lambda: _validate_search(check, data.get("search"), free, method, raw_method_options))
+
+    def check_sweep_or_search() -> None:
+        if sweep is not None and search is not None:
+            raise check.fail(("search",), "a recipe chooses its variables by a sweep or by a search, not both")
+        if search is not None and variables:
+            raise check.fail(("variables",), "a search recipe searches every variable: give each a range under "
+                                             "'search.variables' (or write fixed values into the expression)")
+
+    attempt(check_sweep_or_search)
     swept = set(sweep.grid) if sweep is not None else set(search.variables) if search is not None else set()
-    for name in combination.free_variables:
-        if name not in variables and name not in swept:
-            raise check.fail(("expression",), f"unknown name {name!r}: give it a value under 'variables' "
-                                              f"(or name an input {name!r})")
+    for block, field_name in (("sweep", "grid"), ("search", "variables")):  # an invalid block still names its variables
+        if isinstance(data.get(block), dict) and isinstance(data[block].get(field_name), dict):
+            swept |= set(data[block][field_name])
 
-    method_options = check.names(("method_options",), data.get("method_options"), "option names to values")
-    bound = {**variables, **{name: values[0] for name, values in (sweep.grid.items() if sweep else ())},
-             **(_search_start(search) if search else {})}
-    for name, value in method_options.items():
-        try:
-            get_method(method).resolve_options({name: value}, bound)
-        except AdapterMathError as exc:
-            raise check.fail(("method_options", name), str(exc)) from None
+    declared = set(data["variables"]) if isinstance(data.get("variables"), dict) else set()  # even if invalid
 
-    push = _validate_push(check, data.get("push"))
+    def check_free_variables() -> None:
+        for name in free:
+            if name not in declared and name not in swept:
+                raise check.fail(("expression",), f"unknown name {name!r}: give it a value under 'variables' "
+                                                  f"(or name an input {name!r})")
+
+    attempt(check_free_variables)
+
+    method_options: dict[str, Any] = {}
+
+    def check_method_options() -> None:
+        method_options.update(check.names(("method_options",), data.get("method_options"), "option names to values"))
+        bound = {**variables, **{name: values[0] for name, values in (sweep.grid.items() if sweep else ())},
+                 **(_search_start(search) if search else {})}
+        for name, value in method_options.items():
+            try:
+                get_method(method).resolve_options({name: value}, bound)
+            except AdapterMathError as exc:
+                raise check.fail(("method_options", name), str(exc)) from None
+
+    attempt(check_method_options)
+    push = attempt(lambda: _validate_push(check, data.get("push")))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RecipeError(f"{len(errors)} problems: " + "; ".join(str(error) for error in errors))
     return Recipe(inputs=dict(inputs), expression=expression, output=output, variables=variables, space=space,
                   method=method, method_options=dict(method_options), options=options, force=force,
                   evaluation=evaluation, sweep=sweep, push=push, search=search, version=RECIPE_VERSION, folder=folder,
@@ -1235,7 +1284,8 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
     """What :func:`run_recipe` would do, without writing anything.
 
     With ``check_inputs`` and only local inputs, the inputs' headers are read and the composition
-    is planned (shapes, ranks, options checked; no tensor is computed).
+    is planned (shapes, ranks, options checked; no tensor is computed). Local inputs that do not
+    exist are listed under ``missing_inputs`` and nothing is read.
     """
     from .expression import parse_expression
 
@@ -1248,7 +1298,10 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
     output = output_path(recipe)
     inputs = resolved_inputs(recipe)
     checked = False
-    if check_inputs and not any(ref.startswith("hf://") for ref in inputs.values()):
+    # A recipe whose inputs do not exist yet (placeholders, as in recipes/sweep.yaml) still validates:
+    # the plan names them under missing_inputs and the inputs are not read.
+    missing = {name: ref for name, ref in inputs.items() if not ref.startswith("hf://") and not Path(ref).exists()}
+    if check_inputs and not missing and not any(ref.startswith("hf://") for ref in inputs.values()):
         composed = _compose(recipe, bound)
         checked = True
         kind = "LoRA" if composed.kind == "lora" else "(IA)^3"
@@ -1268,6 +1321,7 @@ def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
         "output_exists": output.exists(),
         "force": recipe.force,
         "inputs_checked": checked,
+        "missing_inputs": missing,
         "type": kind,
         "sweep": None,
         "evaluation": [],

@@ -37,11 +37,11 @@ from .errors import AdapterMathError
 from .expression import parse_expression
 from .search_study import (StudyMismatchError, StudyStorageError, first_line, jsonable, open_storage,  # noqa: F401
                            open_study, public_url, sqlite_url)
+from .choices import SAMPLERS
 from .sweep import (DEFAULT_METRICS, LOWER_IS_BETTER, Evaluator, ModelScorer, SweepPlan, SweepRecord, _summary,
                     compose_settings, grid_variable_problem, metric_value, operand_hashes)
 
 SEARCH_FORMAT = "adaptermath.search/1"
-SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 DEFAULT_STUDY = "adaptermath-search"
 REFERENCE_ATTR = "adaptermath.reference"
 RATIO_SUFFIX = "_ratio"

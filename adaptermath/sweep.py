@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter import Adapter, load_adapter
+from .choices import SELECTION_RULES
 from .evaluation.examples import ExampleSet, example_id, load_examples, write_examples
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
@@ -50,7 +51,6 @@ DEFAULT_METRICS: dict[str, tuple[str, str]] = {
 }
 LOWER_IS_BETTER = {"perplexity", "mean_nll", "mean_score", "share_above_threshold", "share_above_0.5"}
 RESULTS_FORMAT = "adaptermath.sweep/1"
-SELECTION_RULES = ("best", "one-se")
 EXAMPLES_FOLDER = "examples"
 
 Point = dict[str, float]

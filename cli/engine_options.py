@@ -12,13 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from adaptermath.evaluation.engine import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_START_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-    ENGINES,
-    EngineSpec,
-)
+from adaptermath.choices import ENGINE_DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from adaptermath.choices import ENGINE_DEFAULT_START_TIMEOUT_S as DEFAULT_START_TIMEOUT_S
+from adaptermath.choices import ENGINE_DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from adaptermath.choices import ENGINES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +50,8 @@ def engine_options(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adaptermath.evaluation.engine import EngineSpec
+
         values = {name: kwargs.pop(name) for name in _NAMES}
         kwargs["engine"] = EngineSpec(
             name=values["engine_name"], url=values["engine_url"], launch=values["engine_launch"],

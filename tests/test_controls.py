@@ -50,9 +50,9 @@ def test_expression_random_operand_compose_provenance_and_byte_identical_rebuild
     with pytest.raises(ExpressionError, match="takes the name of an adapter"):
         parse_expression("random(2)", ["t"])
 
-    first = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, control_seed=7).save(tmp_path / "one")
-    again = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, control_seed=7).save(tmp_path / "two")
-    other = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, control_seed=8).save(tmp_path / "three")
+    first = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, space="delta", control_seed=7).save(tmp_path / "one")
+    again = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, space="delta", control_seed=7).save(tmp_path / "two")
+    other = am.compose("-0.5*random(t)", {"t": tiny["lora_b"]}, space="delta", control_seed=8).save(tmp_path / "three")
     weights = "adapter_model.safetensors"
     assert (first / weights).read_bytes() == (again / weights).read_bytes()
     assert (first / weights).read_bytes() != (other / weights).read_bytes()
@@ -69,7 +69,7 @@ def test_expression_random_operand_compose_provenance_and_byte_identical_rebuild
     rebuilt = run_recipe(load_recipe(recipe_file)).output
     assert (rebuilt / weights).read_bytes() == (first / weights).read_bytes()
     # the norm of the composed control equals that of -0.5*t
-    plain = am.load_adapter(am.compose("-0.5*t", {"t": tiny["lora_b"]}).save(tmp_path / "plain")).norms()
+    plain = am.load_adapter(am.compose("-0.5*t", {"t": tiny["lora_b"]}, space="delta").save(tmp_path / "plain")).norms()
     assert am.load_adapter(first).norms() == pytest.approx(plain, rel=1e-4)
 
 
@@ -89,7 +89,7 @@ def test_compose_cli_control_seed(tiny, tmp_path):
     from adaptermath.cli.main import main
 
     done = CliRunner().invoke(main, ["compose", "0.5*random(t)", "-a", f"t={tiny['lora_b']}", "--control-seed", "3",
-                                     "-o", str(tmp_path / "c"), "--json"])
+                                     "--space", "delta", "-o", str(tmp_path / "c"), "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads((tmp_path / "c" / "adaptermath.json").read_text())["options"]["control_seed"] == 3
     bad = CliRunner().invoke(main, ["compose", "random(q)", "-a", f"t={tiny['lora_b']}", "-o", str(tmp_path / "d")])

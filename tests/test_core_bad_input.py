@@ -65,7 +65,7 @@ def test_nan_or_inf_weights_leave_nothing_behind(tiny, tmp_path, value):
     tensors[last][0, 0] = value
     save_file(tensors, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(AdapterLoadError, match="NaN or Inf") as info:
-        am.compose("a + x", {"a": tiny["lora_b"], "x": bad}).save(tmp_path / "out")
+        am.compose("a + x", {"a": tiny["lora_b"], "x": bad}, space="param").save(tmp_path / "out")
     assert_one_line(info.value)
     assert_nothing_left(tmp_path, "out")
 

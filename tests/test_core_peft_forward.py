@@ -58,7 +58,7 @@ def test_negation_param_space_llama(tiny, tmp_path, ids):
 @pytest.mark.parametrize("factor", ["A", "B"])
 def test_param_space_keeps_rank_and_alpha_patterns(tiny, tmp_path, ids, factor):
     """−2·x in parameter space scales both factors: {2A, −2B} or {−2A, 2B}, so ΔW ↦ −4·ΔW."""
-    out = am.compose("-2*x", {"x": tiny["lora_patterns"]}, negate_factor=factor).save(tmp_path / "o")
+    out = am.compose("-2*x", {"x": tiny["lora_patterns"]}, space="param", negate_factor=factor).save(tmp_path / "o")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["rank_pattern"] == {"down_proj": 2} and config["alpha_pattern"] == {"v_proj": 2}
     expected = logits_with_updates("llama", tiny["llama_base"], combine([(-4, lora_deltas(tiny["lora_patterns"]))]), ids)
@@ -86,9 +86,9 @@ def test_param_space_addition_is_the_factor_formula(tiny, tmp_path, ids):
 
 
 def test_shared_init_diagnostic_flags_different_inits(tiny):
-    same = am.compose("0.5*a + 0.5*b", {"a": tiny["lora_a"], "b": tiny["lora_b"]})
+    same = am.compose("0.5*a + 0.5*b", {"a": tiny["lora_a"], "b": tiny["lora_b"]}, space="param")
     same.state_dict()
-    other = am.compose("0.5*a + 0.5*b", {"a": tiny["lora_a"], "b": tiny["lora_other_init"]})
+    other = am.compose("0.5*a + 0.5*b", {"a": tiny["lora_a"], "b": tiny["lora_other_init"]}, space="param")
     other.state_dict()
     same_dev = same.report.summary()["param_vs_delta"]["max"]
     other_dev = other.report.summary()["param_vs_delta"]["max"]
@@ -183,7 +183,7 @@ def test_bert_classification_heads(tiny, tmp_path):
 
 def test_analogy_with_free_variable_and_provenance(tiny, tmp_path):
     ops = {"cls": tiny["lora_a"], "tgt": tiny["lora_b"], "src": tiny["lora_c"]}
-    result = am.compose("cls + λ*(tgt - src)", ops, variables={"λ": 0.2})
+    result = am.compose("cls + λ*(tgt - src)", ops, variables={"λ": 0.2}, space="param")
     out = result.save(tmp_path / "analogy")
     record = json.loads((out / "adaptermath.json").read_text())
     assert record["normal_form"] == "cls + λ*tgt - λ*src"
@@ -223,7 +223,7 @@ def test_composition_streams_one_module_at_a_time(tiny, monkeypatch):
         return original(self, name)
 
     monkeypatch.setattr(Adapter, "module", spy)
-    result = am.compose("a - b", {"a": tiny["lora_a"], "b": tiny["lora_b"]})
+    result = am.compose("a - b", {"a": tiny["lora_a"], "b": tiny["lora_b"]}, space="param")
     stream = result.iter_tensors()
     assert reads == []
     next(stream)

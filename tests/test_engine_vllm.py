@@ -100,7 +100,7 @@ def closed_port() -> int:
 
 
 def test_greedy_generations_of_a_composition_equal_transformers_and_the_adapter_is_unloaded(files, peft_server):
-    common = ["eval", "--base", files["base"], "--adapter", "0.7*x + 0.5*y", "-a", f"x={files['x']}",
+    common = ["eval", "--base", files["base"], "0.7*x + 0.5*y", "-a", f"x={files['x']}",
               "-a", f"y={files['y']}", "--task", "generate", "--data", files["prompts"], "--greedy",
               "--max-new-tokens", "6", "--json"]
     code, local, err = run_cli(*common)
@@ -167,7 +167,7 @@ def test_requests_in_flight_never_exceed_the_concurrency(files):
 
 
 def cli_error(files: dict[str, Path], server_url: str, *extra: object, adapter: Path | None = None) -> str:
-    code, out, err = run_cli("eval", "--base", files["base"], "--adapter", adapter or files["x"], "--task", "generate",
+    code, out, err = run_cli("eval", "--base", files["base"], adapter or files["x"], "--task", "generate",
                              "--data", files["prompts"], "--max-new-tokens", "2", "--engine", "vllm",
                              "--engine-url", server_url, *extra)
     assert code == 2, (out, err)
@@ -221,7 +221,7 @@ def test_perplexity_is_refused_when_the_server_gives_no_prompt_logprobs(files):
 
 def test_a_server_failing_on_prompt_logprobs_gets_a_one_line_error_with_the_way_out(files):
     with FakeVllm(str(files["base"]), crash_on_prompt_logprobs=True) as server:
-        code, out, err = run_cli("eval", "--base", files["base"], "--adapter", files["x"], "--task", "perplexity",
+        code, out, err = run_cli("eval", "--base", files["base"], files["x"], "--task", "perplexity",
                                  "--data", files["corpus"], "--max-length", "16", "--engine", "vllm",
                                  "--engine-url", server.url)
         assert code == 2 and len(err.strip().splitlines()) == 1
@@ -341,7 +341,7 @@ def test_ctrl_c_stops_the_launched_server_and_its_children(files, fake_vllm_pyth
 
 def test_a_server_that_dies_while_starting_is_reported_with_its_log(files, fake_vllm_python, monkeypatch):
     monkeypatch.setenv("FAKE_VLLM_EXIT", "3")
-    code, out, err = run_cli("eval", "--base", files["base"], "--adapter", files["x"], "--task", "generate",
+    code, out, err = run_cli("eval", "--base", files["base"], files["x"], "--task", "generate",
                              "--data", files["prompts"], "--engine", "vllm", "--engine-launch",
                              "--engine-python", sys.executable)
     assert code == 2

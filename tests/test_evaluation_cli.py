@@ -80,7 +80,7 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_classification_json_matches_peft_loaded_adapter(files: dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     code, stdout, _ = run(
-        "--base", files["base"], "--adapter", files["x"], "--task", "classification", "--data", files["data"],
+        "--base", files["base"], files["x"], "--task", "classification", "--data", files["data"],
         "--text-field", "review", "--label-field", "y", "--labels", "negative,positive", "--template", TEMPLATE,
         "--batch-size", "3", "--device", "cpu", "--json", "--output", output,
     )
@@ -106,10 +106,10 @@ def test_classification_json_matches_peft_loaded_adapter(files: dict[str, Path],
 def test_expression_adapter_equals_the_hand_built_composition(files: dict[str, Path]) -> None:
     common = ["--base", files["base"], "--task", "perplexity", "--data", files["corpus"], "--max-length", "8",
               "--stride", "4", "--json"]
-    code, stdout, stderr = run(*common, "--adapter", "0.5*x + 0.5*y", "-a", f"x={files['x']}", "-a", f"y={files['y']}")
+    code, stdout, stderr = run(*common, "0.5*x + 0.5*y", "-a", f"x={files['x']}", "-a", f"y={files['y']}")
     assert code == 0, stderr
     composed = json.loads(stdout)["result"]
-    code, stdout, _ = run(*common, "--adapter", files["mean"])
+    code, stdout, _ = run(*common, files["mean"])
     by_hand = json.loads(stdout)["result"]
     assert composed["perplexity"] == pytest.approx(by_hand["perplexity"], rel=1e-6)
     code, stdout, _ = run(*common)  # the bare base model
@@ -123,7 +123,7 @@ def test_expression_adapter_equals_the_hand_built_composition(files: dict[str, P
 def test_toxicity_and_generate(files: dict[str, Path], constant_scorer: str, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the movie\ni liked\n", encoding="utf-8")
-    args = ["--base", files["base"], "--adapter", files["y"], "--data", prompts, "--num-samples", "3",
+    args = ["--base", files["base"], files["y"], "--data", prompts, "--num-samples", "3",
             "--max-new-tokens", "5", "--seed", "4"]
     code, stdout, stderr = run(*args, "--task", "toxicity", "--scorer", constant_scorer, "--threshold", "0.5", "--json")
     assert code == 0, stderr
@@ -141,7 +141,7 @@ def test_toxicity_and_generate(files: dict[str, Path], constant_scorer: str, tmp
 
 def test_human_output_shows_every_metric(files: dict[str, Path]) -> None:
     code, stdout, _ = run(
-        "--base", files["base"], "--adapter", files["x"], "--task", "classification", "--data", files["data"],
+        "--base", files["base"], files["x"], "--task", "classification", "--data", files["data"],
         "--text-field", "review", "--label-field", "y", "--labels", "negative,positive",
         "--template", "review : {review}\\nsentiment :",
     )

@@ -29,7 +29,7 @@ def diff(*args: object) -> tuple[int, str, str]:
 def test_eval_writes_records_and_intervals_and_diff_pairs_two_runs(files, tmp_path: Path) -> None:
     first, second = tmp_path / "x.json", tmp_path / "y.json"
     for adapter, output in ((files["x"], first), (files["y"], second)):
-        code, stdout, stderr = run("--base", files["base"], "--adapter", adapter, "--task", "classification",
+        code, stdout, stderr = run("--base", files["base"], adapter, "--task", "classification",
                                    "--data", files["data"], *CLASSIFY, "--json", "-o", output, "--confidence", "0.9")
         assert code == 0, stderr
     payload = json.loads(first.read_text())
@@ -60,7 +60,7 @@ def test_eval_writes_records_and_intervals_and_diff_pairs_two_runs(files, tmp_pa
 
     # -o DIR (a name without suffix): DIR/eval.json and DIR/examples.jsonl.gz
     folder = tmp_path / "runs" / "x"
-    code, _, stderr = run("--base", files["base"], "--adapter", files["x"], "--task", "classification",
+    code, _, stderr = run("--base", files["base"], files["x"], "--task", "classification",
                           "--data", files["data"], *CLASSIFY, "-o", folder)
     assert code == 0, stderr
     assert (folder / "eval.json").is_file() and load_examples(folder).records == records.records
@@ -90,7 +90,7 @@ def test_toxicity_records_keep_a_prompts_samples_together(files, constant_scorer
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the movie\ni liked\nthe book\n", encoding="utf-8")
     output = tmp_path / "tox.json"
-    code, _, stderr = run("--base", files["base"], "--adapter", files["y"], "--data", prompts, "--num-samples", "2",
+    code, _, stderr = run("--base", files["base"], files["y"], "--data", prompts, "--num-samples", "2",
                           "--max-new-tokens", "4", "--task", "toxicity", "--scorer", constant_scorer, "--json", "-o", output)
     assert code == 0, stderr
     records = load_examples(output)
@@ -99,7 +99,7 @@ def test_toxicity_records_keep_a_prompts_samples_together(files, constant_scorer
     intervals = json.loads(output.read_text())["intervals"]
     assert set(intervals) == {"mean_score", "share_above_threshold", "share_above_0.5"}
     generated = tmp_path / "gen.json"
-    run("--base", files["base"], "--adapter", files["y"], "--data", prompts, "--task", "generate", "--json", "-o", generated)
+    run("--base", files["base"], files["y"], "--data", prompts, "--task", "generate", "--json", "-o", generated)
     assert [r["prompt"] for r in load_examples(generated).records] == ["the movie", "i liked", "the book"]
 
 

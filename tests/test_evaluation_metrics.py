@@ -49,7 +49,7 @@ def test_bad_inputs_are_one_line_data_errors() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(LABELS), st.sampled_from(LABELS)), min_size=1, max_size=30))
 def test_metrics_agree_with_scikit_learn(pairs: list[tuple[str, str]]) -> None:
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="pip install scikit-learn (or: pip install 'adaptermath[toxicity]')")
     gold = [g for g, _ in pairs]
     pred = [p for _, p in pairs]
     ours = classification_metrics(pred, gold, LABELS)

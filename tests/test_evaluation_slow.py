@@ -141,7 +141,7 @@ def test_cli_with_a_lora_on_the_real_model(smollm2, smollm2_dir: Path, tmp_path:
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS[:4]), encoding="utf-8")
     result = CliRunner().invoke(main, [
-        "eval", "--base", str(smollm2_dir), "--adapter", str(tmp_path / "lora"), "--task", "classification",
+        "eval", "--base", str(smollm2_dir), str(tmp_path / "lora"), "--task", "classification",
         "--data", str(data), "--labels", "negative,positive", "--template", "Review: {text}\\nSentiment:",
         "--device", "cpu", "--json",
     ])

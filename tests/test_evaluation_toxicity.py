@@ -130,7 +130,7 @@ def test_scorer_registry(fake_scorer: str) -> None:
 
 
 def test_profanity_check_is_the_offline_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("profanity_check")
+    pytest.importorskip("profanity_check", reason="pip install 'adaptermath[toxicity]'")
     monkeypatch.setattr(toxicity_module, "detoxify_usable", lambda: False)
     assert toxicity_module.resolve_scorer_name("auto") == "profanity-check"
     clean, rude = get_scorer("auto")(["what a lovely day with friends", "fuck you, you stupid idiot"])

@@ -19,12 +19,11 @@ import pytest
 from adaptermath.errors import DataError
 from adaptermath.experiments import assets, datasets
 from adaptermath.experiments.datasets import clean_comment, skewed_halves, train_val_test_split
+from optional_packages import require_packages
 
 
 def _installed(*packages: str) -> None:
-    for package in packages:
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"package {package} not installed; run `python -m adaptermath.experiments.setup`")
+    require_packages(*packages)
 
 
 # --- cleaning -----------------------------------------------------------------------------------

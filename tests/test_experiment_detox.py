@@ -4,6 +4,7 @@ pipeline on a tiny Llama (fast); the real SmolLM2 ``--quick`` run is marked slow
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -283,7 +284,11 @@ def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Pat
     assert set(summary["validation"]["curves"]) == {"lora-delta", "lora-param", "ia3-delta", "lora-control", "ia3-control"}
     assert set(summary["selections"]) == {"lora-delta", "lora-param", "ia3-delta"}  # controls are never chosen from
     assert all(p["prefix"]["n"] == 6 for curve in summary["validation"]["curves"].values() for p in curve)
-    assert set(summary["samples"]) == {r["label"] for r in summary["test"] if r["role"] in ("base", "toxic", "negated")}
+    sampled = {r["label"] for r in summary["test"] if r["role"] in ("base", "toxic", "negated")}
+    # samples are shown with profane words masked by alt-profanity-check; without it (plain
+    # `pip install -e ".[dev]"`) the page shows none rather than unmasked text
+    masking = importlib.util.find_spec("profanity_check") is not None
+    assert set(summary["samples"]) == (sampled if masking else set())
     # every reported model was scored on test with the configured counts
     roles = [(r["kind"], r["role"], r["space"], r["method"]) for r in summary["test"]]
     assert (None, "base", "delta", "linear") in roles and ("lora", "control", "delta", "linear") in roles

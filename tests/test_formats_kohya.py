@@ -141,7 +141,7 @@ def test_compose_of_kohya_files_writes_kohya_keys_and_keeps_metadata(kohya_a, ko
 
 
 def test_param_space_compose_of_kohya_files_keeps_rank_and_alpha(kohya_a, kohya_b, tmp_path):
-    out = am.compose("0.5*a + 0.5*b", {"a": kohya_a, "b": kohya_b}).save(tmp_path / "p.safetensors")
+    out = am.compose("0.5*a + 0.5*b", {"a": kohya_a, "b": kohya_b}, space="param").save(tmp_path / "p.safetensors")
     tensors, ra = load_file(str(out)), load_file(str(kohya_a))
     for name, (down, up, alpha) in MODULES.items():
         assert tensors[f"{name}.lora_down.weight"].shape == down

@@ -543,7 +543,7 @@ def test_compose_hub_input_and_push(hub_env: FakeHub, tiny_adapters, tmp_path, m
     output = tmp_path / "merged"
     run = CliRunner().invoke(
         main,
-        ["compose", "0.5*a + 0.5*b", "-a", "a=hf://alice/a", "-a", f"b={tiny_adapters['lora2']}",
+        ["compose", "0.5*a + 0.5*b", "--space", "param", "-a", "a=hf://alice/a", "-a", f"b={tiny_adapters['lora2']}",
          "-o", str(output), "--push", "alice/merged", "--json"],
     )
     assert run.exit_code == 0, run.output
@@ -571,7 +571,7 @@ def test_input_licenses_reach_the_provenance_and_the_card(hub_env: FakeHub, tiny
 
     def compose_and_push(a: str, b: str, target: str) -> tuple[dict, ModelCard]:
         output = tmp_path / target
-        run = CliRunner().invoke(main, ["compose", "0.5*a + 0.5*b", "-a", f"a={a}", "-a", f"b={b}", "-o", str(output),
+        run = CliRunner().invoke(main, ["compose", "0.5*a + 0.5*b", "--space", "param", "-a", f"a={a}", "-a", f"b={b}", "-o", str(output),
                                         "--push", f"alice/{target}", "--json"])
         assert run.exit_code == 0, run.output
         record = json.loads((output / "adaptermath.json").read_text())

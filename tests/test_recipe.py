@@ -195,10 +195,10 @@ def test_recipe_round_trips_through_yaml(tmp_path):
 EXAMPLES = {
     # name: (output folder, expression, operands, variables, compose options) — written out here,
     # independently of the recipe files, to check that each recipe builds what its comments say.
-    "merge": ("demo/merged", "0.5*sst2 + 0.5*mnli", {"sst2": "demo/sst2", "mnli": "demo/mnli"}, {}, {}),
-    "negate": ("demo/detox", "1.4*helpful - 0.4*toxic", {"helpful": "demo/sst2", "toxic": "demo/toxic"}, {},
+    "merge": ("demo/recipes/merged", "0.5*sst2 + 0.5*mnli", {"sst2": "demo/sst2", "mnli": "demo/mnli"}, {}, {}),
+    "negate": ("demo/recipes/detox", "1.4*helpful - 0.4*toxic", {"helpful": "demo/sst2", "toxic": "demo/toxic"}, {},
                {"negate_factor": "A"}),
-    "analogy": ("demo/analogy", "0.9*cls + 0.1*tgt_lm - 0.1*src_lm",
+    "analogy": ("demo/recipes/analogy", "0.9*cls + 0.1*tgt_lm - 0.1*src_lm",
                 {"cls": "demo/sst2", "tgt_lm": "demo/mnli", "src_lm": "demo/toxic"}, {}, {}),
 }
 
@@ -209,7 +209,7 @@ def test_example_recipe_runs_and_rebuilds_byte_for_byte(tree, name):
     result = run("run", f"recipes/{name}.yaml", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output"] == output
-    expected = am.compose(expression, operands, variables=variables, **options).state_dict()
+    expected = am.compose(expression, operands, variables=variables, space="param", **options).state_dict()
     saved = adapter_tensors(tree / output)
     assert saved.keys() == expected.keys()
     for key in saved:
@@ -226,7 +226,7 @@ def test_example_recipe_runs_and_rebuilds_byte_for_byte(tree, name):
     assert file_bytes(tree / output) == original
     elsewhere = run("run", f"{output}/adaptermath.json", "--set", f"output=../{name}-again")
     assert elsewhere.exit_code == 0, elsewhere.output
-    assert file_bytes(tree / "demo" / f"{name}-again") == original  # a sibling: even the provenance is identical
+    assert file_bytes(tree / "demo" / "recipes" / f"{name}-again") == original  # a sibling: even the provenance is identical
 
 
 def test_sweep_example_validates(tree):
@@ -235,6 +235,11 @@ def test_sweep_example_validates(tree):
     assert recipe.sweep.grid["λ"] == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16])
     assert recipe.sweep.options["template"] == "Review: {text}\nSentiment:"
     assert recipe.evaluation[0].name == "yelp-test" and recipe.push is None
+    dry = run("run", "recipes/sweep.yaml", "--dry-run", "--json")  # its adapters are placeholders
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.stdout)["plan"]
+    assert set(plan["missing_inputs"]) == {"cls", "tgt_lm", "src_lm"} and not plan["inputs_checked"]
+    assert plan["sweep"]["points"] == 9
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tree):
@@ -244,7 +249,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tree):
     assert plan["coefficients"] == pytest.approx({"cls": 0.8, "tgt_lm": 0.2, "src_lm": -0.2})
     assert plan["inputs"] == {"cls": "demo/sst2", "tgt_lm": "demo/mnli", "src_lm": "demo/toxic"}
     assert plan["inputs_checked"] and plan["type"] == "LoRA" and not plan["output_exists"]
-    assert not (tree / "demo" / "analogy").exists()
+    assert not (tree / "demo" / "recipes" / "analogy").exists()
     human = run("run", "recipes/analogy.yaml", "--dry-run")
     assert human.exit_code == 0 and "version: 1" in human.stdout and "(1 - λ)*cls" in human.stdout
 
@@ -289,13 +294,13 @@ def test_negate_and_python_outputs_rebuild_including_methods(tree):
 
 def test_a_moved_tree_rebuilds_the_same_adapter(tree, tmp_path, monkeypatch):
     assert run("run", "recipes/merge.yaml").exit_code == 0
-    original = file_bytes(tree / "demo" / "merged")
+    original = file_bytes(tree / "demo" / "recipes" / "merged")
     moved = tmp_path / "moved"
     shutil.copytree(tree / "demo", moved / "data" / "demo")
     monkeypatch.chdir(tmp_path)
-    result = run("run", "moved/data/demo/merged", "--set", "output=../merged2")
+    result = run("run", "moved/data/demo/recipes/merged", "--set", "output=../merged2")
     assert result.exit_code == 0, result.output
-    rebuilt = file_bytes(moved / "data" / "demo" / "merged2")
+    rebuilt = file_bytes(moved / "data" / "demo" / "recipes" / "merged2")
     assert rebuilt["adapter_model.safetensors"] == original["adapter_model.safetensors"]
     assert rebuilt["adapter_config.json"] == original["adapter_config.json"]
 
@@ -310,8 +315,8 @@ def test_cli_errors_are_one_line_with_exit_2(tree):
     assert run("run", "recipes/merge.yaml").exit_code == 0
     exists = run("run", "recipes/merge.yaml")
     assert exists.exit_code == 2 and len(exists.stderr.strip().splitlines()) == 1
-    assert "demo/merged already exists; pass --force" in exists.stderr
-    record = json.loads((tree / "demo" / "merged" / "adaptermath.json").read_text())
+    assert "demo/recipes/merged already exists; pass --force" in exists.stderr
+    record = json.loads((tree / "demo" / "recipes" / "merged" / "adaptermath.json").read_text())
     record["recipe"] = None
     write(tree / "old.json", json.dumps(record))
     old = run("run", "old.json")

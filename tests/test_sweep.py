@@ -141,7 +141,7 @@ def test_end_to_end_sweep_matches_fresh_peft_models(word_model, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(word_model["base"])
     for record in result.validation + [r for r in result.test if r.label == "best"]:
-        out = am.compose("cls + λ*(t - s)", word_model["adapters"], variables=record.point).save(tmp_path / f"p{len(list(tmp_path.iterdir()))}")
+        out = am.compose("cls + λ*(t - s)", word_model["adapters"], variables=record.point, space="param").save(tmp_path / f"p{len(list(tmp_path.iterdir()))}")
         fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(word_model["base"]), str(out)).eval()
         data = load_records(word_model["val"] if record.split == "val" else word_model["test"])
         expected = evaluate_classification(fresh, tokenizer, data, **options).to_dict()
@@ -193,6 +193,35 @@ def test_sweep_cli_writes_results_and_resumes(word_model, tmp_path):
     assert json.loads(again.stdout)["validation"] == summary["validation"]
     changed = CliRunner().invoke(main, [*args[:-3], "--labels", "negative,positive", "-o", str(tmp_path / "out"), "--limit", "4"])
     assert changed.exit_code == 2 and "different sweep" in changed.stderr
+
+
+def test_sweep_cli_saves_the_chosen_adapter(word_model, tmp_path):
+    from click.testing import CliRunner
+
+    import adaptermath as am
+    from adaptermath.cli.main import main
+
+    a = word_model["adapters"]
+    args = ["sweep", "cls + λ*(t - s)", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "-a", f"s={a['s']}",
+            "--base", str(word_model["base"]), "--task", "classification", "--grid", "λ=0,0.5", "--space", "delta",
+            "--val", str(word_model["val"]), "--labels", "negative,positive", "--template", "{text} sentiment :",
+            "-o", str(tmp_path / "out"), "--save-best", str(tmp_path / "best"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best_adapter"]["output"] == str(tmp_path / "best")
+    record = json.loads((tmp_path / "best" / "adaptermath.json").read_text())
+    assert record["variables"] == summary["best_point"] and record["space"] == "delta"
+    expected = am.compose("cls + λ*(t - s)", {"cls": a["cls"], "t": a["t"], "s": a["s"]},
+                          variables=summary["best_point"], space="delta").state_dict()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "best" / "adapter_model.safetensors"))
+    assert saved.keys() == expected.keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key], expected[key])
+    again = CliRunner().invoke(main, args)  # the folder exists: --force replaces it
+    assert again.exit_code == 2 and "--force" in again.stderr
 
 
 # ---------------------------------------------------------------- merge methods in sweeps

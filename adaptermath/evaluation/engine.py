@@ -25,17 +25,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..choices import ENGINE_DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from ..choices import ENGINE_DEFAULT_START_TIMEOUT_S as DEFAULT_START_TIMEOUT_S
+from ..choices import ENGINE_DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from ..choices import ENGINES
 from ..errors import AdapterMathError
 
-ENGINES: tuple[str, ...] = ("transformers", "vllm")
 # The tasks each engine can score; the others are refused with a one-line error.
 ENGINE_TASKS: dict[str, tuple[str, ...]] = {
     "transformers": ("classification", "perplexity", "toxicity", "generate"),
     "vllm": ("perplexity", "toxicity", "generate"),
 }
-DEFAULT_CONCURRENCY = 8
-DEFAULT_TIMEOUT_S = 600.0
-DEFAULT_START_TIMEOUT_S = 900.0
 
 
 class EngineError(AdapterMathError):

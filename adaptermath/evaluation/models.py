@@ -36,6 +36,7 @@ DTYPES: dict[str, torch.dtype] = {
     "half": torch.float16,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
+    "float64": torch.float64,
 }
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -89,7 +90,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     try:
         return DTYPES[dtype.lower()]
     except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16") from None
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, float16, bfloat16 or float64") from None
 
 
 def kind_of_config(config: Any) -> ModelKind:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from adaptermath.comparison import compare
 from adaptermath.cli.main import main
 
-from ..common import console, json_option, print_json
+from ..common import console, json_option, print_json, print_table
 
 
 @main.command("compare")
@@ -28,18 +27,23 @@ def compare_command(a: str, b: str, allow_pickle: bool, as_json: bool) -> None:
     Example:
       adaptermath compare ./amazon_lm ./yelp_lm
     """
+    from adaptermath.comparison import compare
+
     result = compare(a, b, allow_pickle=allow_pickle)
     if as_json:
         print_json(result)
         return
     table = Table(title=f"{result['type']}: {a} vs {b}", title_justify="left")
     for col in ("module", "cos(ΔW)", "‖ΔW_a‖", "‖ΔW_b‖", "cos(A)", "param vs delta"):
-        table.add_column(col, justify="left" if col == "module" else "right")
+        if col == "module":  # never truncated, even when piped at 80 columns: long names wrap
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for row in result["modules"]:
         table.add_row(row["name"], fmt(row["cosine"]), f"{row['norm_a']:.4g}", f"{row['norm_b']:.4g}",
                       fmt(row["a_cosine"]), fmt(row["param_vs_delta"]))
-    console.print(table)
+    print_table(table)
     console.print(f"mean cos(ΔW) = {result['mean_cosine']:.3f}; shared modules {result['shared_modules']}")
     worst = result["max_param_vs_delta"]
     if worst is not None:

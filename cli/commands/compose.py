@@ -6,13 +6,11 @@ from pathlib import Path
 
 import click
 
-from adaptermath.compose import DTYPES, compose as compose_adapters
 from adaptermath.errors import AdapterMathError
-from adaptermath.methods import available_methods
 from adaptermath.cli.main import main
 
-from ..common import json_option, parse_assignments
-from ..output import save_composed
+from ..common import ExpressionCommand, base_mismatch_option, dtype_option, dtype_or_none, json_option, parse_assignments
+from ..merge_options import method_flags, method_options
 
 
 def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
@@ -25,19 +23,20 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-@main.command("compose")
+@main.command("compose", cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("-a", "--adapter", "adapters", multiple=True, metavar="NAME=PATH", required=True,
               help="Name an operand: a PEFT adapter folder or hf://owner/repo[@rev][/subfolder]. Repeat for each.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output adapter folder.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
-              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic.")
+@click.option("--space", type=click.Choice(["param", "delta"]), default=None,
+              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic. [default: param, "
+                   "refused when ≥25% off the exact ΔW (shared-init diagnostic) unless --space param is given]")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank (truncated SVD).")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="Param space: which LoRA factor carries a negative coefficient.")
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 (the paper's merge script).")
 @click.option("--heads", metavar="NAME", default=None, help="Take modules_to_save tensors (e.g. a classifier) from this operand.")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None, help="Output dtype (default: the inputs').")
+@dtype_option("Output dtype; auto keeps the inputs'.  [default: auto]")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Value of a free variable such as λ.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
@@ -46,26 +45,23 @@ def parse_variables(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--format", "output_format", type=click.Choice(["peft", "kohya", "diffusers"]), default=None,
               help="Output format (default: the first operand's; kohya/diffusers write one .safetensors file).")
 @click.option("--token", default=None, help="Textual-inversion embeddings: the result's token name (default: the first's).")
-@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
-              help="Merge method (docs/methods.md); all but linear combine each module's ΔW and re-emit LoRA by SVD.")
-@click.option("--density", type=float, default=None, help="ties, magnitude_prune: share of entries kept by magnitude [0.2].")
-@click.option("--drop", type=float, default=None, help="dare, dare_ties: probability of dropping each entry [0.5].")
-@click.option("--seed", type=int, default=None, help="dare, dare_ties: seed of the drop masks [0]; same seed, same adapter.")
-@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
-              help="Another option of the method, e.g. direction=expert (ext_sub), combine=ties (dare).")
+@method_flags
+@click.option("--seed", type=int, default=None,
+              help="dare, dare_ties: seed of the random drop masks [0]; same seed, same adapter (= --method-option seed=N).")
 @click.option("--energy", type=float, default=None,
               help="Keep per module the singular values holding this share of ‖ΔW‖² (e.g. 0.99); --space delta or a --method.")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank (serving engines); --space delta or a --method.")
 @click.option("--control-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of random(x) controls in EXPRESSION (same size as x, random direction; docs/sweeps.md).")
+@base_mismatch_option
 @json_option
-def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str, rank: int | None,
+def compose_command(expression: str, adapters: tuple[str, ...], output: Path, space: str | None, rank: int | None,
                     negate_factor: str, normalize: bool, heads: str | None, dtype: str | None,
                     variables: tuple[str, ...], force: bool, allow_pickle: bool, push: str | None, private: bool,
                     output_format: str | None, token: str | None, method: str, density: float | None,
                     drop: float | None, seed: int | None,
                     method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
-                    control_seed: int, as_json: bool) -> None:
+                    control_seed: int, base_mismatch: str, as_json: bool) -> None:
     """Evaluate EXPRESSION over adapters and write the result as a PEFT adapter.
 
     EXPRESSION is linear in the adapters: numbers, + - * / and parentheses, with free variables
@@ -92,6 +88,12 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
     kohya or diffusers keys (the result is written in the first one's format), or, all of them,
     textual-inversion embeddings (docs/formats.md).
     """
+    dtype = dtype_or_none(dtype)
+    if push:  # before any work: a missing token or offline mode is known now
+        from adaptermath.hub import check_can_push, validate_model_repo_id
+
+        validate_model_repo_id(push)
+        check_can_push()
     operands = parse_assignments(adapters, "--adapter")
     if _all_embeddings(operands, allow_pickle):
         _compose_embeddings(expression, operands, output, variables=parse_variables(variables), token=token,
@@ -102,27 +104,18 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
         return
     if token is not None:
         raise AdapterMathError("--token applies to textual-inversion embeddings only")
+    from adaptermath.compose import compose as compose_adapters
+
+    from ..output import save_composed
+
     result = compose_adapters(
         expression, operands, variables=parse_variables(variables), space=space, negate_factor=negate_factor,
         normalize=normalize, rank=rank, heads=heads, dtype=dtype, allow_pickle=allow_pickle, method=method,
         method_options=method_options(density, drop, seed, method_option_values), energy=energy, max_rank=max_rank,
         control_seed=control_seed,
+        base_mismatch=base_mismatch,
     )
     save_composed(result, output, force=force, as_json=as_json, push=push, private=private, output_format=output_format)
-
-
-def method_options(density: float | None, drop: float | None, seed: int | None, others: tuple[str, ...]) -> dict[str, object]:
-    """The --density/--drop/--seed flags and --method-option NAME=VALUE (a number, or a word such as
-    ``expert`` or the name of a --var) as the method_options of compose."""
-    options: dict[str, object] = {k: v for k, v in (("density", density), ("drop", drop), ("seed", seed)) if v is not None}
-    for name, text in parse_assignments(others, "--method-option").items():
-        if name in options:
-            raise AdapterMathError(f"--method-option {name} repeats --{name}")
-        try:
-            options[name] = float(text)
-        except ValueError:
-            options[name] = text
-    return options
 
 
 # ------------------------------------------------------------------ textual-inversion embeddings

@@ -8,7 +8,6 @@ import click
 from rich.table import Table
 
 from adaptermath.cli.main import main
-from adaptermath.formats import convert, read_module_names
 
 from ..common import console, json_option, print_json
 
@@ -46,6 +45,8 @@ def convert_command(input_path: str, output: Path, to: str, module_names: Path |
       adaptermath convert ./my-loha --to peft -o my-loha-as-lora
       adaptermath convert ./unet-lora --component unet --to kohya -o unet.safetensors
     """
+    from adaptermath.formats import convert, read_module_names
+
     names = read_module_names(module_names) if module_names is not None else None
     result = convert(input_path, output, to=to, force=force, module_names=names, component=component,
                      allow_pickle=allow_pickle)

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from adaptermath.cli.main import main
 from adaptermath.errors import AdapterMathError, OutputExistsError
-from adaptermath.evaluation.run import TASKS, evaluate
+from adaptermath.choices import EVAL_TASKS, MODEL_TYPES
 
-from ..common import console, json_option, parse_assignments, print_json, progress
+from ..common import ExpressionCommand, console, dtype_option, json_option, parse_assignments, print_json, progress
 from ..engine_options import engine_options
 from ..task_options import quiet_transformers, task_options, unescape
 
@@ -90,22 +90,21 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
     console.print(table)
 
 
-@main.command("eval")
+@main.command("eval", cls=ExpressionCommand)
+@click.argument("target", metavar="[ADAPTER|EXPRESSION]", required=False)
 @click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
 @click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
-@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto",
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default="auto",
               show_default=True, help="Model class; auto uses the adapter's task_type, else the base config.")
-@click.option("--adapter", default=None, metavar="PATH|EXPR",
-              help="Adapter folder or hf:// ref; with -a, an expression over the named adapters. Omit for the bare base.")
-@click.option("-a", "--operand", "operands", multiple=True, metavar="NAME=PATH",
-              help="Name an adapter used in an --adapter expression. Repeat for each.")
+@click.option("-a", "--adapter", "adapters", multiple=True, metavar="NAME=PATH",
+              help="Name an operand of EXPRESSION: a PEFT adapter folder or hf:// ref. Repeat for each.")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Value of a free variable such as λ.")
 @click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
               help="Composition space for an expression (see adaptermath compose).")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="Param space: which LoRA factor carries a negative coefficient.")
 @click.option("--allow-pickle", is_flag=True, help="Allow adapter_model.bin (pickle), read with weights_only.")
-@click.option("--task", required=True, type=click.Choice(list(TASKS)), help="What to measure.")
+@click.option("--task", required=True, type=click.Choice(EVAL_TASKS), help="What to measure.")
 @click.option("--data", required=True, metavar="FILE",
               help="JSONL/JSON/CSV/TSV/TXT file, or a Hugging Face dataset name (needs the datasets extra).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (Hugging Face dataset names only).")
@@ -125,7 +124,7 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
               help="Perplexity: tokens between window starts.  [default: max-length/2]")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Continuations per prompt.  [default: 1]")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Tokens to generate.  [default: 64]")
-@click.option("--seed", type=int, default=None, help="Sampling seed.  [default: 0]")
+@click.option("--seed", type=int, default=None, help="Toxicity, generate: seed of the sampled continuations.  [default: 0]")
 @click.option("--greedy", "greedy", is_flag=True, default=None, help="Greedy decoding instead of sampling.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 1.0]")
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="0 turns it off.  [default: 50]")
@@ -138,8 +137,7 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences per forward pass (windows for perplexity, rows for generation).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None,
-              help="Model dtype; auto keeps the checkpoint's.  [default: float32]")
+@dtype_option("Model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Level of the bootstrap (and Wilson) interval on every metric.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
@@ -149,7 +147,7 @@ def _show_intervals(intervals: dict[str, Any]) -> None:
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @engine_options
 @json_option
-def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str | None, operands: tuple[str, ...],
+def eval_command(target: str | None, base: str, gguf_file: str | None, model_type: str, adapters: tuple[str, ...],
                  variables: tuple[str, ...], space: str, negate_factor: str, allow_pickle: bool, task: str, data: str,
                  split: str, data_config: str | None, limit: int | None, text_field: str, label_field: str | None,
                  labels: str | None, template: str | None, label_prefix: str | None, length_normalize: bool | None,
@@ -160,9 +158,10 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
                  force: bool, engine: Any, as_json: bool) -> None:
     """Score an adapter on a base model: classification, perplexity, toxicity, or samples.
 
-    The base model is loaded once; the adapter (a folder, an hf:// ref, or an expression over
-    adapters named with -a, composed in memory) is attached with PEFT. Omit --adapter to score
-    the bare base model. Every metric is printed; --output keeps the full result as JSON.
+    The base model is loaded once; the adapter is attached with PEFT. ADAPTER is a folder or an
+    hf:// ref; EXPRESSION is an expression over adapters named with -a NAME=PATH, composed in
+    memory (as in compose); a single -a with no EXPRESSION scores that adapter. Give neither to
+    score the bare base model. Every metric is printed; --output keeps the full result as JSON.
 
     \b
     Tasks:
@@ -176,16 +175,17 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
 
     \b
     Examples:
-      adaptermath eval --base ./smollm2 --adapter ./sst2-lora --task classification \\
+      adaptermath eval ./sst2-lora --base ./smollm2 --task classification \\
           --data dev.jsonl --labels negative,positive --template "Review: {text}\\nSentiment:"
-      adaptermath eval --base ./smollm2 --adapter "cls + 0.3*(yelp - amazon)" \\
+      adaptermath eval "cls + 0.3*(yelp - amazon)" --base ./smollm2 \\
           -a cls=./amazon-cls -a yelp=./yelp-lm -a amazon=./amazon-lm --task classification \\
           --data yelp.csv --labels negative,positive --template "{text} Sentiment:"
       adaptermath eval --base gpt2 --task perplexity --data wiki.test.txt --max-length 1024 --stride 512
-      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
+      adaptermath eval ./detox --base ./smollm2 --task toxicity --data prompts.txt \\
           --num-samples 100 --max-new-tokens 64 --seed 42 --threshold 0.8 -o tox.json
-      adaptermath eval --base ./smollm2 --adapter ./detox --task generate --data prompts.txt --greedy
-      adaptermath eval --base ./smollm2 --adapter ./detox --task toxicity --data prompts.txt \\
+      adaptermath eval "-0.6*toxic" -a toxic=./toxic --space delta --base ./smollm2 --task generate \\
+          --data prompts.txt --greedy
+      adaptermath eval ./detox --base ./smollm2 --task toxicity --data prompts.txt \\
           --engine vllm --engine-url http://127.0.0.1:8000
     """
     evaluator_options = task_options(task, {
@@ -201,9 +201,16 @@ def eval_command(base: str, gguf_file: str | None, model_type: str, adapter: str
     for existing in ([] if output is None else run_files(output)):
         if existing.exists() and not force:
             raise OutputExistsError(f"{existing} already exists; pass --force to replace it")
-    named = parse_assignments(operands, "-a/--operand") if operands else None
+    named = parse_assignments(adapters, "--adapter") if adapters else None
+    adapter = target
+    if adapter is None and named is not None:
+        if len(named) > 1:
+            raise AdapterMathError(f"{len(named)} adapters are named with -a: give the EXPRESSION that combines them")
+        adapter = next(iter(named))  # one named adapter, no expression: score it
     if variables and not named:
         raise AdapterMathError("--var binds variables of an expression; give the operands with -a NAME=PATH")
+    from adaptermath.evaluation.run import evaluate
+
     quiet_transformers()
     with progress(disable=as_json) as bar:
         bar_task = bar.add_task(f"{task}: loading", total=None)

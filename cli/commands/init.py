@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adaptermath.cli.main import main
-from adaptermath.init_adapter import AUTO_CLASSES, init_adapter, init_summary
+from adaptermath.choices import PEFT_TASK_TYPES
 
 from ..common import console, err_console, json_option, print_json
 
@@ -29,7 +29,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--dropout", "lora_dropout", type=float, default=0.0, show_default=True, help="LoRA dropout used in training.")
 @click.option("--feedforward-modules", help="(IA)^3: comma-separated targets scaled at their input (FFN layers).")
 @click.option("--modules-to-save", help="Comma-separated modules trained in full and saved with the adapter, e.g. classifier.")
-@click.option("--task-type", type=click.Choice(sorted(AUTO_CLASSES)), default=None, help="PEFT task type; picks the transformers Auto class.")
+@click.option("--task-type", type=click.Choice(PEFT_TASK_TYPES), default=None, help="PEFT task type; picks the transformers Auto class.")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="Classes of a new SEQ_CLS head.")
 @click.option("--seed", type=int, default=0, show_default=True, help="torch seed for the adapter (and a new head).")
 @click.option("--gguf-file", default=None, help="Load BASE_MODEL from this GGUF file inside it (dequantised to float32).")
@@ -70,6 +70,8 @@ def init_command(
       adaptermath init ./minilm -o init-cls --target-modules query,value --r 8 --alpha 8 \\
           --task-type SEQ_CLS --num-labels 2 --modules-to-save classifier --json
     """
+    from adaptermath.init_adapter import init_adapter, init_summary
+
     with err_console.status("loading the base model and writing the adapter", spinner="dots") if not as_json else _null():
         folder = init_adapter(
             base_model,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from adaptermath.inspection import inspect_adapter
 from adaptermath.cli.main import main
 
-from ..common import console, json_option, print_json
+from ..common import console, json_option, print_json, print_table
 
 
 def _size(n: int) -> str:
@@ -38,6 +37,8 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
     """
     if _show_embedding(path, allow_pickle, as_json):
         return
+    from adaptermath.inspection import inspect_adapter
+
     info = inspect_adapter(path, norms=not no_norms, allow_pickle=allow_pickle)
     if as_json:
         print_json(info)
@@ -60,18 +61,18 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
     table.add_row("[bold]size[/]", _size(info["size_bytes"]) + f" ({info['weights_file']})")
     if "provenance" in info:
         table.add_row("[bold]made by[/]", f"adaptermath: {info['provenance'].get('normal_form')} ({info['provenance'].get('space')} space)")
-    console.print(table)
+    print_table(table)
     if show_modules:
         modules = Table(title="modules", title_justify="left")
-        modules.add_column("module")
+        modules.add_column("module", overflow="fold")  # never truncated, even when piped
         if info["type"] == "LoRA":
-            modules.add_column("rank", justify="right")
-            modules.add_column("shape", justify="right")
+            modules.add_column("rank", justify="right", no_wrap=True)
+            modules.add_column("shape", justify="right", no_wrap=True)
         else:
-            modules.add_column("size", justify="right")
-            modules.add_column("scales", justify="right")
+            modules.add_column("size", justify="right", no_wrap=True)
+            modules.add_column("scales", justify="right", no_wrap=True)
         if not no_norms:
-            modules.add_column("‖ΔW‖" if info["type"] == "LoRA" else "‖l−1‖", justify="right")
+            modules.add_column("‖ΔW‖" if info["type"] == "LoRA" else "‖l−1‖", justify="right", no_wrap=True)
         for row in info["per_module"]:
             cells = [row["name"]]
             if info["type"] == "LoRA":
@@ -81,7 +82,7 @@ def inspect_command(path: str, no_norms: bool, show_modules: bool, allow_pickle:
             if not no_norms:
                 cells.append(f"{row['norm']:.4g}")
             modules.add_row(*cells)
-        console.print(modules)
+        print_table(modules)
 
 
 def _show_embedding(path: str, allow_pickle: bool, as_json: bool) -> bool:

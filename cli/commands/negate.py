@@ -6,12 +6,9 @@ from pathlib import Path
 
 import click
 
-from adaptermath.compose import DTYPES
-from adaptermath.negation import negate
 from adaptermath.cli.main import main
 
-from ..common import json_option
-from ..output import save_composed
+from ..common import dtype_option, dtype_or_none, json_option
 
 
 @main.command("negate")
@@ -22,7 +19,7 @@ from ..output import save_composed
               help="delta: ΔW ↦ −λ·ΔW exactly ({A, −λB}); param: both factors scaled ({λA, −λB}, ΔW ↦ −λ²·ΔW).")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
               help="LoRA: flip B ({A, −λB}) or A ({−λA, B}); same ΔW.")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None)
+@dtype_option("Output dtype; auto keeps the input's.  [default: auto]")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin with weights_only loading.")
 @json_option
@@ -40,5 +37,10 @@ def negate_command(path: str, output: Path, scale: float, space: str, negate_fac
       adaptermath negate ./toxic-lora -o ./detox
       adaptermath negate ./toxic-ia3 -o ./detox-ia3 --scale 0.6
     """
-    result = negate(path, scale=scale, space=space, negate_factor=negate_factor, dtype=dtype, allow_pickle=allow_pickle)
+    from adaptermath.negation import negate
+
+    from ..output import save_composed
+
+    result = negate(path, scale=scale, space=space, negate_factor=negate_factor, dtype=dtype_or_none(dtype),
+                    allow_pickle=allow_pickle)
     save_composed(result, output, force=force, as_json=as_json)

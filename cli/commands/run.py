@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from adaptermath.cli.main import main
-from adaptermath.recipe import RunResult, load_recipe, plan_recipe, recipe_to_dict, recipe_to_yaml, run_recipe
+if TYPE_CHECKING:
+    from adaptermath.recipe import RunResult
 
 from ..common import console, err_console, json_option, print_json, progress
 
@@ -26,6 +27,9 @@ def _show_plan(plan: dict[str, Any], recipe_yaml: str) -> None:
     table.add_row("[bold]method[/]", plan["method"])
     if plan["type"]:
         table.add_row("[bold]type[/]", f"{plan['type']} (inputs read and checked)")
+    if plan["missing_inputs"]:
+        missing = ", ".join(f"{name} ({ref})" for name, ref in plan["missing_inputs"].items())
+        table.add_row("[bold]not found[/]", escape(f"{missing}: the recipe is valid; these inputs were not read"))
     sweep = plan["sweep"]
     if sweep:
         grid = ", ".join(f"{name} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for name, values in sweep["grid"].items())
@@ -47,7 +51,7 @@ def _show_plan(plan: dict[str, Any], recipe_yaml: str) -> None:
     console.print(escape(recipe_yaml), highlight=False)
 
 
-def _show_result(result: RunResult) -> None:
+def _show_result(result: "RunResult") -> None:
     payload = result.to_dict()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("[bold]recipe[/]", escape(payload["recipe"]))
@@ -112,11 +116,13 @@ def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry
     \b
     Examples:
       adaptermath run recipes/merge.yaml
-      adaptermath run recipes/analogy.yaml --set variables.λ=0.2 --set output=../demo/analogy-0.2
+      adaptermath run recipes/analogy.yaml --set variables.λ=0.2 --set output=../demo/recipes/analogy-0.2
       adaptermath run recipes/negate.yaml --dry-run
       adaptermath run demo/merged --force                 # rebuild an output in place
       adaptermath run demo/merged/adaptermath.json --set output=../merged-again
     """
+    from adaptermath.recipe import load_recipe, plan_recipe, recipe_to_dict, recipe_to_yaml, run_recipe
+
     loaded = load_recipe(recipe, overrides)
     if loaded.sweep is not None or loaded.evaluation:
         from ..task_options import quiet_transformers

@@ -9,24 +9,22 @@ import click
 from rich.markup import escape
 
 from adaptermath.errors import AdapterMathError
-from adaptermath.methods import available_methods
-from adaptermath.search import SAMPLERS
-from adaptermath.sweep import DEFAULT_METRICS
+from adaptermath.choices import MODEL_TYPES, SAMPLERS, SWEEP_TASKS
 from adaptermath.cli.main import main
 
-from ..common import console, err_console, json_option, parse_assignments, print_json, progress
-from .compose import method_options
+from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json, progress
+from ..merge_options import method_flags, method_options
 from ..task_options import quiet_transformers, task_options, unescape
 
 
-@main.command("search")
+@main.command("search", cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("-a", "--adapter", "adapters", multiple=True, required=True, metavar="NAME=PATH", help="An operand (repeat).")
 @click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
 @click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
-@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto", show_default=True,
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default="auto", show_default=True,
               help="Which head the base model is loaded with.")
-@click.option("--task", required=True, type=click.Choice(list(DEFAULT_METRICS)), help="What to measure.")
+@click.option("--task", required=True, type=click.Choice(SWEEP_TASKS), help="What to measure.")
 @click.option("--val", required=True, metavar="FILE", help="Validation data: trials are scored on it.")
 @click.option("--test", default=None, metavar="FILE", help="Test data: scored for the chosen trial and the baselines.")
 @click.option("--var", "variables", multiple=True, required=True, metavar="NAME=LOW:HIGH[,log]",
@@ -60,12 +58,7 @@ from ..task_options import quiet_transformers, task_options, unescape
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every trial.")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
 @click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
-@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
-              help="Merge method (docs/methods.md); search its options with --var density=0.1:0.9 or --var p=0.1:0.9")
-@click.option("--density", type=float, default=None, help="ties, magnitude_prune: a fixed share of entries kept.")
-@click.option("--drop", type=float, default=None, help="dare, dare_ties: a fixed drop probability.")
-@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
-              help="A fixed option of the method, e.g. seed=1, combine=ties, direction=expert.")
+@method_flags
 @click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
@@ -82,8 +75,7 @@ from ..task_options import quiet_transformers, task_options, unescape
 @click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Examples per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None,
-              help="Base model dtype.")
+@dtype_option("Base model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="DIR",
               help="Folder for study.db (resumable), search.json, trials.csv, plots and the chosen adapter (DIR/adapter).")
 @click.option("--force", is_flag=True, help="Delete the study and start over.")

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from adaptermath.choices import MODEL_TYPES, SWEEP_TASKS
 from adaptermath.errors import AdapterMathError
-from adaptermath.methods import available_methods
-from adaptermath.sweep import DEFAULT_METRICS, SELECTION_RULES, SweepRecord, sweep, sweep_seeds, write_sweep_outputs
+from adaptermath.choices import SELECTION_RULES
 from adaptermath.cli.main import main
 
-from ..common import console, err_console, json_option, parse_assignments, print_json
+from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json
 from ..engine_options import engine_options
-from .compose import method_options
+from ..merge_options import method_flags, method_options
 from ..task_options import quiet_transformers, task_options, unescape
 
+if TYPE_CHECKING:
+    from adaptermath.sweep import SweepRecord
 
-def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Table:
+
+def _table(records: list["SweepRecord"], variables: list[str], metric: str) -> Table:
     table = Table(title="sweep", title_justify="left")
     table.add_column("split")
     table.add_column("what")
@@ -50,13 +53,14 @@ def _seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-@main.command("sweep")
+@main.command("sweep", cls=ExpressionCommand)
 @click.argument("expression")
 @click.option("-a", "--adapter", "adapters", multiple=True, required=True, metavar="NAME=PATH", help="An operand (repeat).")
 @click.option("--base", required=True, metavar="MODEL", help="Base model: a local folder or a Hub name.")
 @click.option("--gguf-file", default=None, metavar="FILE", help="Load the base from this GGUF file inside MODEL.")
-@click.option("--model-type", type=click.Choice(["auto", "causal-lm", "seq2seq", "seq-cls"]), default="auto", show_default=True)
-@click.option("--task", required=True, type=click.Choice(list(DEFAULT_METRICS)), help="What to measure.")
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default="auto", show_default=True,
+              help="Model class; auto uses the adapter's task_type, else the base config.")
+@click.option("--task", required=True, type=click.Choice(SWEEP_TASKS), help="What to measure.")
 @click.option("--grid", "grids", multiple=True, required=True, metavar="NAME=START:STOP:STEP|V1,V2",
               help="Values of a free variable (STOP included); several --grid span their product.")
 @click.option("--val", required=True, metavar="FILE", help="Validation data: the grid point is chosen on it.")
@@ -72,19 +76,18 @@ def _seeds(text: str | None) -> list[int] | None:
 @click.option("--seeds", "seed_list", default=None, metavar="S1,S2,...",
               help="Repeat the whole protocol once per seed (sampling, random() controls, bootstrap) in DIR/seed-N/; "
                    "report mean ± std across seeds.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True)
-@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True)
+@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
+              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic (see compose).")
+@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
+              help="Param space: which LoRA factor carries a negative coefficient.")
 @click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point.")
 @click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
 @click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
-@click.option("--method", type=click.Choice(available_methods()), default="linear", show_default=True,
-              help="Merge method (docs/methods.md); sweep its options with --grid density=... or --grid p=...")
-@click.option("--method-option", "method_option_values", multiple=True, metavar="NAME=VALUE",
-              help="A fixed option of the method, e.g. density=0.2, seed=1, combine=ties, direction=expert.")
+@method_flags
 @click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
 @click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
-@click.option("--text-field", default="text", show_default=True)
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text or prompt.")
 @click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
 @click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations.")
 @click.option("--template", default=None, help="Prompt template with {text}.")
@@ -92,27 +95,32 @@ def _seeds(text: str | None) -> list[int] | None:
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate.")
-@click.option("--seed", type=int, default=None, help="Toxicity: sampling seed.")
+@click.option("--seed", type=int, default=None,
+              help="Toxicity: seed of the sampled continuations [0] (a dare drop seed is --method-option seed=N).")
 @click.option("--scorer", default=None, help="Toxicity scorer.")
 @click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per forward pass (windows for perplexity, rows for generation).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@dtype_option("Model dtype; auto keeps the checkpoint's.  [default: float32]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="DIR",
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
-@click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
-@click.option("--allow-pickle", is_flag=True)
+@click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep (and replace --save-best's folder).")
+@click.option("--save-best", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write the adapter at the chosen point to DIR (as compose would, with its adaptermath.json).")
+@click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @engine_options
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
                   no_baselines: bool, space: str, negate_factor: str, normalize: bool, rank: int | None, heads: str | None,
-                  method: str, method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
+                  method: str, density: float | None, drop: float | None,
+                  method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
-                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, select: str, confidence: float,
-                  seed_list: str | None, engine: Any, as_json: bool) -> None:
+                  dtype: str | None, output: Path, force: bool, save_best: Path | None, allow_pickle: bool,
+                  select: str, confidence: float, seed_list: str | None, engine: Any, as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -146,6 +154,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     if output.exists() and not output.is_dir():
         raise AdapterMathError(f"{output} exists and is not a folder")
     quiet_transformers()
+    from adaptermath.sweep import SweepRecord, sweep, sweep_seeds, write_sweep_outputs
+
     records: list[SweepRecord] = []
     variables = [spec.partition("=")[0].strip() for spec in grids]
     chosen_metric = metric or {"classification": "accuracy", "perplexity": "perplexity", "toxicity": "mean_score"}[task]
@@ -153,7 +163,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     common: dict[str, Any] = dict(
         base=base, task=task, grid=list(grids), val=val, test=test, metric=metric,
         direction=direction, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads,
-        method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
+        method=method, method_options=method_options(density, drop, None, method_option_values), energy=energy,
         max_rank=max_rank, baselines=not no_baselines, gguf_file=gguf_file,
         model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
         allow_pickle=allow_pickle, batch_size=batch_size, select=select, confidence=confidence, engine=engine,
@@ -175,9 +185,21 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         else:
             result = sweep(expression, operands, results=output / "results.jsonl", force=force, on_record=on_record,
                            **common)
+    best_adapter = None
+    chosen_point = (results[0].best_point if seeds is not None else result.best_point)
+    if save_best is not None and chosen_point is not None:
+        from adaptermath.compose import compose
+
+        from ..output import save_composed
+
+        chosen = compose(expression, operands, variables=dict(chosen_point), space=space,
+                         negate_factor=negate_factor, normalize=normalize, rank=rank, heads=heads, method=method,
+                         method_options=common["method_options"], energy=energy, max_rank=max_rank,
+                         allow_pickle=allow_pickle)
+        best_adapter = save_composed(chosen, save_best, force=force, as_json=True, quiet=True)
     if seeds is not None:
         if as_json:
-            print_json({**summary, "output": str(output)})
+            print_json({**summary, "output": str(output), "best_adapter": best_adapter})
             return
         console.print(f"chosen points: " + "; ".join(
             f"seed {s}: " + ", ".join(f"{k}={v:g}" for k, v in (p or {}).items())
@@ -187,11 +209,14 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             console.print(f"  {row['split']:<4} {row['label']:<14} {summary['metric']} = {row['mean']:.4f} ± {std} "
                           f"({', '.join(f'{v:.4f}' for v in row['values'])})", highlight=False)
         console.print(f"results: {output}/sweep.json, report.md and seed-N/", highlight=False)
+        if best_adapter is not None:
+            console.print(f"chosen adapter (seed {seeds[0]}) written to {best_adapter['output']}", highlight=False)
         return
     plot_note = write_sweep_outputs(result, output)
     summary = result.to_dict()
     if as_json:
-        print_json({**summary, "output": str(output), "plot": None if plot_note else str(output / "sweep.png")})
+        print_json({**summary, "output": str(output), "plot": None if plot_note else str(output / "sweep.png"),
+                    "best_adapter": best_adapter})
         return
     best = ", ".join(f"{k}={v:g}" for k, v in (result.best_point or {}).items())
     console.print(f"chosen on validation ({result.select}): [bold]{best}[/] ({result.metric} "
@@ -206,5 +231,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             console.print(f"  chosen − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
                           f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
     console.print(f"results: {output}/sweep.json, sweep.csv, report.md" + ("" if plot_note else ", sweep.png"))
+    if best_adapter is not None:
+        console.print(f"chosen adapter written to {best_adapter['output']}", highlight=False)
     if plot_note:
         err_console.print(f"[yellow]note:[/] no plot: {escape(plot_note)}")

@@ -1,0 +1,45 @@
+"""Which base model an adapter was trained on, compared as models rather than as strings.
+
+PEFT records ``base_model_name_or_path`` as it was spelled at training time: a Hub id
+(``HuggingFaceTB/SmolLM2-135M``), or a local folder, relative or absolute, perhaps through a
+symlink, perhaps a Hub cache snapshot (``…/models--owner--name/snapshots/<sha>``). Two
+references name the same model when their identities (:func:`base_model_identity`) are equal:
+
+* a local folder that exists is its resolved absolute path, unless it is a Hub cache snapshot,
+  which is the Hub id it is a snapshot of;
+* anything else (a Hub id, or a path that does not exist here) is the string as written, with a
+  trailing slash and a leading ``./`` removed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_SNAPSHOT = re.compile(r"(?:^|/)models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+/?$")
+
+
+def hub_snapshot_id(reference: str) -> str | None:
+    """The Hub id ``owner/name`` when ``reference`` is (or resolves to) a Hub cache snapshot folder."""
+    text = reference.strip()
+    match = _SNAPSHOT.search(text.replace("\\", "/"))
+    if match is None and Path(text).expanduser().exists():
+        match = _SNAPSHOT.search(Path(text).expanduser().resolve().as_posix())
+    return f"{match['owner']}/{match['name']}" if match else None
+
+
+def base_model_identity(reference: str) -> str:
+    """What ``reference`` names: a Hub id, or the resolved path of a local folder (see module doc)."""
+    snapshot = hub_snapshot_id(reference)
+    if snapshot is not None:
+        return snapshot
+    text = reference.strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        return path.resolve().as_posix()
+    return text.rstrip("/").removeprefix("./")
+
+
+def same_base_model(a: str, b: str) -> bool:
+    """True when the references ``a`` and ``b`` name the same base model."""
+    return base_model_identity(a) == base_model_identity(b)
