@@ -37,6 +37,22 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
     return table
 
 
+def print_test_evidence(records: list[SweepRecord], comparisons: list[dict[str, Any]], metric: str,
+                        chosen: str = "chosen") -> None:
+    """Print each test record's ``metric`` with its interval, then the chosen point against each
+    baseline (Δ, its paired interval, p); shared by sweep and search."""
+    for record in records:
+        value = record.metrics.get(metric)
+        band = record.interval(metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+        shown += f" [{band['low']:.4f}, {band['high']:.4f}]" if band else ""
+        console.print(f"  test {record.label:<14} {metric} = {shown}", highlight=False)
+    for item in comparisons:
+        if item["metric"] == metric:
+            console.print(f"  {chosen} − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
+                          f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
+
+
 def _seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -191,15 +207,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     best = ", ".join(f"{k}={v:g}" for k, v in (result.best_point or {}).items())
     console.print(f"chosen on validation ({result.select}): [bold]{best}[/] ({result.metric} "
                   f"{summary['best_validation']:.4f})")
-    for record in result.test:
-        band = record.interval(result.metric)
-        shown = f" [{band['low']:.4f}, {band['high']:.4f}]" if band else ""
-        console.print(f"  test {record.label:<14} {result.metric} = {record.metrics.get(result.metric):.4f}{shown}",
-                      highlight=False)
-    for item in result.comparisons:
-        if item["metric"] == result.metric:
-            console.print(f"  chosen − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
-                          f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
+    print_test_evidence(result.test, result.comparisons, result.metric)
     console.print(f"results: {output}/sweep.json, sweep.csv, report.md" + ("" if plot_note else ", sweep.png"))
     if plot_note:
         err_console.print(f"[yellow]note:[/] no plot: {escape(plot_note)}")
