@@ -122,7 +122,8 @@ def _render(folder: Path, into: Path) -> Report:
         if isinstance(payload, dict) and "task" in payload and "intervals" in payload and "result" in payload:
             runs[path.stem] = payload
     if not runs:
-        raise AdapterMathError(f"{folder}: no sweep.json, no search.json and no eval summaries (NAME.json from adaptermath eval -o)")
+        raise AdapterMathError(f"{folder}: no sweep.json, no search.json and no eval summaries "
+                               "(NAME.json from adaptermath eval -o)")
     markdown = eval_markdown(runs)
     (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
     return Report(folder, "eval", markdown, [REPORT_FILE])

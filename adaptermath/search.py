@@ -893,7 +893,8 @@ def search(
     on the study. ``pick`` chooses a trial by number (e.g. another point of the Pareto front).
     On ``test`` every evaluation keeps its per-example records (``output/examples/``) and a
     ``confidence`` interval on each metric, and the chosen trial is compared with each baseline on
-    the same examples (``result.comparisons``), as in a sweep. The compose and evaluator options are those of :func:`adaptermath.sweep.sweep`.
+    the same examples (``result.comparisons``), as in a sweep. The compose and evaluator options
+    are those of :func:`adaptermath.sweep.sweep`.
     """
     from .evaluation.run import _check_options
     from .evaluation.statistics import check_confidence

@@ -32,8 +32,8 @@ def fake_examples(accuracy: float, split: str, count: int):
     from adaptermath.evaluation.examples import ExampleSet
 
     draws = np.random.default_rng(0 if split == "val" else 1).uniform(size=count)
-    records = [{"id": f"{split}-{i}", "index": i, "gold": "a", "prediction": "a" if right else "b", "correct": bool(right)}
-               for i, right in enumerate(draws < accuracy)]
+    records = [{"id": f"{split}-{i}", "index": i, "gold": "a", "prediction": "a" if right else "b",
+                "correct": bool(right)} for i, right in enumerate(draws < accuracy)]
     return ExampleSet("classification", records, {"labels": ["a", "b"]})
 
 
