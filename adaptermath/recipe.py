@@ -55,7 +55,7 @@ SWEEP_FIELDS = ("grid", "task", "base", "val", "test", "metric", "direction", "b
                 "text_field", "model_type", "gguf_file", "device", "dtype", "options", "select", "confidence", "seeds")
 SEARCH_FIELDS = ("variables", "task", "base", "val", "test", "objectives", "constraints", "l1", "sampler", "seed",
                  "trials", "timeout", "storage", "study", "workers", "results", "restart", "baselines", "limit",
-                 "text_field", "model_type", "gguf_file", "device", "dtype", "options")
+                 "text_field", "model_type", "gguf_file", "device", "dtype", "options", "confidence")
 PUSH_FIELDS = ("repo", "private", "revision", "create_pr", "commit_message")
 
 SPACES = ("param", "delta")
@@ -194,6 +194,7 @@ class SearchSpec:
     device: str = "auto"
     dtype: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    confidence: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -829,6 +830,7 @@ def _validate_search(check: _Checker, value: Any, free: Sequence[str], method: s
         device=check.text(path + ("device",), value.get("device", "auto")),
         dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
         options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
+        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
     )
 
 
@@ -1260,7 +1262,8 @@ def _run_search(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any
         test=test, trials=spec.trials, sampler=spec.sampler, objectives=list(spec.objectives),
         constraints=list(spec.constraints), l1=spec.l1, storage=spec.storage, study=spec.study, timeout=spec.timeout,
         seed=spec.seed, workers=spec.workers, output=results, write_adapter=False, force=spec.restart,
-        baselines=spec.baselines, space=recipe.space, negate_factor=options.negate_factor, normalize=options.normalize,
+        baselines=spec.baselines, confidence=spec.confidence, space=recipe.space, negate_factor=options.negate_factor,
+        normalize=options.normalize,
         rank=options.rank, heads=options.heads, method=recipe.method, method_options=dict(recipe.method_options),
         energy=options.energy, max_rank=options.max_rank, gguf_file=spec.gguf_file, model_type=spec.model_type,
         device=spec.device, dtype=spec.dtype, text_field=spec.text_field, limit=spec.limit,

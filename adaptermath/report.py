@@ -6,6 +6,9 @@ A results folder is
   :func:`adaptermath.sweep.sweep_markdown`, the plot ``sweep.png`` with its interval band;
 * a sweep over seeds (``sweep.json`` of format ``adaptermath.sweep-seeds/1`` and ``seed-N/``
   folders): the across-seeds table then each seed's page; each ``seed-N/`` is re-rendered too;
+* a search (``search.json``; records under ``examples/``): the page is
+  :func:`adaptermath.search.search_markdown` -- the choice, the test table with intervals and the
+  paired comparisons; its plots are drawn from the study (``adaptermath search``), not re-rendered;
 * a folder of eval summaries (``NAME.json`` written by ``adaptermath eval -o``): one table of
   every metric with its interval;
 * an experiment's work folder (``results.json`` of ``python -m adaptermath.experiments.NAME`` for
@@ -40,7 +43,7 @@ class Report:
     """The rendered page and the files (relative to the folder) that make up the report."""
 
     folder: Path
-    kind: str  # "sweep" | "sweep-seeds" | "eval"
+    kind: str  # "sweep" | "sweep-seeds" | "search" | "eval" | "experiment:NAME"
     markdown: str
     files: list[str] = field(default_factory=list)
     plot_note: str | None = None
@@ -100,6 +103,13 @@ def _render(folder: Path, into: Path) -> Report:
         except AdapterMathError as exc:
             note = str(exc)
         return Report(folder, "sweep", markdown, files, note)
+    search_path = folder / "search.json"
+    if search_path.is_file():
+        from .search import search_markdown
+
+        markdown = search_markdown(_read_json(search_path))
+        (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
+        return Report(folder, "search", markdown, [REPORT_FILE])
     experiment_path = folder / "results.json"
     if experiment_path.is_file():
         document = _read_json(experiment_path)
@@ -112,7 +122,8 @@ def _render(folder: Path, into: Path) -> Report:
         if isinstance(payload, dict) and "task" in payload and "intervals" in payload and "result" in payload:
             runs[path.stem] = payload
     if not runs:
-        raise AdapterMathError(f"{folder}: no sweep.json and no eval summaries (NAME.json from adaptermath eval -o)")
+        raise AdapterMathError(f"{folder}: no sweep.json, no search.json and no eval summaries "
+                               "(NAME.json from adaptermath eval -o)")
     markdown = eval_markdown(runs)
     (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
     return Report(folder, "eval", markdown, [REPORT_FILE])

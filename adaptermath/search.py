@@ -16,6 +16,13 @@ Trials live in an Optuna study in a storage: a SQLite file in the output folder 
 search started again resumes, or any RDB URL (``postgresql://…``, ``mysql://…``) through which
 workers on other machines join the same study. The study records a fingerprint of the search
 (expression, operands, space, options, task, data); a study made by another search is refused.
+
+On test the chosen trial and the baselines are reported exactly as a sweep reports them
+(:mod:`adaptermath.sweep`, docs/evaluation.md): each evaluation keeps its per-example records
+(``examples/test-*.jsonl.gz`` in the output folder) and a ``confidence`` interval on every
+metric, and the chosen trial is compared with every baseline on the same examples (Δ with its
+paired-bootstrap interval and a p-value: McNemar's exact test for accuracy, a paired permutation
+test otherwise).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +45,9 @@ from .expression import parse_expression
 from .search_study import (StudyMismatchError, StudyStorageError, first_line, jsonable, open_storage,  # noqa: F401
                            open_study, public_url, sqlite_url)
 from .choices import SAMPLERS
-from .sweep import (DEFAULT_METRICS, LOWER_IS_BETTER, Evaluator, ModelScorer, SweepPlan, SweepRecord, _summary,
-                    compose_settings, grid_variable_problem, metric_value, operand_hashes)
+from .sweep import (DEFAULT_METRICS, LOWER_IS_BETTER, Evaluator, ModelScorer, SweepPlan, SweepRecord, _band, _number,
+                    _point_text, _summary, baseline_comparisons, comparisons_markdown, compose_settings,
+                    grid_variable_problem, metric_value, operand_hashes, recorded_evaluation)
 
 SEARCH_FORMAT = "adaptermath.search/1"
 DEFAULT_STUDY = "adaptermath-search"
@@ -508,6 +516,8 @@ class SearchResult:
     test: list[SweepRecord] = field(default_factory=list)
     reference: dict[str, Any] | None = None
     importances: dict[str, float] | None = None
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # chosen vs each baseline on test
+    confidence: float = 0.95
 
     @property
     def objectives(self) -> list[Objective]:
@@ -516,6 +526,11 @@ class SearchResult:
     @property
     def best_point(self) -> Point | None:
         return None if self.chosen is None else dict(self.chosen.point)
+
+    @property
+    def reported(self) -> list[str]:
+        """The metrics the test table shows: each objective's (``NAME`` for ``NAME_ratio``), in order."""
+        return reported_metrics(o.metric for o in self.objectives)
 
     def trial(self, number: int) -> TrialRow:
         for row in self.trials:
@@ -549,7 +564,10 @@ class SearchResult:
             "pareto_front": [row_dict(self.trial(n)) for n in self.front] if len(self.objectives) > 1 else None,
             "reference": self.reference,
             "importances": self.importances,
-            "test": [{"label": r.label, "point": r.point, "expression": r.expression, "metrics": r.metrics} for r in self.test],
+            "confidence": self.confidence,
+            "test": [{"label": r.label, "point": r.point, "expression": r.expression, "metrics": r.metrics,
+                      "examples": r.examples} for r in self.test],
+            "comparisons": self.comparisons,
         }
 
     def to_csv(self) -> str:
@@ -569,6 +587,54 @@ class SearchResult:
                              self.chosen is not None and r.number == self.chosen.number,
                              *[r.metrics.get(k, "") for k in scalar]])
         return buffer.getvalue()
+
+
+def reported_metrics(objectives: Iterable[str]) -> list[str]:
+    """The metrics a search reports on test: each objective's metric, ``NAME`` for ``NAME_ratio``
+    (a ratio is relative to the reference point on validation), each once, in order."""
+    out: list[str] = []
+    for metric in objectives:
+        stem = metric[: -len(RATIO_SUFFIX)] if metric.endswith(RATIO_SUFFIX) else metric
+        if stem not in out:
+            out.append(stem)
+    return out
+
+
+def search_markdown(summary: Mapping[str, Any]) -> str:
+    """The Markdown page of a search, from its ``search.json`` alone (what ``adaptermath report``
+    prints): the choice; a table of the chosen trial on validation, then it and each baseline on
+    test, with each reported metric (:func:`reported_metrics`) and its interval; and per metric the
+    paired comparisons of the chosen trial with each baseline (as in a sweep's page)."""
+    level = f"{summary.get('confidence', 0.95):.0%}"
+    variables = list(summary["variables"])
+    objectives = [spec.rpartition(":") for spec in summary["objectives"]]
+    metrics = reported_metrics(metric for metric, _, _ in objectives)
+    seed = f", seed {summary['seed']}" if summary.get("seed") is not None else ""
+    l1 = f"; L1 {summary['l1']:g}" if summary.get("l1") else ""
+    constraints = f"; constraints: {', '.join(summary['constraints'])}" if summary.get("constraints") else ""
+    lines = [f"## Search `{summary['expression']}`", "",
+             f"Objectives: {', '.join(f'{metric} ({direction})' for metric, _, direction in objectives)}; sampler "
+             f"{summary['sampler']}{seed}; {summary['trials']} complete trials ({summary['failed_trials']} failed, "
+             f"{summary['feasible_trials']} feasible){l1}{constraints}.", ""]
+    chosen = summary.get("chosen")
+    if chosen is None:
+        return "\n".join(lines + ["No trial meets the constraints: nothing was chosen."]) + "\n"
+    shown = ", ".join(f"{metric} {_number(chosen['metrics'].get(metric))}" for metric in metrics)
+    lines += [f"Chosen: trial {chosen['number']}: {_point_text(chosen['point'])} ({shown} on validation).", ""]
+    header = ["split", "what", *variables]
+    for metric in metrics:
+        header += [metric, f"{level} interval"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    rows = [("val", f"trial {chosen['number']}", chosen)] + [("test", r["label"], r) for r in summary.get("test") or []]
+    for split, label, record in rows:
+        cells = [split, label, *[f"{record['point'][v]:g}" if v in record["point"] else "" for v in variables]]
+        for metric in metrics:
+            interval = (record["metrics"].get("intervals") or {}).get(metric)
+            cells += [_number(record["metrics"].get(metric)), _band(interval)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for metric in metrics:
+        lines += comparisons_markdown(summary.get("comparisons") or [], metric, level, "the chosen trial")
+    return "\n".join(lines) + "\n"
 
 
 def collect(study: Any, plan: SearchPlan, settings: SearchSettings, pick: int | None = None) -> SearchResult:
@@ -626,8 +692,13 @@ def parameter_importances(study: Any, plan: SearchPlan) -> dict[str, float] | No
 def run_search(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, fingerprint: Mapping[str, Any],
                force: bool = False, test: bool = False, baselines: bool = True, pick: int | None = None,
                scoring: Scoring | None = None, on_trial: Callable[[Any], None] | None = None,
-               on_progress: Callable[[int], None] | None = None) -> SearchResult:
+               on_progress: Callable[[int], None] | None = None, output: Path | None = None,
+               confidence: float = 0.95) -> SearchResult:
     """Open (or resume) the study, run the workers, choose a trial, score it and the baselines on test.
+
+    On test (see :func:`score_test`) each evaluation's per-example records are written under
+    ``output/examples/`` (when ``output`` is given) and give every metric its ``confidence``
+    interval and the chosen-vs-baseline comparisons their pairs.
 
     ``on_trial(frozen_trial)`` follows each trial of an in-process worker; ``on_progress(complete)``
     gets the study's count of complete trials after each of them (about every half second with
@@ -660,16 +731,24 @@ def run_search(plan: SearchPlan, scorer: Any, settings: SearchSettings, *, finge
         run_workers(plan, scorer, settings, on_progress=progressed)
     result = collect(study, plan, settings, pick)
     result.importances = parameter_importances(study, plan)
+    result.confidence = confidence
     if test and result.chosen is not None:
-        result.test = score_test(composing, lazy, result.chosen, baselines=baselines)
+        result.test, result.comparisons = score_test(composing, lazy, result.chosen, baselines=baselines,
+                                                     folder=output, confidence=confidence)
     return result
 
 
-def score_test(plan: SweepPlan, scoring: _LazyScoring, chosen: TrialRow, *, baselines: bool = True) -> list[SweepRecord]:
-    """The chosen trial on test, then (as in a sweep) the zero point and each operand alone.
+def score_test(plan: SweepPlan, scoring: _LazyScoring, chosen: TrialRow, *, baselines: bool = True,
+               folder: Path | None = None, confidence: float = 0.95, resamples: int = 2000, permutations: int = 5000,
+               seed: int = 0) -> tuple[list[SweepRecord], list[dict[str, Any]]]:
+    """The chosen trial on test, then (as in a sweep) the zero point and each operand alone; and the
+    chosen trial compared with each baseline on the same examples.
 
-    These records are where paired comparisons on test belong (chosen vs each baseline) once the
-    evaluators keep per-example records: ``paired_comparison(records[0], record)`` for the others.
+    Exactly a sweep's test protocol (:func:`adaptermath.sweep.run_sweep`): each record carries its
+    per-example records file ``examples/test-{label}-{hash}.jsonl.gz`` (written under ``folder``)
+    and a ``confidence`` interval on every metric (bootstrap seeded with ``seed``); each comparison
+    row is :func:`adaptermath.sweep.baseline_comparisons` (Δ = chosen − baseline, its paired
+    interval, p). Evaluators that keep no records give neither.
     """
     from .compose import compose
 
@@ -677,12 +756,20 @@ def score_test(plan: SweepPlan, scoring: _LazyScoring, chosen: TrialRow, *, base
     todo = [("best", plan.expression, plan.operands, dict(chosen.point))]
     if baselines:
         todo += plan.baselines(chosen.point)
-    records = []
+    records: list[SweepRecord] = []
+    comparisons: list[dict[str, Any]] = []
+    ours = None
     for label, expression, operands, point in todo:
         composed = compose(expression, operands, variables=dict(point), **plan.options_for(label))
-        metrics = _summary(evaluate(attach(composed), "test"))
-        records.append(SweepRecord("test", label, dict(point), expression, metrics))
-    return records
+        record, examples = recorded_evaluation("test", label, expression, point, evaluate(attach(composed), "test"),
+                                               folder=folder, confidence=confidence, resamples=resamples, seed=seed)
+        records.append(record)
+        if label == "best":
+            ours = examples
+        else:
+            comparisons += baseline_comparisons(ours, label, examples, confidence=confidence, resamples=resamples,
+                                                permutations=permutations, seed=seed)
+    return records, comparisons
 
 
 def write_trial_adapter(result: SearchResult, output: str | Path, *, trial: int | None = None, force: bool = False) -> Path:
@@ -721,17 +808,22 @@ def write_trial_adapter(result: SearchResult, output: str | Path, *, trial: int 
 
 
 def write_search_outputs(result: SearchResult, folder: str | Path) -> dict[str, str | None]:
-    """``search.json``, ``trials.csv`` and the plots (``history.png``, ``importances.png``,
-    ``pareto.png`` with two or more objectives) in ``folder``; returns what was written (a plot is
-    None, with the reason under ``plot_note``, when matplotlib is missing)."""
+    """``search.json``, ``trials.csv``, ``report.md`` (:func:`search_markdown`) and the plots
+    (``history.png``, ``importances.png``, ``pareto.png`` with two or more objectives) in
+    ``folder``; returns what was written (a plot is None, with the reason under ``plot_note``, when
+    matplotlib is missing). The per-example records of the test evaluations are already in
+    ``folder/examples/`` (written as they were scored)."""
     from .evaluation.run import write_json_atomic
     from .search_plots import plot_history, plot_importances, plot_pareto
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str | None] = {"search.json": str(write_json_atomic(folder / "search.json", result.to_dict(), force=True))}
+    summary = result.to_dict()
+    written: dict[str, str | None] = {"search.json": str(write_json_atomic(folder / "search.json", summary, force=True))}
     (folder / "trials.csv").write_text(result.to_csv(), encoding="utf-8")
     written["trials.csv"] = str(folder / "trials.csv")
+    (folder / "report.md").write_text(search_markdown(summary), encoding="utf-8")
+    written["report.md"] = str(folder / "report.md")
     plots = [("history.png", plot_history), ("importances.png", plot_importances)]
     if len(result.objectives) > 1:
         plots.append(("pareto.png", plot_pareto))
@@ -768,6 +860,7 @@ def search(
     pick: int | None = None,
     force: bool = False,
     baselines: bool = True,
+    confidence: float = 0.95,
     space: str = "param",
     negate_factor: str = "B",
     normalize: bool = False,
@@ -798,13 +891,18 @@ def search(
     ``search.json``, ``trials.csv``, the plots and (``write_adapter``) the chosen trial as an
     adapter in ``output/adapter``; run again to resume. ``workers`` > 1 spawns that many processes
     on the study. ``pick`` chooses a trial by number (e.g. another point of the Pareto front).
-    The compose and evaluator options are those of :func:`adaptermath.sweep.sweep`.
+    On ``test`` every evaluation keeps its per-example records (``output/examples/``) and a
+    ``confidence`` interval on each metric, and the chosen trial is compared with each baseline on
+    the same examples (``result.comparisons``), as in a sweep. The compose and evaluator options
+    are those of :func:`adaptermath.sweep.sweep`.
     """
     from .evaluation.run import _check_options
+    from .evaluation.statistics import check_confidence
 
     if task not in DEFAULT_METRICS:
         raise AdapterMathError(f"search task must be one of {', '.join(DEFAULT_METRICS)}, got {task!r}")
     _check_options(task, task_options)
+    check_confidence(confidence)
     goals = [o if isinstance(o, Objective) else parse_objective(o) for o in objectives] or [
         Objective(DEFAULT_METRICS[task][0], DEFAULT_METRICS[task][1])]
     limits = [c if isinstance(c, Constraint) else parse_constraint(c) for c in constraints]
@@ -838,7 +936,8 @@ def search(
         **data,
     }
     result = run_search(plan, scorer, settings, fingerprint=fingerprint, force=force, test=test is not None,
-                        baselines=baselines, pick=pick, on_trial=on_trial, on_progress=on_progress)
+                        baselines=baselines, pick=pick, on_trial=on_trial, on_progress=on_progress, output=folder,
+                        confidence=confidence)
     if folder is not None:
         write_search_outputs(result, folder)
         if write_adapter and result.chosen is not None:

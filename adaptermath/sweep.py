@@ -156,6 +156,42 @@ class SweepRecord:
         return (self.metrics.get("intervals") or {}).get(metric)
 
 
+def recorded_evaluation(split: str, label: str, expression: str, point: Mapping[str, float],
+                        returned: "Mapping[str, Any] | Evaluated", *, folder: Path | None, confidence: float = 0.95,
+                        resamples: int = 2000, seed: int = 0) -> tuple[SweepRecord, ExampleSet | None]:
+    """One evaluation as a :class:`SweepRecord` (a sweep's or a search's): its scalar metrics and,
+    when the evaluator kept per-example records, the ``confidence`` interval of each metric
+    (:func:`~adaptermath.evaluation.evidence.metric_intervals`, bootstrap seeded with ``seed``) and
+    the records file :func:`examples_file_name`, written under ``folder`` (when given)."""
+    from .evaluation.evidence import intervals_to_dict, metric_intervals
+
+    result, examples = (returned.result, returned.examples) if isinstance(returned, Evaluated) else (returned, None)
+    metrics = _summary(result)
+    name = None
+    if examples is not None:
+        metrics["intervals"] = intervals_to_dict(
+            metric_intervals(examples, confidence=confidence, resamples=resamples, seed=seed))
+        name = examples_file_name(split, label, point)
+        if folder is not None:
+            write_examples(folder / name, examples)
+    return SweepRecord(split, label, dict(point), expression, metrics, name), examples
+
+
+def baseline_comparisons(chosen: ExampleSet | None, label: str, baseline: ExampleSet | None, *,
+                         confidence: float = 0.95, resamples: int = 2000, permutations: int = 5000,
+                         seed: int = 0) -> list[dict[str, Any]]:
+    """The chosen point (A) against the baseline ``label`` (B) on the same test examples, one row per
+    metric: ``{"baseline": label, "metric", "a", "b", "delta", "low", "high", "p_value", "test", ...}``
+    (:func:`~adaptermath.evaluation.evidence.compare_examples`); none when either kept no records."""
+    from .evaluation.evidence import compare_examples
+
+    if chosen is None or baseline is None:
+        return []
+    comparison = compare_examples(chosen, baseline, confidence=confidence, resamples=resamples,
+                                  permutations=permutations, seed=seed)
+    return [{"baseline": label, **item.to_dict()} for item in comparison.differences]
+
+
 @dataclass
 class SweepResult:
     """Every validation point, the chosen point, and the test scores of it and the baselines."""
@@ -448,7 +484,7 @@ def run_sweep(
     ``examples/`` beside ``results`` and give each metric its ``confidence`` interval, the
     ``one-se`` rule its standard error, and the test comparisons their pairs (bootstrap and
     permutations seeded with ``seed``)."""
-    from .evaluation.evidence import compare_examples, intervals_to_dict, metric_intervals
+    from .evaluation.evidence import intervals_to_dict, metric_intervals
 
     if direction not in ("max", "min"):
         raise AdapterMathError(f"direction must be max or min, got {direction!r}")
@@ -478,20 +514,12 @@ def run_sweep(
                 on_record(cached, True)
             return cached
         composed = compose(expression, operands, variables=dict(point), **plan.options_for(label))
-        model = attach(composed)
-        returned = evaluate(model, split)
-        result, examples = (returned.result, returned.examples) if isinstance(returned, Evaluated) else (returned, None)
-        metrics = _summary(result)
-        metric_value(metrics, metric)  # fail fast on an unknown metric
-        name = None
-        if examples is not None:
-            metrics["intervals"] = intervals_to_dict(
-                metric_intervals(examples, confidence=confidence, resamples=resamples, seed=seed))
-            name = examples_file_name(split, label, point)
-            held[name] = examples
-            if folder is not None:
-                write_examples(folder / name, examples)
-        record = SweepRecord(split, label, dict(point), expression, metrics, name)
+        returned = evaluate(attach(composed), split)
+        metric_value(_summary(returned), metric)  # fail fast on an unknown metric
+        record, examples = recorded_evaluation(split, label, expression, point, returned, folder=folder,
+                                               confidence=confidence, resamples=resamples, seed=seed)
+        if record.examples is not None and examples is not None:
+            held[record.examples] = examples
         log.append(record)
         if on_record:
             on_record(record, False)
@@ -509,12 +537,9 @@ def run_sweep(
             for label, expression, operands, point in plan.baselines(chosen.point):
                 baseline = score("test", label, expression, operands, point)
                 outcome.records.append(baseline)
-                ours, theirs = examples_of(chosen_test), examples_of(baseline)
-                if ours is None or theirs is None:
-                    continue
-                comparison = compare_examples(ours, theirs, confidence=confidence, resamples=resamples,
-                                              permutations=permutations, seed=seed)
-                outcome.comparisons += [{"baseline": label, **item.to_dict()} for item in comparison.differences]
+                outcome.comparisons += baseline_comparisons(examples_of(chosen_test), label, examples_of(baseline),
+                                                            confidence=confidence, resamples=resamples,
+                                                            permutations=permutations, seed=seed)
     return outcome
 
 
@@ -825,15 +850,23 @@ def sweep_markdown(summary: Mapping[str, Any]) -> str:
         values = [f"{record['point'][v]:g}" if v in record["point"] else "" for v in variables]
         interval = (record["metrics"].get("intervals") or {}).get(metric)
         lines.append("| " + " | ".join([split, label, *values, _number(record["metrics"].get(metric)), _band(interval)]) + " |")
-    comparisons = [c for c in summary.get("comparisons") or [] if c["metric"] == metric]
-    if comparisons:
-        lines += ["", f"Test: the chosen point (A) against each baseline (B) on the same examples; Δ = A − B with its "
-                      f"{level} paired-bootstrap interval and a two-sided p-value.", "",
-                  f"| baseline | A | B | Δ | {level} interval | p | test |", "|---|---:|---:|---:|---:|---:|---|"]
-        for item in comparisons:
-            lines.append(f"| {item['baseline']} | {_number(item['a'])} | {_number(item['b'])} | {item['delta']:+.4f} | "
-                         f"[{item['low']:+.4f}, {item['high']:+.4f}] | {item['p_value']:.4g} | {item['test']} |")
+    lines += comparisons_markdown(summary.get("comparisons") or [], metric, level)
     return "\n".join(lines) + "\n"
+
+
+def comparisons_markdown(comparisons: Sequence[Mapping[str, Any]], metric: str, level: str,
+                         chosen: str = "the chosen point") -> list[str]:
+    """The lines of the test comparisons table of ``metric`` (none when there is no comparison)."""
+    rows = [c for c in comparisons if c["metric"] == metric]
+    if not rows:
+        return []
+    lines = ["", f"Test: {chosen} (A) against each baseline (B) on the same examples; Δ = A − B with its "
+                 f"{level} paired-bootstrap interval and a two-sided p-value.", "",
+             f"| baseline | A | B | Δ | {level} interval | p | test |", "|---|---:|---:|---:|---:|---:|---|"]
+    for item in rows:
+        lines.append(f"| {item['baseline']} | {_number(item['a'])} | {_number(item['b'])} | {item['delta']:+.4f} | "
+                     f"[{item['low']:+.4f}, {item['high']:+.4f}] | {item['p_value']:.4g} | {item['test']} |")
+    return lines
 
 
 def write_sweep_outputs(result: "SweepResult | Mapping[str, Any]", folder: str | Path) -> str | None:

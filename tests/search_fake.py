@@ -23,15 +23,32 @@ def fake_metrics(variables: dict[str, float], split: str) -> dict[str, Any]:
     }
 
 
+def fake_examples(accuracy: float, split: str, count: int):
+    """``count`` classification records whose share correct is about ``accuracy``: example i is
+    right when a fixed uniform draw (the same for every evaluation of ``split``) is below it, so two
+    points' records pair up example by example as a real evaluator's do."""
+    import numpy as np
+
+    from adaptermath.evaluation.examples import ExampleSet
+
+    draws = np.random.default_rng(0 if split == "val" else 1).uniform(size=count)
+    records = [{"id": f"{split}-{i}", "index": i, "gold": "a", "prediction": "a" if right else "b",
+                "correct": bool(right)} for i, right in enumerate(draws < accuracy)]
+    return ExampleSet("classification", records, {"labels": ["a", "b"]})
+
+
 @dataclass
 class FakeScorer:
     """``start()`` returns attach/evaluate; each evaluation appends ``{"pid", "split", "point"}`` to
     ``log`` (before it scores), sleeps ``delay`` s, and the ``kill_at``-th evaluation in a process
-    kills that process (SIGKILL: no clean-up, the trial stays RUNNING in the study)."""
+    kills that process (SIGKILL: no clean-up, the trial stays RUNNING in the study). With
+    ``records`` > 0 it returns, as ModelScorer does, an ``Evaluated`` with that many per-example
+    records (:func:`fake_examples`), and its accuracy is theirs."""
 
     log: str | None = None
     delay: float = 0.0
     kill_at: int | None = None
+    records: int = 0
 
     def start(self):
         done = {"count": 0}
@@ -49,9 +66,20 @@ class FakeScorer:
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.delay:
                 time.sleep(self.delay)
-            return fake_metrics(point, split)
+            metrics = fake_metrics(point, split)
+            if not self.records:
+                return metrics
+            from adaptermath.sweep import Evaluated
+
+            examples = fake_examples(metrics["accuracy"], split, self.records)
+            metrics["accuracy"] = sum(r["correct"] for r in examples.records) / len(examples)
+            return Evaluated(metrics, examples)
 
         return attach, evaluate
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What :func:`adaptermath.search.search` records of a ModelScorer (tests that stand this in for it)."""
+        return {"task": "classification", "fake": True, "records": self.records, "test": None}
 
 
 def run_in_child(plan, scorer, settings, fingerprint) -> None:

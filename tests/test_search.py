@@ -313,6 +313,11 @@ def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(
     assert summary["objectives"] == ["accuracy:max", "macro_f1:max"]
     assert summary["chosen"]["number"] in [p["number"] for p in summary["pareto_front"]]
     assert {t["label"] for t in summary["test"]} == {"best", "λ=0, μ=0", "operand:cls", "operand:t", "operand:s"}
+    # on test, as in a sweep: each evaluation's records and intervals, the chosen trial against each baseline
+    assert all((out / t["examples"]).is_file() and "accuracy" in t["metrics"]["intervals"] for t in summary["test"])
+    assert {(c["baseline"], c["metric"]) for c in summary["comparisons"]} == \
+        {(label, metric) for label in ("λ=0, μ=0", "operand:cls", "operand:t", "operand:s")
+         for metric in ("accuracy", "macro_f1")}
     assert sorted(summary["plots"]) == ["history.png", "importances.png", "pareto.png"]
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,λ,μ,objective:accuracy:max,objective:macro_f1:max,l1_penalty,feasible,pareto")

@@ -104,14 +104,16 @@ def write_examples(path: str | Path, examples: ExampleSet) -> Path:
 
 def examples_path(run: str | Path) -> Path:
     """Where the records of a run are: ``DIR/examples.jsonl.gz`` for a run folder; for a sweep folder
-    (``DIR/sweep.json``, no seeds) the records of its chosen point on test; ``NAME.examples.jsonl.gz``
-    beside a summary ``NAME.json``; or the given ``*.jsonl.gz`` itself."""
+    (``DIR/sweep.json``, no seeds) or a search folder (``DIR/search.json``) the records of its chosen
+    point on test; ``NAME.examples.jsonl.gz`` beside a summary ``NAME.json``; or the given
+    ``*.jsonl.gz`` itself."""
     path = Path(run)
     if path.is_dir():
-        if not (path / EXAMPLES_FILE).exists() and (path / "sweep.json").is_file():
-            chosen = _sweep_chosen_examples(path / "sweep.json")
-            if chosen is not None:
-                return chosen
+        for summary in ("sweep.json", "search.json"):
+            if not (path / EXAMPLES_FILE).exists() and (path / summary).is_file():
+                chosen = _sweep_chosen_examples(path / summary)
+                if chosen is not None:
+                    return chosen
         return path / EXAMPLES_FILE
     if path.name.endswith(".jsonl.gz"):
         return path
@@ -121,7 +123,7 @@ def examples_path(run: str | Path) -> Path:
 
 
 def _sweep_chosen_examples(summary: Path) -> Path | None:
-    """The records file of a sweep's chosen point on test (its ``best`` test row), if it has one."""
+    """The records file of a sweep's (or a search's) chosen point on test (its ``best`` test row), if it has one."""
     try:
         data = json.loads(summary.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

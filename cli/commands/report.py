@@ -19,7 +19,8 @@ from ..common import console, err_console, json_option, print_json
 def report_command(folder: Path, check: bool, as_json: bool) -> None:
     """Render DIR/report.md (and the sweep plot) from the JSON files in DIR, with no model.
 
-    DIR is a sweep folder (sweep.json), a sweep over seeds (sweep.json and seed-N/), a folder of
+    DIR is a sweep folder (sweep.json), a sweep over seeds (sweep.json and seed-N/), a search
+    folder (search.json: its test table and comparisons; the plots stay as search drew them), a folder of
     eval summaries (NAME.json from adaptermath eval -o), or an experiment's work folder
     (results.json of distribution, domain_transfer, init_ablation or multitask). The output is the same, byte for byte,
     every time; the Markdown page is also printed.

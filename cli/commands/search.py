@@ -14,6 +14,7 @@ from adaptermath.cli.main import main
 
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json, progress
 from ..merge_options import method_flags, method_options
+from .sweep import print_test_evidence
 from ..task_options import quiet_transformers, task_options, unescape
 
 
@@ -51,6 +52,8 @@ from ..task_options import quiet_transformers, task_options, unescape
 @click.option("--trial", "pick", type=click.IntRange(min=0), default=None, metavar="N",
               help="Write trial N (e.g. another point of the Pareto front) instead of the best.")
 @click.option("--no-baselines", is_flag=True, help="Skip the zero-point and operand-alone test baselines.")
+@click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Level of the intervals on every metric and on the test differences.")
 @click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
               help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic.")
 @click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
@@ -85,8 +88,8 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
                    task: str, val: str, test: str | None, variables: tuple[str, ...], trials: int, sampler: str,
                    objectives: tuple[str, ...], constraints: tuple[str, ...], l1: float, storage: str | None,
                    study_name: str | None, timeout: float | None, seed: int | None, workers: int, pick: int | None,
-                   no_baselines: bool, space: str, negate_factor: str, normalize: bool, rank: int | None,
-                   heads: str | None, method: str, density: float | None, drop: float | None,
+                   no_baselines: bool, confidence: float, space: str, negate_factor: str, normalize: bool,
+                   rank: int | None, heads: str | None, method: str, density: float | None, drop: float | None,
                    method_option_values: tuple[str, ...], energy: float | None, max_rank: int | None,
                    limit: int | None, text_field: str, label_field: str | None, labels: str | None,
                    template: str | None, max_length: int | None, stride: int | None, num_samples: int | None,
@@ -99,8 +102,11 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
     model (the base model is loaded once per worker). Trials are kept in an Optuna study —
     DIR/study.db unless --storage names a database — so the same command resumes an interrupted
     search, and workers started with the same command and --study on other machines share it.
-    Two --objective give a Pareto front. DIR gets search.json, trials.csv, history.png,
+    Two --objective give a Pareto front. DIR gets search.json, trials.csv, report.md, history.png,
     importances.png (pareto.png) and the chosen trial as an adapter whose recipe rebuilds it.
+    On --test, as in a sweep, every evaluation keeps its per-example records in DIR/examples/ and an
+    interval on each metric, and the chosen trial is compared with each baseline on the same
+    examples (Δ, its paired interval, p).
 
     \b
     Examples:
@@ -134,8 +140,8 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
             expression, operands, base=base, task=task, variables=list(variables), val=val, test=test, trials=trials,
             sampler=sampler, objectives=list(objectives), constraints=list(constraints), l1=l1, storage=storage,
             study=study_name, timeout=timeout, seed=seed, workers=workers, output=output, pick=pick, force=force,
-            baselines=not no_baselines, space=space, negate_factor=negate_factor, normalize=normalize, rank=rank,
-            heads=heads, method=method, method_options=method_options(density, drop, None, method_option_values),
+            baselines=not no_baselines, confidence=confidence, space=space, negate_factor=negate_factor,
+            normalize=normalize, rank=rank, heads=heads, method=method, method_options=method_options(density, drop, None, method_option_values),
             energy=energy, max_rank=max_rank, gguf_file=gguf_file, model_type=model_type, device=device, dtype=dtype,
             text_field=text_field, limit=limit, allow_pickle=allow_pickle, on_progress=on_progress, batch_size=batch_size,
             **evaluator_options,
@@ -158,11 +164,11 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
         console.print(f"chosen: trial {chosen.number}: [bold]{escape(point)}[/] ({escape(values)} on validation)")
         if len(result.objectives) > 1:
             console.print(f"Pareto front: trials {', '.join(str(n) for n in result.front)} (write another with --trial N)")
-        for record in result.test:
-            value = record.metrics.get(result.objectives[0].metric)
-            shown = f"{value:.4f}" if isinstance(value, (int, float)) else "—"
-            console.print(f"  test {record.label:<14} {result.objectives[0].metric} = {shown}")
+        if result.test:
+            for metric in result.reported:
+                print_test_evidence(result.test, result.comparisons, metric)
         console.print(f"adapter: {adapter}")
-    console.print(f"results: {output}/search.json, trials.csv" + "".join(f", {p}" for p in plots))
+    console.print(f"results: {output}/search.json, trials.csv, report.md" + "".join(f", {p}" for p in plots)
+                  + (", examples/" if any(r.examples for r in result.test) else ""))
     if not plots and result.trials:
         err_console.print("[yellow]note:[/] no plots: pip install 'adaptermath[search]' for matplotlib")

@@ -10,9 +10,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from adaptermath.choices import MODEL_TYPES, SWEEP_TASKS
+from adaptermath.choices import MODEL_TYPES, SELECTION_RULES, SWEEP_TASKS
 from adaptermath.errors import AdapterMathError
-from adaptermath.choices import SELECTION_RULES
 from adaptermath.cli.main import main
 
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json
@@ -39,6 +38,22 @@ def _table(records: list["SweepRecord"], variables: list[str], metric: str) -> T
                       f"{value:.4f}" if isinstance(value, (int, float)) else "—",
                       f"[{band['low']:.4f}, {band['high']:.4f}]" if band else "—")
     return table
+
+
+def print_test_evidence(records: list[SweepRecord], comparisons: list[dict[str, Any]], metric: str,
+                        chosen: str = "chosen") -> None:
+    """Print each test record's ``metric`` with its interval, then the chosen point against each
+    baseline (Δ, its paired interval, p); shared by sweep and search."""
+    for record in records:
+        value = record.metrics.get(metric)
+        band = record.interval(metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+        shown += f" [{band['low']:.4f}, {band['high']:.4f}]" if band else ""
+        console.print(f"  test {record.label:<14} {metric} = {shown}", highlight=False)
+    for item in comparisons:
+        if item["metric"] == metric:
+            console.print(f"  {chosen} − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
+                          f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -221,15 +236,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
     best = ", ".join(f"{k}={v:g}" for k, v in (result.best_point or {}).items())
     console.print(f"chosen on validation ({result.select}): [bold]{best}[/] ({result.metric} "
                   f"{summary['best_validation']:.4f})")
-    for record in result.test:
-        band = record.interval(result.metric)
-        shown = f" [{band['low']:.4f}, {band['high']:.4f}]" if band else ""
-        console.print(f"  test {record.label:<14} {result.metric} = {record.metrics.get(result.metric):.4f}{shown}",
-                      highlight=False)
-    for item in result.comparisons:
-        if item["metric"] == result.metric:
-            console.print(f"  chosen − {item['baseline']:<14} Δ = {item['delta']:+.4f} [{item['low']:+.4f}, "
-                          f"{item['high']:+.4f}]  p = {item['p_value']:.4g} ({item['test']})", highlight=False)
+    print_test_evidence(result.test, result.comparisons, result.metric)
     console.print(f"results: {output}/sweep.json, sweep.csv, report.md" + ("" if plot_note else ", sweep.png"))
     if best_adapter is not None:
         console.print(f"chosen adapter written to {best_adapter['output']}", highlight=False)
