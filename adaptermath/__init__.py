@@ -7,18 +7,21 @@
 The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compose`,
 :func:`negate`, :func:`compare`, :func:`inspect_adapter`, :func:`convert`, :func:`detect_format`,
 :func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`),
-:func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
+:func:`sweep`, :func:`load_recipe` / :func:`run_recipe` (YAML recipes),
+:func:`bake` (an expression folded into a base model) / :func:`extract` (a LoRA from a fine-tuned model)
 (other formats: :mod:`adaptermath.formats`).
 """
 
 __version__ = "0.1.0"
 
 from .adapter import Adapter, load_adapter  # noqa: E402
+from .bake import bake  # noqa: E402
 from .comparison import compare  # noqa: E402
 from .compose import ComposedAdapter, compose  # noqa: E402
 from .errors import AdapterMathError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .expression import LinearCombination, parse_expression  # noqa: E402
+from .extract import extract  # noqa: E402
 from .formats import convert, detect_format  # noqa: E402
 from .init_adapter import init_adapter  # noqa: E402
 from .inspection import inspect_adapter  # noqa: E402
@@ -35,11 +38,13 @@ __all__ = [
     "LinearCombination",
     "LoraModule",
     "__version__",
+    "bake",
     "compare",
     "compose",
     "convert",
     "detect_format",
     "evaluate",
+    "extract",
     "init_adapter",
     "inspect_adapter",
     "load_adapter",

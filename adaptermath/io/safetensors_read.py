@@ -31,6 +31,7 @@ class SafetensorsTensorReader:
             if header_size > size - 8:
                 raise ValueError("header larger than the file")
             header = json.loads(os.pread(self._fd, header_size, 8))
+            self.header: dict = header  # the parsed JSON header (dtype, shape, data_offsets per tensor)
             self._data_start = 8 + header_size
             self._spans: dict[str, tuple[int, int]] = {}
             for key, entry in header.items():
