@@ -358,6 +358,9 @@ def bake(
     heads: str | None = None,
     method: str = "linear",
     method_options: Mapping[str, Any] | None = None,
+    rank: int | None = None,
+    energy: float | None = None,
+    max_rank: int | None = None,
     allow_pickle: bool = False,
     base_mismatch: str = "error",
     force: bool = False,
@@ -368,7 +371,8 @@ def bake(
 
     ``expression`` may be a bare adapter path (then ``operands`` is empty): the expression ``1*x``.
     ``base`` is a model folder in safetensors (one file or shards with an index) or ``hf://owner/repo``.
-    The composition takes compose's options (``space`` defaults to ``delta``: the exact Σ cᵢ·ΔWᵢ).
+    The composition takes compose's options (``space`` defaults to ``delta``: the exact Σ cᵢ·ΔWᵢ;
+    ``rank``/``energy``/``max_rank`` compress it first, as in compose).
     An adapter whose ``base_model_name_or_path`` names another model is refused unless
     ``base_mismatch="ok"`` (then a warning). Output is atomic; an existing one is replaced only with
     ``force``; an output inside the base folder is refused.
@@ -385,7 +389,7 @@ def bake(
         raise BakeError(problem)
     composed = compose(expression, operands, variables=variables, space=space, negate_factor=negate_factor,
                        normalize=normalize, heads=heads, dtype="float32", allow_pickle=allow_pickle, method=method,
-                       method_options=method_options)
+                       method_options=method_options, rank=rank, energy=energy, max_rank=max_rank)
     folder = open_model_folder(base_ref, allow_pickle=allow_pickle)
     try:
         found = _check_base_model(composed, base_ref, folder, base_mismatch)

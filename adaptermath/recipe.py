@@ -44,7 +44,7 @@ PROVENANCE_FILE = "adaptermath.json"
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",
-              "force", "evaluation", "sweep", "push")
+              "force", "evaluation", "sweep", "push", "bake")
 OPTION_FIELDS = ("negate_factor", "normalize", "rank", "energy", "max_rank", "heads", "dtype", "diagnostic_threshold",
                  "allow_pickle")
 EVALUATION_FIELDS = ("name", "task", "base", "data", "split", "data_config", "limit", "text_field", "model_type",
@@ -52,6 +52,7 @@ EVALUATION_FIELDS = ("name", "task", "base", "data", "split", "data_config", "li
 SWEEP_FIELDS = ("grid", "task", "base", "val", "test", "metric", "direction", "baselines", "results", "restart", "limit",
                 "text_field", "model_type", "gguf_file", "device", "dtype", "options")
 PUSH_FIELDS = ("repo", "private", "revision", "create_pr", "commit_message")
+BAKE_FIELDS = ("base", "base_mismatch")
 
 SPACES = ("param", "delta")
 EVALUATION_TASKS = ("classification", "perplexity", "toxicity", "generate")
@@ -163,6 +164,14 @@ class PushSpec:
 
 
 @dataclass(frozen=True)
+class BakeSpec:
+    """Fold the composed update into this base model (the arguments of :func:`adaptermath.bake.bake`)."""
+
+    base: str
+    base_mismatch: str = "error"
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated recipe. Paths are as written; :attr:`folder` is what relative ones are relative to."""
 
@@ -178,14 +187,16 @@ class Recipe:
     evaluation: tuple[EvaluationSpec, ...] = ()
     sweep: SweepSpec | None = None
     push: PushSpec | None = None
+    bake: BakeSpec | None = None  # set: the output is a full model with the update folded in
     version: int = RECIPE_VERSION
     folder: Path = field(default=Path("."), compare=False)
     source: str = field(default="<recipe>", compare=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain data, every field present (defaults filled in), in schema order."""
-    return {
+    """The recipe as plain data, every field present (defaults filled in), in schema order
+    (``bake`` only when the recipe bakes a model)."""
+    data = {
         "version": recipe.version,
         "inputs": dict(recipe.inputs),
         "expression": recipe.expression,
@@ -200,6 +211,9 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         "sweep": recipe.sweep.to_dict() if recipe.sweep is not None else None,
         "push": asdict(recipe.push) if recipe.push is not None else None,
     }
+    if recipe.bake is not None:
+        data["bake"] = asdict(recipe.bake)
+    return data
 
 
 def recipe_to_yaml(recipe: Recipe | Mapping[str, Any]) -> str:
@@ -512,9 +526,24 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
             raise check.fail(("method_options", name), str(exc)) from None
 
     push = _validate_push(check, data.get("push"))
+    bake = _validate_bake(check, data.get("bake"), evaluation, sweep, push)
     return Recipe(inputs=dict(inputs), expression=expression, output=output, variables=variables, space=space,
                   method=method, method_options=dict(method_options), options=options, force=force,
-                  evaluation=evaluation, sweep=sweep, push=push, version=RECIPE_VERSION, folder=folder, source=source)
+                  evaluation=evaluation, sweep=sweep, push=push, bake=bake, version=RECIPE_VERSION, folder=folder,
+                  source=source)
+
+
+def _validate_bake(check: _Checker, value: Any, evaluation: Sequence[EvaluationSpec], sweep: SweepSpec | None,
+                   push: PushSpec | None) -> BakeSpec | None:
+    if value is None:
+        return None
+    path: FieldPath = ("bake",)
+    check.mapping(path, value, BAKE_FIELDS, required=("base",))
+    if evaluation or sweep is not None or push is not None:
+        raise check.fail(path, "a baked model cannot be swept, evaluated or pushed by a recipe (yet); drop those sections")
+    return BakeSpec(base=check.text(path + ("base",), value["base"]),
+                    base_mismatch=check.text(path + ("base_mismatch",), value.get("base_mismatch", "error"),
+                                             choices=("error", "ok")))
 
 
 def _evaluator_parameters(task: str) -> list[str]:
@@ -873,6 +902,8 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
     if recipe.sweep is not None:
         sweep_result = _run_sweep(recipe, output, say)
         variables.update(sweep_result.best_point or {})
+    if recipe.bake is not None:
+        return _run_bake(recipe, output, force, progress, say)
     composed = _compose(recipe, variables)
     recorded = recorded_recipe(composed, output, evaluation=recipe.evaluation, folder=recipe.folder)
     say(f"composing {composed.combination} into {output}")
@@ -890,6 +921,26 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
                              commit_message=spec.commit_message)
     return RunResult(recipe=recipe, output=output, composed=composed, recorded=recorded, evaluation=entries,
                      sweep=sweep_result, push=pushed)
+
+
+def _run_bake(recipe: Recipe, output: Path, force: bool, progress: ProgressCallback | None,
+              say: Callable[[str], None]) -> RunResult:
+    """A recipe with ``bake``: the composition folded into the base model, written to ``output``."""
+    from .bake import bake, bake_recipe
+
+    assert recipe.bake is not None
+    options = recipe.options
+    base = resolve_input(recipe.bake.base, recipe.folder)
+    say(f"baking {recipe.expression} into {base} -> {output}")
+    composed_for_recipe = _compose(recipe, recipe.variables)
+    recorded = bake_recipe(composed_for_recipe, base, output, recipe.bake.base_mismatch)
+    result = bake(base, recipe.expression, resolved_inputs(recipe), output, variables=dict(recipe.variables),
+                  space=recipe.space, negate_factor=options.negate_factor, normalize=options.normalize,
+                  heads=options.heads, method=recipe.method, method_options=dict(recipe.method_options),
+                  rank=options.rank, energy=options.energy, max_rank=options.max_rank,
+                  allow_pickle=options.allow_pickle, base_mismatch=recipe.bake.base_mismatch, force=force,
+                  progress=progress, recipe=recorded)
+    return RunResult(recipe=recipe, output=output, composed=result.composed, recorded=recorded)
 
 
 def _metrics(task: str, result: Mapping[str, Any]) -> dict[str, float]:
