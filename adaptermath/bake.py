@@ -41,6 +41,7 @@ from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open
 PROVENANCE_NAME = "adaptermath.json"
 BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
+BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
 
 
@@ -63,25 +64,47 @@ class TensorUpdate:
     tensor: torch.Tensor | None = None  # replacement (modules_to_save)
 
     def apply(self, base: torch.Tensor) -> torch.Tensor:
-        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once."""
+        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once.
+
+        Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in two reused float32
+        buffers, so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
+        then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit.
+        """
         if self.kind == "replace":
             assert self.tensor is not None
             return self.tensor.to(base.dtype).reshape(base.shape).contiguous()
-        weight = base.float()
-        if self.kind == "ia3":
-            assert self.vector is not None
-            merged = torch.mul(weight, self.vector)
-        else:
-            assert self.A is not None and self.B is not None
-            delta = self.B @ self.A
-            if self.layout == "transposed":
-                delta = delta.T
-            delta = delta * self.scaling  # the order PEFT's get_delta_weight uses, so float32 results match bit for bit
-            if self.layout == "reshaped":
-                delta = delta.reshape(base.shape)
-            weight += delta
-            merged = weight
-        return merged.to(base.dtype).contiguous()
+        if self.kind == "lora" and self.layout == "reshaped":
+            return self._apply_whole(base)
+        out = base if base.dtype == torch.float32 else torch.empty_like(base)
+        rows = base.shape[0]
+        width = max(1, base[0].numel()) if base.dim() else 1
+        step = max(1, BLOCK_ELEMENTS // width)
+        weight_buffer = torch.empty((min(step, rows), *base.shape[1:]), dtype=torch.float32)
+        delta_buffer = torch.empty_like(weight_buffer) if self.kind == "lora" else None
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            weight = weight_buffer[: stop - start]
+            weight.copy_(base[start:stop])
+            if self.kind == "ia3":
+                assert self.vector is not None
+                vector = self.vector[start:stop] if self.vector.shape[0] == rows and rows > 1 else self.vector
+                weight.mul_(vector)
+            else:
+                assert self.A is not None and self.B is not None and delta_buffer is not None
+                delta = delta_buffer[: stop - start]
+                if self.layout == "transposed":  # stored (in, out): rows start:stop of (B·A)ᵀ
+                    delta.copy_(torch.mm(self.B, self.A[:, start:stop]).T)
+                else:
+                    torch.mm(self.B[start:stop], self.A, out=delta)
+                delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW
+                weight.add_(delta)
+            out[start:stop].copy_(weight)  # the one rounding to the base's dtype
+        return out
+
+    def _apply_whole(self, base: torch.Tensor) -> torch.Tensor:
+        assert self.A is not None and self.B is not None
+        delta = ((self.B @ self.A) * self.scaling).reshape(base.shape)
+        return (base.float() + delta).to(base.dtype).contiguous()
 
 
 @dataclass
@@ -415,32 +438,61 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
     added_dtype = _new_tensor_dtype(folder)
     last_shard = folder.shards[-1]
     total = len(folder.tensors) + len(added)
-    done = 0
     weight_map: dict[str, str] = {}
-    with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher:
+    with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher, \
+            ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer_thread:
         # The base's and the adapters' sha256 (for the provenance) are computed on another core while tensors stream.
         base_hashes = hasher.submit(_base_provenance, folder, base_ref)
         adapter_hashes = [hasher.submit(adapter.file_hashes) for adapter in composed.adapters.values()]
-        for shard in folder.shards:
-            keys = folder.keys_in(shard) + (added if shard == last_shard else [])
-            metadata = folder.shard_metadata.get(shard) or {"format": "pt"}
-            with SafetensorsStreamWriter(tmp / shard, keys, metadata=metadata, max_dims=8) as writer:
-                for key in keys:
-                    update = updates.get(key)
-                    if key in folder.tensors:
-                        tensor = folder.read(key)
-                        if update is not None:
-                            tensor = update.apply(tensor)
-                    else:
-                        assert update is not None and update.tensor is not None
-                        tensor = update.tensor.to(added_dtype).contiguous()
-                    writer.add(key, tensor)
-                    result.bytes_written += tensor.numel() * tensor.element_size()
-                    weight_map[key] = shard
-                    del tensor
-                    done += 1
-                    if progress:
-                        progress(done, total, key)
+        # A three-stage pipeline: the next tensor is read and the previous one written (both release
+        # the GIL) while this one is computed; at most three tensors are held.
+        plan = [(shard, key) for shard in folder.shards
+                for key in folder.keys_in(shard) + (added if shard == last_shard else [])]
+
+        def load(key: str) -> torch.Tensor | None:
+            return folder.read(key) if key in folder.tensors else None
+
+        pending_read = reader.submit(load, plan[0][1]) if plan else None
+        pending_write = None
+        writer: SafetensorsStreamWriter | None = None
+        current_shard = None
+        try:
+            for index, (shard, key) in enumerate(plan):
+                assert pending_read is not None
+                tensor = pending_read.result()
+                pending_read = reader.submit(load, plan[index + 1][1]) if index + 1 < len(plan) else None
+                update = updates.get(key)
+                if tensor is None:
+                    assert update is not None and update.tensor is not None
+                    tensor = update.tensor.to(added_dtype).contiguous()
+                elif update is not None:
+                    tensor = update.apply(tensor)
+                if shard != current_shard:
+                    if pending_write is not None:
+                        pending_write.result()
+                    if writer is not None:
+                        writer.close()
+                    keys = [k for s, k in plan if s == shard]
+                    writer = SafetensorsStreamWriter(tmp / shard, keys, metadata=folder.shard_metadata.get(shard) or {"format": "pt"},
+                                                     max_dims=8)
+                    current_shard = shard
+                if pending_write is not None:
+                    pending_write.result()
+                assert writer is not None
+                pending_write = writer_thread.submit(writer.add, key, tensor)
+                result.bytes_written += tensor.numel() * tensor.element_size()
+                weight_map[key] = shard
+                del tensor
+                if progress:
+                    progress(index + 1, total, key)
+            if pending_write is not None:
+                pending_write.result()
+            if writer is not None:
+                writer.close()
+                writer = None
+        finally:
+            if writer is not None:
+                writer.abort()
         if folder.index is not None:
             index = json.loads(json.dumps(folder.index))
             index["weight_map"] = weight_map
