@@ -109,3 +109,21 @@ def test_extract_cli(tiny, tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
     bad = runner.invoke(main, ["extract", str(base), str(tiny["gpt2_base"]), "-o", str(tmp_path / "y"), "--rank", "4"])
     assert bad.exit_code == 2 and bad.output.startswith("error:") and not (tmp_path / "y").exists()
+
+
+def test_bake_and_extract_commands_import_no_heavy_module_at_module_level():
+    """Start-up time: the command modules import torch, transformers, peft only inside the command."""
+    import ast
+
+    heavy = {"torch", "transformers", "peft", "optuna", "scipy", "matplotlib", "adaptermath.bake", "adaptermath.extract"}
+    root = Path(__file__).resolve().parents[1] / "cli" / "commands"
+    for name in ("bake.py", "extract.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not [m for m in modules if m.split(".")[0] in heavy or m in heavy], (name, modules)
