@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open
 PROVENANCE_NAME = "adaptermath.json"
 BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
+POOLED_BUFFERS = 2
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -64,7 +66,8 @@ class TensorUpdate:
     tensor: torch.Tensor | None = None  # replacement (modules_to_save)
 
     def apply(self, base: torch.Tensor) -> torch.Tensor:
-        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once.
+        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once (in place:
+        ``base`` must be a fresh buffer the caller gives up, as :meth:`ModelFolder.read` returns).
 
         Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in two reused float32
         buffers, so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
@@ -75,7 +78,7 @@ class TensorUpdate:
             return self.tensor.to(base.dtype).reshape(base.shape).contiguous()
         if self.kind == "lora" and self.layout == "reshaped":
             return self._apply_whole(base)
-        out = base if base.dtype == torch.float32 else torch.empty_like(base)
+        out = base  # each row block is read into float32 before it is overwritten: the update runs in place
         rows = base.shape[0]
         width = max(1, base[0].numel()) if base.dim() else 1
         step = max(1, BLOCK_ELEMENTS // width)
@@ -105,6 +108,36 @@ class TensorUpdate:
         assert self.A is not None and self.B is not None
         delta = ((self.B @ self.A) * self.scaling).reshape(base.shape)
         return (base.float() + delta).to(base.dtype).contiguous()
+
+
+class BufferPool:
+    """Read buffers reused across tensors: fresh memory costs a page fault and zeroing per page,
+    which for a model streamed once is as much work as the copy itself. Holds at most
+    :data:`POOLED_BUFFERS` free buffers; a buffer is handed back once its tensor is written."""
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """The smallest free buffer of at least ``nbytes`` bytes, or a new one of exactly that size."""
+        with self._lock:
+            fitting = [b for b in self._free if b.numel() >= nbytes]
+            if fitting:
+                chosen = min(fitting, key=lambda b: b.numel())
+                self._free.remove(chosen)
+                return chosen
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8)
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """Return the buffer under ``tensor`` (a view of a buffer this pool handed out, or anything: then ignored)."""
+        base = tensor._base if tensor._base is not None else tensor
+        if base.dtype != torch.uint8 or base.dim() != 1:
+            return
+        with self._lock:
+            self._free.append(base)
+            if len(self._free) > POOLED_BUFFERS:
+                self._free.remove(min(self._free, key=lambda b: b.numel()))
 
 
 @dataclass
@@ -449,8 +482,17 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
         plan = [(shard, key) for shard in folder.shards
                 for key in folder.keys_in(shard) + (added if shard == last_shard else [])]
 
+        buffers = BufferPool()
+
         def load(key: str) -> torch.Tensor | None:
-            return folder.read(key) if key in folder.tensors else None
+            if key not in folder.tensors:
+                return None
+            return folder.read(key, buffers.take(folder.tensors[key].nbytes))
+
+        def store(key: str, tensor: torch.Tensor) -> None:
+            assert writer is not None
+            writer.add(key, tensor)
+            buffers.give_back(tensor)
 
         pending_read = reader.submit(load, plan[0][1]) if plan else None
         pending_write = None
@@ -479,7 +521,7 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                 if pending_write is not None:
                     pending_write.result()
                 assert writer is not None
-                pending_write = writer_thread.submit(writer.add, key, tensor)
+                pending_write = writer_thread.submit(store, key, tensor)
                 result.bytes_written += tensor.numel() * tensor.element_size()
                 weight_map[key] = shard
                 del tensor

@@ -209,13 +209,14 @@ class ModelFolder:
         """The tensors of ``shard`` in on-disk order."""
         return [key for key, span in self.tensors.items() if span.shard == shard]
 
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor, typed and shaped (a fresh buffer; nothing stays mapped)."""
+    def read(self, key: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor, typed and shaped, in a fresh buffer (nothing stays mapped) or in the start of
+        ``buffer`` (a contiguous ``uint8`` tensor of at least the tensor's size, reused by the caller)."""
         span = self.tensors[key]
         if self.pickled is not None:
-            return self.pickled[key]
+            return self.pickled[key].clone()
         try:
-            raw = self._readers[span.shard].read_bytes(key)
+            raw = self._readers[span.shard].read_bytes(key, buffer)
         except OSError as exc:
             raise ModelFolderError(f"{self.source}: cannot read tensor {key} from {span.shard} ({exc})") from None
         return raw.view(span.dtype).reshape(span.shape)

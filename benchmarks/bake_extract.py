@@ -2,15 +2,16 @@
 
 Run by hand (never in tests); results go to docs/benchmarks.md ("Bake and extract")::
 
-    python benchmarks/bake_extract.py --json benchmarks/bake_extract.json     # ~10 min on 2 cores
+    python benchmarks/bake_extract.py --json benchmarks/bake_extract.json     # ~15 min on 2 cores
     python benchmarks/bake_extract.py --render benchmarks/bake_extract.json   # the markdown tables again
 
 Inputs are random models written by the script to ``--workdir`` as a Hugging Face folder
 (``config.json``, bf16 safetensors shards of ≤ 1 GB with an index):
 
 * bake: Llama-2-7B-shaped (hidden 4096, intermediate 11008, 32 heads, vocab 32000) with
-  ``--layers`` decoder layers (default 1 and 2, to show memory flat in depth), and a LoRA of rank
-  16 (fp32, α = 32) on q/k/v/o/gate/up/down of every layer;
+  ``--layers`` decoder layers (default 2 and 4, to show memory flat in depth), and a LoRA of rank
+  16 (fp32, α = 32) on q/k/v/o/gate/up/down of every layer; and the real SmolLM2-135M-Instruct
+  (fp32, from ``python -m adaptermath.experiments.setup``; skipped when absent) with such a LoRA;
 * extract: TinyLlama-1.1B-shaped (hidden 2048, intermediate 5632, 32 heads, 4 key/value heads)
   with 2 layers; the fine-tuned model is the base plus, per linear weight, a random update with a
   decaying spectrum (singular values 0.3·0.97^j, j < 256, so no rank captures it all), stored in bf16.
@@ -49,6 +50,7 @@ from typing import Any
 SHAPES: dict[str, dict[str, int]] = {
     "7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000),
     "1b": dict(hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000),
+    "smollm2": dict(hidden=576, intermediate=1536, heads=9, kv_heads=3, vocab=49152),
 }
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARD_BYTES = 1 << 30
@@ -305,11 +307,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "ARGS"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptermath-bake-bench"))
-    parser.add_argument("--layers", default="1,2", help="Decoder layers of the 7B-shaped bake models (comma list).")
+    parser.add_argument("--layers", default="2,4", help="Decoder layers of the 7B-shaped bake models (comma list).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=32, help="Extraction rank.")
     parser.add_argument("--mergekit-venv", type=Path, default=Path(__file__).resolve().parent.parent / ".venv-mergekit")
-    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, mergekit, extract).")
+    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, mergekit, extract, smollm2).")
     parser.add_argument("--json", type=Path, help="Write the results here.")
     parser.add_argument("--render", type=Path, help="Print the markdown tables of a results file and exit.")
     args = parser.parse_args()
@@ -322,15 +324,30 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv[1:]), "bake": [], "extract": []}
+    cases: list[tuple[str, int, Path, Path]] = []
     for layers in [int(n) for n in args.layers.split(",")]:
         base, adapter = work / f"7b-{layers}l", work / f"7b-{layers}l-lora"
         if not (base / "config.json").is_file():
             write_model(base, "7b", layers, seed=layers)
             write_adapter(adapter, base, "7b", layers, rank=16, seed=1)
+        cases.append(("7b", layers, base, adapter))
+    if "smollm2" not in skip:
+        try:
+            from adaptermath.experiments.assets import smollm2_model_dir
+
+            smol = smollm2_model_dir()
+        except Exception as exc:  # the experiment assets are not installed
+            print(f"SmolLM2-135M skipped: {exc}", file=sys.stderr)
+        else:
+            adapter = work / "smollm2-lora"
+            if not (adapter / "adapter_config.json").is_file():
+                write_adapter(adapter, smol, "smollm2", 30, rank=16, seed=1)
+            cases.append(("smollm2-135m (fp32)", 30, smol, adapter))
+    for shape_name, layers, base, adapter in cases:
         gib = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**30
         common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out")}
         rows = run_variants(["floor", "am-bake"] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
-        results["bake"].append({"shape": "7b", "layers": layers, "gib": gib, "rows": rows})
+        results["bake"].append({"shape": shape_name, "layers": layers, "gib": gib, "rows": rows})
         print(json.dumps(results["bake"][-1]), flush=True)
         shutil.rmtree(work / "out", ignore_errors=True)
     if "extract" not in skip:

@@ -45,10 +45,11 @@ class SafetensorsTensorReader:
             self.close()  # and mark it closed, so that __del__ cannot close a reused descriptor
             raise
 
-    def read_bytes(self, key: str) -> torch.Tensor:
-        """The bytes of tensor ``key`` as a fresh ``uint8`` tensor (view it as its dtype and shape)."""
+    def read_bytes(self, key: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The bytes of tensor ``key`` as a fresh ``uint8`` tensor (view it as its dtype and shape),
+        or read into the start of ``buffer`` (a contiguous ``uint8`` tensor at least that long)."""
         begin, end = self._spans[key]
-        out = torch.empty(end - begin, dtype=torch.uint8)
+        out = torch.empty(end - begin, dtype=torch.uint8) if buffer is None else buffer[: end - begin]
         buffer = memoryview(out.numpy())
         done = 0
         while done < len(buffer):
