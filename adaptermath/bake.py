@@ -37,6 +37,7 @@ from .adapter import KEY_PREFIX, Ia3ModuleInfo, LoraModuleInfo, lora_rank_and_al
 from .compose import ComposedAdapter, compose, write_json
 from .errors import AdapterMathError, CompositionError
 from .io import SafetensorsStreamWriter, atomic_output_dir
+from .io.atomic import check_output_path
 from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
 
 PROVENANCE_NAME = "adaptermath.json"
@@ -443,6 +444,7 @@ def bake(
     problem = output_inside_input_problem(output, {"base": base_ref, **{f"adapter {n!r}": p for n, p in operands.items()}})
     if problem:
         raise BakeError(problem)
+    check_output_path(output, force)  # before any work; checked again when the output is renamed into place
     composed = compose(expression, operands, variables=variables, space=space, negate_factor=negate_factor,
                        normalize=normalize, heads=heads, dtype="float32", allow_pickle=allow_pickle, method=method,
                        method_options=method_options, rank=rank, energy=energy, max_rank=max_rank)

@@ -34,6 +34,7 @@ from .compose import write_json
 from .errors import AdapterMathError
 from .formats.config import lora_config
 from .io import SafetensorsStreamWriter, atomic_output_dir
+from .io.atomic import check_output_path
 from .methods import module_generator
 from .model_folder import ModelFolder, open_model_folder
 
@@ -207,6 +208,7 @@ def extract(
     problem = output_inside_input_problem(output, {"base": str(base), "fine-tuned": str(finetuned)})
     if problem:
         raise ExtractError(problem)
+    check_output_path(output, force)
     base_ref, ft_ref = str(base), str(finetuned)
     with open_model_folder(base_ref, allow_pickle=allow_pickle) as base_folder, \
             open_model_folder(ft_ref, allow_pickle=allow_pickle) as ft_folder:

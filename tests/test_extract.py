@@ -127,3 +127,17 @@ def test_bake_and_extract_commands_import_no_heavy_module_at_module_level():
             else:
                 continue
             assert not [m for m in modules if m.split(".")[0] in heavy or m in heavy], (name, modules)
+
+
+def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
+    """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render benchmarks/bake_extract.json` prints."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bake_extract_benchmark", root / "benchmarks" / "bake_extract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tables = module.render(json.loads((root / "benchmarks" / "bake_extract.json").read_text()))
+    page = (root / "docs" / "benchmarks.md").read_text()
+    for table in tables.strip().split("\n\n"):  # the bake table, then the extract table
+        assert table in page
