@@ -21,6 +21,7 @@ the composed adapter, whatever the model's size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open
 PROVENANCE_NAME = "adaptermath.json"
 BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
+BASE_LAYER = ".base_layer."
 POOLED_BUFFERS = 2
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
@@ -65,6 +67,7 @@ class TensorUpdate:
     layout: str = "plain"  # LoRA: "plain" | "transposed" (fan_in_fan_out, embeddings) | "reshaped" (conv)
     vector: torch.Tensor | None = None  # (IA)^3 l, float32, shaped to broadcast against the stored weight
     tensor: torch.Tensor | None = None  # replacement (modules_to_save)
+    source: torch.Tensor | None = None  # the weight to update instead of the base's (a saved base_layer copy)
 
     def apply(self, base: torch.Tensor) -> torch.Tensor:
         """The updated tensor in ``base``'s dtype: computed in float32 and rounded once (in place:
@@ -77,6 +80,8 @@ class TensorUpdate:
         if self.kind == "replace":
             assert self.tensor is not None
             return self.tensor.to(base.dtype).reshape(base.shape).contiguous()
+        if self.source is not None:
+            base = self.source.to(base.dtype).reshape(base.shape).clone()  # as PEFT loads it into the layer
         if self.kind == "lora" and self.layout == "reshaped":
             return self._apply_whole(base)
         out = base  # each row block is read into float32 before it is overwritten: the update runs in place
@@ -320,6 +325,9 @@ def plan_updates(composed: ComposedAdapter, folder: ModelFolder) -> tuple[dict[s
                 updates[bias] = TensorUpdate(key=bias, module=name, kind="ia3", vector=l.float().reshape(folder.tensors[bias].shape))
     added: list[str] = []
     for extra in composed.extra_keys:
+        if BASE_LAYER in extra:  # a copy of a wrapped layer's own weight (PEFT's save_embedding_layers)
+            _override_base_layer(composed, folder, extra, updates)
+            continue
         tensor = state[KEY_PREFIX + extra]
         if extra in folder.tensors:
             if tuple(folder.tensors[extra].shape) != tuple(tensor.shape):
@@ -330,6 +338,25 @@ def plan_updates(composed: ComposedAdapter, folder: ModelFolder) -> tuple[dict[s
             added.append(extra)
             updates[extra] = TensorUpdate(key=extra, module=extra.rsplit(".", 1)[0], kind="replace", tensor=tensor)
     return updates, added
+
+
+def _override_base_layer(composed: ComposedAdapter, folder: ModelFolder, extra: str, updates: dict[str, TensorUpdate]) -> None:
+    """``…embed_tokens.base_layer.weight``: PEFT loads it into the layer's weight, then merges ΔW on
+    top. It is a weight, not an update, so it is taken as saved (from the first operand holding it),
+    never scaled by a coefficient."""
+    key = extra.replace(BASE_LAYER, ".")
+    if key not in folder.tensors:
+        raise BakeError(f"the adapter saves {extra} but the base model has no {key}; is the adapter for another model?")
+    owner = next(a for a in composed.adapters.values() if extra in a.extra_keys)
+    saved = owner.extra_tensor(extra)
+    if tuple(saved.shape) != folder.tensors[key].shape:
+        raise BakeError(f"the adapter's {extra} has shape {list(saved.shape)} but the base's {key} has "
+                        f"{list(folder.tensors[key].shape)}; resized vocabularies are not supported")
+    update = updates.get(key)
+    if update is None:
+        updates[key] = TensorUpdate(key=key, module=key.rsplit(".", 1)[0], kind="replace", tensor=saved)
+    else:
+        updates[key] = dataclasses.replace(update, source=saved)
 
 
 # --------------------------------------------------------------------------- writing

@@ -117,10 +117,9 @@ def module_kinds(config: dict[str, Any] | None) -> tuple[dict[str, str], set[str
         cls = getattr(transformers, str(config["architectures"][0]), None)
         if cls is None:
             return {}, set()
-        model_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "model_type"}, model_type=config["model_type"]) \
-            if "model_type" in config else None
-        if model_config is None:
+        if "model_type" not in config:
             return {}, set()
+        model_config = AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k != "model_type"})
         with torch.device("meta"):
             model = cls(model_config)
     except Exception:  # an architecture this transformers cannot build: fall back to names

@@ -85,6 +85,15 @@ def test_bake_single_adapter_matches_peft_merge(tiny, tmp_path, adapter):
     compare_with_peft("llama", tiny["llama_base"], tiny[adapter], baked)
 
 
+def test_bake_embedding_lora_matches_peft_merge(tiny, tmp_path):
+    """An embedding LoRA (lora_embedding_A/B): ΔW is added transposed to the (vocab, dim) table."""
+    folder = make_adapter("llama", tiny["llama_base"], tmp_path / "emb", lora(["embed_tokens", "q_proj"]), seed=9)
+    am.bake(tiny["llama_base"], str(folder), output=tmp_path / "baked")
+    compare_with_peft("llama", tiny["llama_base"], folder, tmp_path / "baked")
+    assert not torch.equal(model_state(tmp_path / "baked")["model.embed_tokens.weight"],
+                           model_state(tiny["llama_base"])["model.embed_tokens.weight"])
+
+
 def test_bake_ia3_expression_matches_peft(tiny, tmp_path):
     adapters = {"a": tiny["ia3_a"], "b": tiny["ia3_b"]}
     composed_dir = am.compose("0.6*a - 0.2*b", adapters, dtype="float32").save(tmp_path / "composed")
