@@ -9,6 +9,7 @@ The public surface: :func:`load_adapter`, :func:`parse_expression`, :func:`compo
 :func:`evaluate` (scores; evaluators in :mod:`adaptermath.evaluation`), :func:`diff` (paired
 comparison of two runs), :func:`report` (re-render a results folder),
 :func:`sweep`, :func:`search` (Optuna; ``pip install 'adaptermath[search]'``), :func:`load_recipe` / :func:`run_recipe` (YAML recipes)
+:func:`bake` (an expression folded into a base model) / :func:`extract` (a LoRA from a fine-tuned model)
 (other formats: :mod:`adaptermath.formats`).
 """
 
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 # Public names, imported on first use (``import adaptermath`` stays light: no torch until needed).
 _LAZY = {
     "Adapter": "adapter",
+    "bake": "bake",
+    "extract": "extract",
     "load_adapter": "adapter",
     "compare": "comparison",
     "ComposedAdapter": "compose",
@@ -46,6 +49,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .adapter import Adapter, load_adapter
+    from .bake import bake
+    from .extract import extract
     from .comparison import compare
     from .compose import ComposedAdapter, compose
     from .errors import AdapterMathError
@@ -79,7 +84,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """``adaptermath.compose``, ``.sweep`` and ``.init_adapter`` are functions, as when they were
+    """``adaptermath.compose``, ``.sweep``, ``.bake`` and the other same-named names are functions, as when they were
     imported eagerly: importing the submodule of the same name must not rebind the attribute."""
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -99,12 +104,14 @@ __all__ = [
     "LinearCombination",
     "LoraModule",
     "__version__",
+    "bake",
     "compare",
     "compose",
     "convert",
     "detect_format",
     "diff",
     "evaluate",
+    "extract",
     "init_adapter",
     "inspect_adapter",
     "load_adapter",

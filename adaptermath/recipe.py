@@ -44,7 +44,7 @@ PROVENANCE_FILE = "adaptermath.json"
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",
-              "force", "evaluation", "sweep", "search", "push", "control")
+              "force", "evaluation", "sweep", "search", "push", "control", "bake")
 OPTION_FIELDS = ("negate_factor", "normalize", "rank", "energy", "max_rank", "heads", "dtype", "diagnostic_threshold",
                  "allow_pickle", "control_seed")
 CONTROLS = ("random",)
@@ -57,6 +57,7 @@ SEARCH_FIELDS = ("variables", "task", "base", "val", "test", "objectives", "cons
                  "trials", "timeout", "storage", "study", "workers", "results", "restart", "baselines", "limit",
                  "text_field", "model_type", "gguf_file", "device", "dtype", "options", "confidence")
 PUSH_FIELDS = ("repo", "private", "revision", "create_pr", "commit_message")
+BAKE_FIELDS = ("base", "base_mismatch")
 
 SPACES = ("param", "delta")
 EVALUATION_TASKS = ("classification", "perplexity", "toxicity", "generate")
@@ -215,6 +216,14 @@ class PushSpec:
 
 
 @dataclass(frozen=True)
+class BakeSpec:
+    """Fold the composed update into this base model (the arguments of :func:`adaptermath.bake.bake`)."""
+
+    base: str
+    base_mismatch: str = "error"
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated recipe. Paths are as written; :attr:`folder` is what relative ones are relative to."""
 
@@ -231,14 +240,15 @@ class Recipe:
     sweep: SweepSpec | None = None
     push: PushSpec | None = None
     search: SearchSpec | None = None
+    bake: BakeSpec | None = None  # set: the output is a full model with the update folded in
     version: int = RECIPE_VERSION
     folder: Path = field(default=Path("."), compare=False)
     source: str = field(default="<recipe>", compare=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain data, every field present (defaults filled in; ``search`` only when
-    given, so that recipes without one read as before), in schema order."""
+    """The recipe as plain data, every field present (defaults filled in; ``search`` and ``bake``
+    only when given, so that recipes without them read as before), in schema order."""
     data = {
         "version": recipe.version,
         "inputs": dict(recipe.inputs),
@@ -256,6 +266,8 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     }
     if recipe.search is not None:
         data["search"] = recipe.search.to_dict()
+    if recipe.bake is not None:
+        data["bake"] = asdict(recipe.bake)
     return data
 
 
@@ -626,13 +638,14 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
 
     attempt(check_method_options)
     push = attempt(lambda: _validate_push(check, data.get("push")))
+    bake = attempt(lambda: _validate_bake(check, data.get("bake"), evaluation, sweep, search, push))
     if len(errors) == 1:
         raise errors[0]
     if errors:
         raise RecipeError(f"{len(errors)} problems: " + "; ".join(str(error) for error in errors))
     return Recipe(inputs=dict(inputs), expression=expression, output=output, variables=variables, space=space,
                   method=method, method_options=dict(method_options), options=options, force=force,
-                  evaluation=evaluation, sweep=sweep, push=push, search=search, version=RECIPE_VERSION, folder=folder,
+                  evaluation=evaluation, sweep=sweep, push=push, search=search, bake=bake, version=RECIPE_VERSION, folder=folder,
                   source=source)
 
 
@@ -643,6 +656,19 @@ def controlled(combination: Any) -> Any:
     terms = {(name if is_control(name) else control_name(name)): poly for name, poly in combination.terms.items()}
     renamed = LinearCombination(terms)
     return LinearCombination(terms, str(renamed))
+
+
+def _validate_bake(check: _Checker, value: Any, evaluation: Sequence[EvaluationSpec], sweep: SweepSpec | None,
+                   search: SearchSpec | None, push: PushSpec | None) -> BakeSpec | None:
+    if value is None:
+        return None
+    path: FieldPath = ("bake",)
+    check.mapping(path, value, BAKE_FIELDS, required=("base",))
+    if evaluation or sweep is not None or search is not None or push is not None:
+        raise check.fail(path, "a baked model cannot be swept, searched, evaluated or pushed by a recipe (yet); drop those sections")
+    return BakeSpec(base=check.text(path + ("base",), value["base"]),
+                    base_mismatch=check.text(path + ("base_mismatch",), value.get("base_mismatch", "error"),
+                                             choices=("error", "ok")))
 
 
 def _evaluator_parameters(task: str) -> list[str]:
@@ -1102,6 +1128,8 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
     if recipe.sweep is not None:
         sweep_result = _run_sweep(recipe, output, say)
         variables.update(sweep_result.best_point or {})
+    if recipe.bake is not None:
+        return _run_bake(recipe, output, force, progress, say)
     if recipe.search is not None:
         search_result = _run_search(recipe, output, say)
         variables.update(search_result.best_point or {})
@@ -1122,6 +1150,26 @@ def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressC
                              commit_message=spec.commit_message)
     return RunResult(recipe=recipe, output=output, composed=composed, recorded=recorded, evaluation=entries,
                      sweep=sweep_result, push=pushed, search=search_result)
+
+
+def _run_bake(recipe: Recipe, output: Path, force: bool, progress: ProgressCallback | None,
+              say: Callable[[str], None]) -> RunResult:
+    """A recipe with ``bake``: the composition folded into the base model, written to ``output``."""
+    from .bake import bake, bake_recipe
+
+    assert recipe.bake is not None
+    options = recipe.options
+    base = resolve_input(recipe.bake.base, recipe.folder)
+    say(f"baking {recipe.expression} into {base} -> {output}")
+    composed_for_recipe = _compose(recipe, recipe.variables)
+    recorded = bake_recipe(composed_for_recipe, base, output, recipe.bake.base_mismatch)
+    result = bake(base, recipe.expression, resolved_inputs(recipe), output, variables=dict(recipe.variables),
+                  space=recipe.space, negate_factor=options.negate_factor, normalize=options.normalize,
+                  heads=options.heads, method=recipe.method, method_options=dict(recipe.method_options),
+                  rank=options.rank, energy=options.energy, max_rank=options.max_rank,
+                  allow_pickle=options.allow_pickle, base_mismatch=recipe.bake.base_mismatch, force=force,
+                  progress=progress, recipe=recorded)
+    return RunResult(recipe=recipe, output=output, composed=result.composed, recorded=recorded)
 
 
 def _metrics(task: str, result: Mapping[str, Any]) -> dict[str, float]:

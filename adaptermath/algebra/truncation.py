@@ -130,12 +130,14 @@ def _randomized_svd(D: torch.Tensor, columns: int, generator: torch.Generator) -
     return Q @ U_small, S, Vh
 
 
-def dense_to_lora(D: torch.Tensor, policy: RankPolicy, *, default_rank: int, generator: torch.Generator | None = None) -> DenseFactors:
+def dense_to_lora(D: torch.Tensor, policy: RankPolicy, *, default_rank: int, generator: torch.Generator | None = None,
+                  full_svd_share: float = FULL_SVD_SHARE) -> DenseFactors:
     """Factor a dense update D (out×in, float32) as B·A with the rank ``policy`` chooses.
 
     B = U_k·diag(√S_k), A = diag(√S_k)·V_kᵀ. ``default_rank`` applies when the policy gives
     neither ``rank`` nor ``energy``. The SVD is randomized (seeded by ``generator``) while the
-    sketch stays small, else full; the relative error ‖D − B·A‖_F/‖D‖_F is measured, not estimated.
+    sketch stays under ``full_svd_share`` of min(out, in) columns, else full; the relative error
+    ‖D − B·A‖_F/‖D‖_F is measured, not estimated.
     """
     D = D.float()
     out_features, in_features = D.shape
@@ -152,7 +154,7 @@ def dense_to_lora(D: torch.Tensor, policy: RankPolicy, *, default_rank: int, gen
     k: int | None = None
     while k is None:
         columns = min(wanted + OVERSAMPLE, limit)
-        if columns >= FULL_SVD_SHARE * limit:
+        if columns >= full_svd_share * limit:
             U, S, Vh = torch.linalg.svd(D, full_matrices=False)
             k = policy.for_spectrum(S, total, default_rank, limit)
             assert k is not None  # the full spectrum always reaches the share

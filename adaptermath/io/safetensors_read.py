@@ -31,6 +31,7 @@ class SafetensorsTensorReader:
             if header_size > size - 8:
                 raise ValueError("header larger than the file")
             header = json.loads(os.pread(self._fd, header_size, 8))
+            self.header: dict = header  # the parsed JSON header (dtype, shape, data_offsets per tensor)
             self._data_start = 8 + header_size
             self._spans: dict[str, tuple[int, int]] = {}
             for key, entry in header.items():
@@ -44,10 +45,11 @@ class SafetensorsTensorReader:
             self.close()  # and mark it closed, so that __del__ cannot close a reused descriptor
             raise
 
-    def read_bytes(self, key: str) -> torch.Tensor:
-        """The bytes of tensor ``key`` as a fresh ``uint8`` tensor (view it as its dtype and shape)."""
+    def read_bytes(self, key: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The bytes of tensor ``key`` as a fresh ``uint8`` tensor (view it as its dtype and shape),
+        or read into the start of ``buffer`` (a contiguous ``uint8`` tensor at least that long)."""
         begin, end = self._spans[key]
-        out = torch.empty(end - begin, dtype=torch.uint8)
+        out = torch.empty(end - begin, dtype=torch.uint8) if buffer is None else buffer[: end - begin]
         buffer = memoryview(out.numpy())
         done = 0
         while done < len(buffer):

@@ -1,0 +1,590 @@
+"""bake(): fold an adapter expression into a base model, tensor by tensor.
+
+``bake("./llama", "0.7*chat - 0.3*toxic", {"chat": ..., "toxic": ...}, "./llama-baked")`` evaluates
+the expression with :func:`adaptermath.compose` (delta space by default: the exact ΔW = Σ cᵢ·ΔWᵢ)
+and writes the base model with every target weight updated the way PEFT's ``merge_and_unload``
+updates it:
+
+* LoRA (also LoHa/LoKr through their exact LoRA re-emission):  W' = W + s·B·A, with
+  s = α/r (α/√r for rsLoRA); transposed for ``fan_in_fan_out`` (GPT-2 ``Conv1D``) and embeddings,
+  reshaped for convolutions;
+* (IA)^3:  W' = W ⊙ l, rows (and the bias) scaled for attention modules, columns for feed-forward;
+* ``modules_to_save`` tensors (e.g. a classifier head) replace the base tensors they name.
+
+Arithmetic runs in float32 on the base tensor upcast, and the result is rounded once to the base's
+dtype. Untouched tensors are copied byte for byte. The output keeps the base's shard layout and
+index, its ``config.json``, tokenizer and generation files, and adds ``adaptermath.json`` (the
+provenance, whose recipe rebuilds the model byte for byte) and a model card
+(``base_model_relation: merge``). Peak memory is one base tensor (with its float32 copies) plus
+the composed adapter, whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .adapter import KEY_PREFIX, Ia3ModuleInfo, LoraModuleInfo, lora_rank_and_alpha, lora_scaling
+from .compose import ComposedAdapter, compose, write_json
+from .errors import AdapterMathError, CompositionError
+from .io import SafetensorsStreamWriter, atomic_output_dir
+from .io.atomic import check_output_path
+from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
+
+PROVENANCE_NAME = "adaptermath.json"
+BASE_MISMATCH_CHOICES = ("error", "ok")
+BARE_OPERAND = "adapter"
+BASE_LAYER = ".base_layer."
+POOLED_BUFFERS = 2
+BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class BakeError(AdapterMathError):
+    """An adapter does not fit the base model (module missing, shape, base model name), or the output is unsafe."""
+
+
+@dataclass(frozen=True)
+class TensorUpdate:
+    """How one base tensor changes: a LoRA product added, an (IA)^3 scaling, or a replacement."""
+
+    key: str
+    module: str
+    kind: str  # "lora" | "ia3" | "replace"
+    A: torch.Tensor | None = None  # LoRA (r, in_flat), float32
+    B: torch.Tensor | None = None  # LoRA (out, r), float32
+    scaling: float = 1.0
+    layout: str = "plain"  # LoRA: "plain" | "transposed" (fan_in_fan_out, embeddings) | "reshaped" (conv)
+    vector: torch.Tensor | None = None  # (IA)^3 l, float32, shaped to broadcast against the stored weight
+    tensor: torch.Tensor | None = None  # replacement (modules_to_save)
+    source: torch.Tensor | None = None  # the weight to update instead of the base's (a saved base_layer copy)
+
+    def apply(self, base: torch.Tensor) -> torch.Tensor:
+        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once (in place:
+        ``base`` must be a fresh buffer the caller gives up, as :meth:`ModelFolder.read` returns).
+
+        Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in two reused float32
+        buffers, so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
+        then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit.
+        """
+        if self.kind == "replace":
+            assert self.tensor is not None
+            return self.tensor.to(base.dtype).reshape(base.shape).contiguous()
+        if self.source is not None:
+            base = self.source.to(base.dtype).reshape(base.shape).clone()  # as PEFT loads it into the layer
+        if self.kind == "lora" and self.layout == "reshaped":
+            return self._apply_whole(base)
+        out = base  # each row block is read into float32 before it is overwritten: the update runs in place
+        rows = base.shape[0]
+        width = max(1, base[0].numel()) if base.dim() else 1
+        step = max(1, BLOCK_ELEMENTS // width)
+        weight_buffer = torch.empty((min(step, rows), *base.shape[1:]), dtype=torch.float32)
+        delta_buffer = torch.empty_like(weight_buffer) if self.kind == "lora" else None
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            weight = weight_buffer[: stop - start]
+            weight.copy_(base[start:stop])
+            if self.kind == "ia3":
+                assert self.vector is not None
+                vector = self.vector[start:stop] if self.vector.shape[0] == rows and rows > 1 else self.vector
+                weight.mul_(vector)
+            else:
+                assert self.A is not None and self.B is not None and delta_buffer is not None
+                delta = delta_buffer[: stop - start]
+                if self.layout == "transposed":  # stored (in, out): rows start:stop of (B·A)ᵀ
+                    delta.copy_(torch.mm(self.B, self.A[:, start:stop]).T)
+                else:
+                    torch.mm(self.B[start:stop], self.A, out=delta)
+                delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW
+                weight.add_(delta)
+            out[start:stop].copy_(weight)  # the one rounding to the base's dtype
+        return out
+
+    def _apply_whole(self, base: torch.Tensor) -> torch.Tensor:
+        assert self.A is not None and self.B is not None
+        delta = ((self.B @ self.A) * self.scaling).reshape(base.shape)
+        return (base.float() + delta).to(base.dtype).contiguous()
+
+
+class BufferPool:
+    """Read buffers reused across tensors: fresh memory costs a page fault and zeroing per page,
+    which for a model streamed once is as much work as the copy itself. Holds at most
+    :data:`POOLED_BUFFERS` free buffers; a buffer is handed back once its tensor is written."""
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """The smallest free buffer of at least ``nbytes`` bytes, or a new one of exactly that size."""
+        with self._lock:
+            fitting = [b for b in self._free if b.numel() >= nbytes]
+            if fitting:
+                chosen = min(fitting, key=lambda b: b.numel())
+                self._free.remove(chosen)
+                return chosen
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8)
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """Return the buffer under ``tensor`` (a view of a buffer this pool handed out, or anything: then ignored)."""
+        base = tensor._base if tensor._base is not None else tensor
+        if base.dtype != torch.uint8 or base.dim() != 1:
+            return
+        with self._lock:
+            self._free.append(base)
+            if len(self._free) > POOLED_BUFFERS:
+                self._free.remove(min(self._free, key=lambda b: b.numel()))
+
+
+@dataclass
+class BakeResult:
+    """What :func:`bake` wrote: the folder, the composed adapter, the updates, warnings, sizes."""
+
+    output: Path
+    composed: ComposedAdapter
+    base: str
+    updated: list[str]
+    replaced: list[str]
+    added: list[str]
+    warnings: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "base": self.base,
+            "expression": self.composed.combination.source,
+            "normal_form": str(self.composed.combination),
+            "coefficients": dict(self.composed.coefficients),
+            "space": self.composed.options.space,
+            "type": "LoRA" if self.composed.kind == "lora" else "(IA)^3",
+            "updated_tensors": len(self.updated),
+            "replaced_tensors": self.replaced,
+            "added_tensors": self.added,
+            "bytes_written": self.bytes_written,
+            "warnings": list(self.warnings),
+        }
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def output_inside_input_problem(output: str | Path, inputs: Mapping[str, str | Path]) -> str | None:
+    """A one-line reason when ``output`` is, or lies inside, one of the named input folders (else None).
+
+    Writing there would replace or mix with the input the output is computed from.
+    """
+    out = Path(os.path.abspath(os.path.expanduser(str(output))))
+    out_real = Path(os.path.realpath(out))
+    for label, folder in inputs.items():
+        if str(folder).startswith("hf://"):
+            continue
+        root = Path(os.path.abspath(os.path.expanduser(str(folder))))
+        root_real = Path(os.path.realpath(root))
+        for candidate, base in ((out, root), (out_real, root_real)):
+            if candidate == base or base in candidate.parents:
+                return f"output {output} lies inside the {label} folder {folder}; write the model elsewhere"
+    return None
+
+
+def base_name_matches(adapter_base: str, base_ref: str, folder: ModelFolder) -> bool:
+    """Whether an adapter's ``base_model_name_or_path`` names this base model.
+
+    It does when it equals the reference as given, the folder (paths resolved), a Hub id the
+    folder is a snapshot of (``…/models--owner--name/snapshots/…``) or whose last part is the
+    folder's name, or the ``_name_or_path`` in its config.
+    """
+    wanted = adapter_base.strip().rstrip("/")
+    if wanted.startswith("hf://"):
+        wanted = wanted[len("hf://"):].split("@")[0]
+    ref = base_ref[len("hf://"):].split("@")[0] if base_ref.startswith("hf://") else base_ref
+    if wanted == ref.rstrip("/"):
+        return True
+    folder_path = Path(os.path.realpath(folder.path))
+    if os.path.exists(os.path.expanduser(wanted)) and Path(os.path.realpath(os.path.expanduser(wanted))) == folder_path:
+        return True
+    parts = folder_path.parts
+    for part in parts:
+        if part.startswith("models--") and part[len("models--"):].replace("--", "/") == wanted:
+            return True
+    if "/" in wanted and wanted.split("/")[-1] == folder_path.name:
+        return True
+    named = (folder.config or {}).get("_name_or_path")
+    return isinstance(named, str) and named.rstrip("/") == wanted
+
+
+def _check_base_model(composed: ComposedAdapter, base_ref: str, folder: ModelFolder, base_mismatch: str) -> list[str]:
+    if base_mismatch not in BASE_MISMATCH_CHOICES:
+        raise BakeError(f"--base-mismatch must be one of {', '.join(BASE_MISMATCH_CHOICES)}, got {base_mismatch!r}")
+    wanted = composed.base_model
+    if not wanted or base_name_matches(wanted, base_ref, folder):
+        return []
+    message = f"the adapters were trained on {wanted}, not on the base {base_ref}"
+    if base_mismatch != "ok":
+        raise BakeError(f"{message}; pass --base-mismatch ok (base_mismatch='ok') if that is intended")
+    return [f"{message} (--base-mismatch ok)"]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _find_weight(folder: ModelFolder, module: str, suffix: str = "weight") -> str | None:
+    """The base tensor of ``module`` (e.g. ``model.layers.0.mlp.up_proj.weight``), allowing for a
+    checkpoint saved without (or with) the task model's first prefix (``bert.``/``model.``)."""
+    key = f"{module}.{suffix}"
+    if key in folder.tensors:
+        return key
+    head, _, rest = module.partition(".")
+    if rest and f"{rest}.{suffix}" in folder.tensors:
+        return f"{rest}.{suffix}"
+    return None
+
+
+def _lora_layout(info: LoraModuleInfo, shape: tuple[int, ...], fan_in_fan_out: bool, name: str, where: str) -> str:
+    out_f, in_f = info.out_features, info.in_features
+    if info.layer == "embedding":
+        if shape == (in_f, out_f):
+            return "transposed"
+    elif len(shape) == 2:
+        if fan_in_fan_out and shape == (in_f, out_f):
+            return "transposed"
+        if shape == (out_f, in_f):
+            return "plain"
+        if shape == (in_f, out_f):
+            return "transposed"
+    elif len(shape) > 2 and shape[0] == out_f and int(torch.Size(shape[1:]).numel()) == in_f:
+        return "reshaped"
+    raise BakeError(f"module {name}: the adapter's update is {out_f}x{in_f} but the base weight {where} has shape "
+                    f"{list(shape)}; is the adapter for another model?")
+
+
+def _ia3_vector(l: torch.Tensor, info: Ia3ModuleInfo, shape: tuple[int, ...], fan_in_fan_out: bool, name: str) -> torch.Tensor:
+    """l shaped to broadcast over the stored weight: along its output axis (rows), or its input axis
+    (feed-forward); Conv1D stores (in, out), so the axes swap."""
+    vector = l.float().reshape(-1)
+    n = vector.numel()
+    out_axis, in_axis = (1, 0) if fan_in_fan_out and len(shape) == 2 else (0, 1)
+    axis = in_axis if info.is_feedforward else out_axis
+    if len(shape) < 2 or shape[axis] != n:
+        raise BakeError(f"module {name}: its (IA)^3 vector has {n} entries but the base weight has shape {list(shape)}; "
+                        "is the adapter for another model?")
+    view = [1] * len(shape)
+    view[axis] = n
+    return vector.reshape(view)
+
+
+def plan_updates(composed: ComposedAdapter, folder: ModelFolder) -> tuple[dict[str, TensorUpdate], list[str]]:
+    """Every base tensor the composed adapter changes, and the ``modules_to_save`` tensors the base lacks.
+
+    Reads the composed adapter once (float32, one module at a time, kept: it is adapter-sized) and
+    checks every module against the base: present, shapes that fit. Raises :class:`BakeError`.
+    """
+    base_label = folder.source
+    missing = [name for name in composed.module_names if _find_weight(folder, name) is None]
+    if missing:
+        raise BakeError(f"module {missing[0]} of the adapter is not in the base model {base_label} "
+                        f"({len(missing)} of {len(composed.module_names)} missing); is the adapter for another architecture?")
+    state = composed.state_dict()  # float32 factors / vectors (compose was asked for float32)
+    config = composed.config
+    use_rslora = bool(config.get("use_rslora", False))
+    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    updates: dict[str, TensorUpdate] = {}
+    for name in composed.module_names:
+        key = _find_weight(folder, name)
+        assert key is not None
+        shape = folder.tensors[key].shape
+        info = composed.first_info(name)
+        if isinstance(info, LoraModuleInfo):
+            A = state[KEY_PREFIX + info.a_key].float()
+            B = state[KEY_PREFIX + info.b_key].float()
+            A2 = A if info.layer == "embedding" else A.reshape(A.shape[0], -1)
+            B2 = B if info.layer == "embedding" else B.reshape(B.shape[0], -1)
+            rank, alpha = lora_rank_and_alpha(config, name)
+            if rank != A2.shape[0]:
+                raise CompositionError(f"module {name}: composed config gives rank {rank} but factors have rank {A2.shape[0]}")
+            layout = _lora_layout(info, shape, fan_in_fan_out, name, key)
+            updates[key] = TensorUpdate(key=key, module=name, kind="lora", A=A2.contiguous(), B=B2.contiguous(),
+                                        scaling=lora_scaling(rank, alpha, use_rslora), layout=layout)
+        else:
+            assert isinstance(info, Ia3ModuleInfo)
+            l = state[KEY_PREFIX + info.key]
+            vector = _ia3_vector(l, info, shape, fan_in_fan_out, name)
+            updates[key] = TensorUpdate(key=key, module=name, kind="ia3", vector=vector)
+            bias = _find_weight(folder, name, "bias")
+            if bias is not None and not info.is_feedforward:  # PEFT scales the bias of attention (IA)^3 modules too
+                updates[bias] = TensorUpdate(key=bias, module=name, kind="ia3", vector=l.float().reshape(folder.tensors[bias].shape))
+    added: list[str] = []
+    for extra in composed.extra_keys:
+        if BASE_LAYER in extra:  # a copy of a wrapped layer's own weight (PEFT's save_embedding_layers)
+            _override_base_layer(composed, folder, extra, updates)
+            continue
+        tensor = state[KEY_PREFIX + extra]
+        if extra in folder.tensors:
+            if tuple(folder.tensors[extra].shape) != tuple(tensor.shape):
+                raise BakeError(f"modules_to_save tensor {extra} has shape {list(tensor.shape)} but the base's has "
+                                f"{list(folder.tensors[extra].shape)}; is the adapter for another model?")
+            updates[extra] = TensorUpdate(key=extra, module=extra.rsplit(".", 1)[0], kind="replace", tensor=tensor)
+        else:
+            added.append(extra)
+            updates[extra] = TensorUpdate(key=extra, module=extra.rsplit(".", 1)[0], kind="replace", tensor=tensor)
+    return updates, added
+
+
+def _override_base_layer(composed: ComposedAdapter, folder: ModelFolder, extra: str, updates: dict[str, TensorUpdate]) -> None:
+    """``…embed_tokens.base_layer.weight``: PEFT loads it into the layer's weight, then merges ΔW on
+    top. It is a weight, not an update, so it is taken as saved (from the first operand holding it),
+    never scaled by a coefficient."""
+    key = extra.replace(BASE_LAYER, ".")
+    if key not in folder.tensors:
+        raise BakeError(f"the adapter saves {extra} but the base model has no {key}; is the adapter for another model?")
+    owner = next(a for a in composed.adapters.values() if extra in a.extra_keys)
+    saved = owner.extra_tensor(extra)
+    if tuple(saved.shape) != folder.tensors[key].shape:
+        raise BakeError(f"the adapter's {extra} has shape {list(saved.shape)} but the base's {key} has "
+                        f"{list(folder.tensors[key].shape)}; resized vocabularies are not supported")
+    update = updates.get(key)
+    if update is None:
+        updates[key] = TensorUpdate(key=key, module=key.rsplit(".", 1)[0], kind="replace", tensor=saved)
+    else:
+        updates[key] = dataclasses.replace(update, source=saved)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _new_tensor_dtype(folder: ModelFolder) -> torch.dtype:
+    """The dtype added tensors (a head the base lacks) take: the base's most common float dtype."""
+    counts: dict[torch.dtype, int] = {}
+    for span in folder.tensors.values():
+        if span.dtype.is_floating_point:
+            counts[span.dtype] = counts.get(span.dtype, 0) + span.nbytes
+    return max(counts, key=lambda d: counts[d]) if counts else torch.float32
+
+
+def _base_provenance(folder: ModelFolder, base_ref: str) -> dict[str, Any]:
+    from .io.hash_cache import cached_sha256
+
+    return {
+        "ref": base_ref,
+        "path": None if base_ref.startswith("hf://") else str(folder.path),
+        "files": {path.name: cached_sha256(path) for path in folder.weight_files()},
+    }
+
+
+def bake_recipe(composed: ComposedAdapter, base_ref: str, output: Path, base_mismatch: str) -> dict[str, Any]:
+    """The recipe that rebuilds this baked model: the compose recipe plus a ``bake`` section."""
+    from .recipe import _relative_to, recorded_recipe
+
+    recipe = recorded_recipe(composed, output)
+    base = base_ref if base_ref.startswith("hf://") else _relative_to(base_ref, output)
+    recipe["bake"] = {"base": base, "base_mismatch": base_mismatch}
+    return recipe
+
+
+def render_bake_card(provenance: Mapping[str, Any]) -> str:
+    """README.md of a baked model: front matter with ``base_model_relation: merge``, then how it was made."""
+    import yaml
+
+    from .modelcard import GENERATED_MARKER, _is_hub_model_id
+
+    base = str(provenance.get("base_model") or "")
+    metadata: dict[str, Any] = {}
+    if base and _is_hub_model_id(base):
+        metadata["base_model"] = base
+        metadata["base_model_relation"] = "merge"
+    else:
+        metadata["base_model_relation"] = "merge"
+    metadata["library_name"] = "transformers"
+    metadata["tags"] = ["adaptermath", "merge"]
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False, width=4096)
+    lines = [
+        "# Baked model", "",
+        f"The base model with the adapter expression `{provenance.get('expression')}` "
+        f"(normal form `{provenance.get('normal_form')}`) folded into its weights by adaptermath {provenance.get('adaptermath_version')} "
+        "(`adaptermath bake`). It loads without PEFT:", "",
+        "```python", "from transformers import AutoModel  # or the AutoModelFor… class of the base",
+        'model = AutoModel.from_pretrained("path/to/this/folder")', "```", "",
+        "## Inputs", "", "| name | reference |", "| --- | --- |",
+    ]
+    bake_record = provenance.get("bake") or {}
+    lines.append(f"| base | `{bake_record.get('base', {}).get('ref', '')}` |")
+    for entry in provenance.get("inputs") or []:
+        lines.append(f"| {entry.get('name')} | `{entry.get('ref')}` |")
+    lines += ["", "Rebuild it byte for byte with `adaptermath run .` (the recipe is in `adaptermath.json`).", ""]
+    return f"---\n{front}---\n\n{GENERATED_MARKER}\n\n" + "\n".join(lines)
+
+
+def _copy_side_files(folder: ModelFolder, target: Path) -> None:
+    for path in folder.side_files():
+        shutil.copyfile(path, target / path.name)
+
+
+def bake(
+    base: str | Path,
+    expression: str,
+    operands: Mapping[str, str | Path] | None = None,
+    output: str | Path | None = None,
+    *,
+    variables: Mapping[str, float] | None = None,
+    space: str = "delta",
+    negate_factor: str = "B",
+    normalize: bool = False,
+    heads: str | None = None,
+    method: str = "linear",
+    method_options: Mapping[str, Any] | None = None,
+    rank: int | None = None,
+    energy: float | None = None,
+    max_rank: int | None = None,
+    allow_pickle: bool = False,
+    base_mismatch: str = "error",
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    recipe: Mapping[str, Any] | None = None,
+) -> BakeResult:
+    """Write ``base`` with the update of ``expression`` over ``operands`` folded in, to ``output``.
+
+    ``expression`` may be a bare adapter path (then ``operands`` is empty): the expression ``1*x``.
+    ``base`` is a model folder in safetensors (one file or shards with an index) or ``hf://owner/repo``.
+    The composition takes compose's options (``space`` defaults to ``delta``: the exact Σ cᵢ·ΔWᵢ;
+    ``rank``/``energy``/``max_rank`` compress it first, as in compose).
+    An adapter whose ``base_model_name_or_path`` names another model is refused unless
+    ``base_mismatch="ok"`` (then a warning). Output is atomic; an existing one is replaced only with
+    ``force``; an output inside the base folder is refused.
+    """
+    if output is None:
+        raise BakeError("give an output folder (-o MODEL)")
+    if not operands:
+        operands = {BARE_OPERAND: str(expression)}
+        expression = BARE_OPERAND
+    base_ref = str(base)
+    output = Path(output).expanduser()
+    problem = output_inside_input_problem(output, {"base": base_ref, **{f"adapter {n!r}": p for n, p in operands.items()}})
+    if problem:
+        raise BakeError(problem)
+    check_output_path(output, force)  # before any work; checked again when the output is renamed into place
+    composed = compose(expression, operands, variables=variables, space=space, negate_factor=negate_factor,
+                       normalize=normalize, heads=heads, dtype="float32", allow_pickle=allow_pickle, method=method,
+                       method_options=method_options, rank=rank, energy=energy, max_rank=max_rank)
+    folder = open_model_folder(base_ref, allow_pickle=allow_pickle)
+    try:
+        found = _check_base_model(composed, base_ref, folder, base_mismatch)
+        if found:
+            for message in found:
+                warnings.warn(message, stacklevel=2)
+        updates, added = plan_updates(composed, folder)
+        if recipe is None:
+            recipe = bake_recipe(composed, base_ref, output, base_mismatch)
+        result = BakeResult(output=output, composed=composed, base=base_ref,
+                            updated=[k for k, u in updates.items() if u.kind != "replace"],
+                            replaced=[k for k, u in updates.items() if u.kind == "replace" and k not in added],
+                            added=added, warnings=found + list(composed.report.warnings))
+        _write(folder, updates, added, output, force, progress, composed, base_ref, recipe, base_mismatch, result)
+    finally:
+        folder.close()
+    return result
+
+
+def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list[str], output: Path, force: bool,
+           progress: ProgressCallback | None, composed: ComposedAdapter, base_ref: str, recipe: Mapping[str, Any],
+           base_mismatch: str, result: BakeResult) -> None:
+    added_dtype = _new_tensor_dtype(folder)
+    last_shard = folder.shards[-1]
+    total = len(folder.tensors) + len(added)
+    weight_map: dict[str, str] = {}
+    with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher, \
+            ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer_thread:
+        # The base's and the adapters' sha256 (for the provenance) are computed on another core while tensors stream.
+        base_hashes = hasher.submit(_base_provenance, folder, base_ref)
+        adapter_hashes = [hasher.submit(adapter.file_hashes) for adapter in composed.adapters.values()]
+        # A three-stage pipeline: the next tensor is read and the previous one written (both release
+        # the GIL) while this one is computed; at most three tensors are held.
+        plan = [(shard, key) for shard in folder.shards
+                for key in folder.keys_in(shard) + (added if shard == last_shard else [])]
+
+        buffers = BufferPool()
+
+        def load(key: str) -> torch.Tensor | None:
+            if key not in folder.tensors:
+                return None
+            return folder.read(key, buffers.take(folder.tensors[key].nbytes))
+
+        def store(key: str, tensor: torch.Tensor) -> None:
+            assert writer is not None
+            writer.add(key, tensor)
+            buffers.give_back(tensor)
+
+        pending_read = reader.submit(load, plan[0][1]) if plan else None
+        pending_write = None
+        writer: SafetensorsStreamWriter | None = None
+        current_shard = None
+        try:
+            for index, (shard, key) in enumerate(plan):
+                assert pending_read is not None
+                tensor = pending_read.result()
+                pending_read = reader.submit(load, plan[index + 1][1]) if index + 1 < len(plan) else None
+                update = updates.get(key)
+                if tensor is None:
+                    assert update is not None and update.tensor is not None
+                    tensor = update.tensor.to(added_dtype).contiguous()
+                elif update is not None:
+                    tensor = update.apply(tensor)
+                if shard != current_shard:
+                    if pending_write is not None:
+                        pending_write.result()
+                    if writer is not None:
+                        writer.close()
+                    keys = [k for s, k in plan if s == shard]
+                    writer = SafetensorsStreamWriter(tmp / shard, keys, metadata=folder.shard_metadata.get(shard) or {"format": "pt"},
+                                                     max_dims=8)
+                    current_shard = shard
+                if pending_write is not None:
+                    pending_write.result()
+                assert writer is not None
+                pending_write = writer_thread.submit(store, key, tensor)
+                result.bytes_written += tensor.numel() * tensor.element_size()
+                weight_map[key] = shard
+                del tensor
+                if progress:
+                    progress(index + 1, total, key)
+            if pending_write is not None:
+                pending_write.result()
+            if writer is not None:
+                writer.close()
+                writer = None
+        finally:
+            if writer is not None:
+                writer.abort()
+        if folder.index is not None:
+            index = json.loads(json.dumps(folder.index))
+            index["weight_map"] = weight_map
+            meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
+            meta["total_size"] = result.bytes_written
+            index["metadata"] = meta
+            write_json(tmp / SAFETENSORS_INDEX, index)
+        _copy_side_files(folder, tmp)
+        for future in adapter_hashes:
+            future.result()
+        provenance = composed.provenance(recipe, output)
+        provenance["format"] = "adaptermath.provenance/1"
+        provenance["operation"] = "bake"
+        provenance["bake"] = {
+            "base": base_hashes.result(),
+            "base_mismatch": base_mismatch,
+            "updated_tensors": len(result.updated),
+            "replaced_tensors": list(result.replaced),
+            "added_tensors": list(added),
+        }
+        provenance["report"]["warnings"] = list(result.warnings)
+        write_json(tmp / PROVENANCE_NAME, provenance)
+        (tmp / "README.md").write_text(render_bake_card(provenance), encoding="utf-8")
+

@@ -1,0 +1,373 @@
+"""bake and extract: speed and memory against the disk floor, PEFT's merge_and_unload and mergekit.
+
+Run by hand (never in tests); results go to docs/benchmarks.md ("Bake and extract")::
+
+    python benchmarks/bake_extract.py --json benchmarks/bake_extract.json     # ~15 min on 2 cores
+    python benchmarks/bake_extract.py --render benchmarks/bake_extract.json   # the markdown tables again
+
+Inputs are random models written by the script to ``--workdir`` as a Hugging Face folder
+(``config.json``, bf16 safetensors shards of ≤ 1 GB with an index):
+
+* bake: Llama-2-7B-shaped (hidden 4096, intermediate 11008, 32 heads, vocab 32000) with
+  ``--layers`` decoder layers (default 2 and 4, to show memory flat in depth), and a LoRA of rank
+  16 (fp32, α = 32) on q/k/v/o/gate/up/down of every layer; and the real SmolLM2-135M-Instruct
+  (fp32, from ``python -m adaptermath.experiments.setup``; skipped when absent) with such a LoRA;
+* extract: TinyLlama-1.1B-shaped (hidden 2048, intermediate 5632, 32 heads, 4 key/value heads)
+  with 2 layers; the fine-tuned model is the base plus, per linear weight, a random update with a
+  decaying spectrum (singular values 0.3·0.97^j, j < 256, so no rank captures it all), stored in bf16.
+
+Each variant runs as its own process (interpreter start and imports included), after an
+``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
+RSS is the child's VmHWM. Median of ``--repeats``:
+
+* ``floor``       read every base shard in 16 MiB blocks and write a file of the same size;
+* ``am-bake``     ``adaptermath.bake(base, adapter, out)`` (sha256 cache off: the base is hashed);
+* ``peft``        ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
+                  ``merge_and_unload()`` + ``save_pretrained``;
+* ``am-extract``  ``adaptermath.extract(base, ft, out, rank=K)``;
+* ``mergekit``    ``mergekit-extract-lora --max-rank K`` (mergekit 0.1.5, from its own virtual
+                  environment ``--mergekit-venv``: a dense SVD per module).
+
+Extraction errors are computed here for both outputs, per module, against the true
+ΔW = W_ft − W_base (float32): ‖ΔW − s·B·A‖_F / ‖ΔW‖_F; the table gives the mean and maximum over modules
+and the optimum (Eckart–Young: the exact rank-K truncation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPES: dict[str, dict[str, int]] = {
+    "7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000),
+    "1b": dict(hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000),
+    "smollm2": dict(hidden=576, intermediate=1536, heads=9, kv_heads=3, vocab=49152),
+}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SHARD_BYTES = 1 << 30
+BLOCK = 16 << 20
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def weight_shapes(shape: dict[str, int], layers: int) -> list[tuple[str, tuple[int, int]]]:
+    h, i, v = shape["hidden"], shape["intermediate"], shape["vocab"]
+    kv = h * shape["kv_heads"] // shape["heads"]
+    out: list[tuple[str, tuple[int, int]]] = [("model.embed_tokens.weight", (v, h))]
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]  # type: ignore[list-item]
+        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "mlp.gate_proj.weight", (i, h)), (p + "mlp.up_proj.weight", (i, h)), (p + "mlp.down_proj.weight", (h, i))]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]  # type: ignore[list-item]
+    return out
+
+
+def write_model(folder: Path, shape_name: str, layers: int, seed: int, delta_from: Path | None = None) -> None:
+    """A random bf16 Llama-shaped model folder; with ``delta_from``, that model plus decaying-spectrum updates."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shape = SHAPES[shape_name]
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    base_state: dict[str, torch.Tensor] = {}
+    if delta_from is not None:
+        for file in sorted(delta_from.glob("*.safetensors")):
+            base_state.update(load_file(str(file)))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, dims in weight_shapes(shape, layers):
+        if delta_from is not None:
+            tensor = base_state.pop(key)
+            if len(dims) == 2 and ".layers." in key:
+                tensor = (tensor.float() + decaying_update(dims, generator)).to(torch.bfloat16)
+        elif len(dims) == 1:
+            tensor = torch.ones(dims, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(dims, generator=generator) * 0.02).to(torch.bfloat16)
+        nbytes = tensor.numel() * 2
+        if size + nbytes > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    weight_map: dict[str, str] = {}
+    total = 0
+    for index, shard in enumerate(shards):
+        name = f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+        total += sum(t.numel() * 2 for t in shard.values())
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["hidden"],
+              "intermediate_size": shape["intermediate"], "num_hidden_layers": layers, "num_attention_heads": shape["heads"],
+              "num_key_value_heads": shape["kv_heads"], "vocab_size": shape["vocab"], "torch_dtype": "bfloat16",
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def decaying_update(dims: tuple[int, int], generator: Any) -> Any:
+    """A random out×in update with singular values 0.3·0.97^j (j < 256): no small rank holds all of it."""
+    import torch
+
+    k = min(256, *dims)
+    U, _ = torch.linalg.qr(torch.randn(dims[0], k, generator=generator))
+    V, _ = torch.linalg.qr(torch.randn(dims[1], k, generator=generator))
+    s = 0.3 * 0.97 ** torch.arange(k, dtype=torch.float32)
+    return (U * s) @ V.T
+
+
+def write_adapter(folder: Path, base: Path, shape_name: str, layers: int, rank: int, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    shape = SHAPES[shape_name]
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, dims in weight_shapes(shape, layers):
+        if len(dims) == 2 and key.rsplit(".", 2)[-2] in PROJECTIONS:
+            module = key[: -len(".weight")]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(rank, dims[1], generator=generator) * 0.01
+            tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(dims[0], rank, generator=generator) * 0.01
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base), "r": rank,
+              "lora_alpha": 2 * rank, "target_modules": list(PROJECTIONS), "lora_dropout": 0.0, "bias": "none",
+              "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+# --------------------------------------------------------------------------- variants (each its own process)
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(variant: str, args: dict[str, Any]) -> None:
+    out = Path(args["out"])
+    if variant != "floor":  # the in-call time excludes interpreter start and imports
+        import torch  # noqa: F401
+        import adaptermath  # noqa: F401
+        if variant == "peft":
+            import peft  # noqa: F401
+            import transformers  # noqa: F401
+    start = time.perf_counter()
+    if variant == "floor":
+        for shard in sorted(Path(args["base"]).glob("*.safetensors")):
+            with open(shard, "rb") as src, open(out / shard.name, "wb") as dst:
+                while block := src.read(BLOCK):
+                    dst.write(block)
+    elif variant == "am-bake":
+        import adaptermath as am
+
+        am.bake(args["base"], args["adapter"], output=out / "model", force=True)
+    elif variant == "peft":
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args["base"], torch_dtype=torch.bfloat16)
+        model = PeftModel.from_pretrained(model, args["adapter"]).merge_and_unload()
+        model.save_pretrained(out / "model")
+    elif variant == "am-extract":
+        import adaptermath as am
+
+        am.extract(args["base"], args["ft"], out / "lora", rank=args["rank"], force=True)
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "work_s": time.perf_counter() - start}))
+
+
+def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+    """Each variant ``repeats`` times, interleaved (floor, bake, peft, floor, …) so that a busy
+    machine slows them alike; median wall time, CPU time, in-call time and the largest peak RSS."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "ADAPTERMATH_HASH_CACHE": "0", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    samples: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": [], "work": [], "rss": []} for v in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            out = Path(args["out"])
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            os.sync()
+            if variant == "mergekit":
+                command = [str(Path(args["mergekit_venv"]) / "bin" / "mergekit-extract-lora"), "--model", args["ft"],
+                           "--base-model", args["base"], "--out-path", str(out / "lora"), "--max-rank", str(args["rank"])]
+            else:
+                command = [sys.executable, __file__, "--child", variant, json.dumps(args)]
+            before = os.times()
+            start = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            after = os.times()
+            if done.returncode != 0:
+                raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+            sample = samples[variant]
+            sample["wall"].append(wall)
+            sample["cpu"].append((after.children_user - before.children_user) + (after.children_system - before.children_system))
+            if variant != "mergekit":
+                reported = json.loads(done.stdout.strip().splitlines()[-1])
+                sample["rss"].append(reported["peak_rss_mib"])
+                sample["work"].append(reported["work_s"])
+    return [{"variant": v, "wall_s": statistics.median(s["wall"]), "cpu_s": statistics.median(s["cpu"]),
+             "work_s": statistics.median(s["work"]) if s["work"] else None, "runs": repeats, "walls": s["wall"],
+             "peak_rss_mib": max(s["rss"]) if s["rss"] else None} for v, s in samples.items()]
+
+
+# --------------------------------------------------------------------------- extraction errors
+
+
+def extraction_errors(base: Path, ft: Path, adapter: Path, rank: int) -> dict[str, float]:
+    """Per-module ‖ΔW − s·B·A‖/‖ΔW‖ of an extracted adapter, and the rank-K optimum (exact SVD)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import adaptermath as am
+
+    base_state: dict[str, torch.Tensor] = {}
+    ft_state: dict[str, torch.Tensor] = {}
+    for file in sorted(base.glob("*.safetensors")):
+        base_state.update(load_file(str(file)))
+    for file in sorted(ft.glob("*.safetensors")):
+        ft_state.update(load_file(str(file)))
+    lora = am.load_adapter(adapter)
+    errors, optimum = [], []
+    for module in lora.iter_modules():
+        key = module.name + ".weight"
+        delta = ft_state[key].float() - base_state[key].float()
+        errors.append(float(torch.linalg.norm(delta - module.delta()) / torch.linalg.norm(delta)))
+        s = torch.linalg.svdvals(delta)
+        optimum.append(float(torch.sqrt((s[rank:] ** 2).sum() / (s ** 2).sum())))
+    return {"modules": len(errors), "mean": statistics.mean(errors), "max": max(errors),
+            "optimum_mean": statistics.mean(optimum)}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import peft
+    import safetensors
+    import torch
+    import transformers
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "peft": peft.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["| model | layers | weights GiB | variant | wall s (median) | in-call s | CPU s | runs | peak RSS MiB | wall vs floor | in-call vs floor | vs PEFT (wall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for case in results["bake"]:
+        rows = {r["variant"]: r for r in case["rows"]}
+        floor, peft = rows["floor"], rows.get("peft")
+        for row in case["rows"]:
+            other = row["variant"] != "floor"
+            vs_floor = f"{row['wall_s'] / floor['wall_s']:.2f}×" if other else ""
+            work_vs_floor = f"{row['work_s'] / floor['work_s']:.2f}×" if other else ""
+            vs_peft = f"{peft['wall_s'] / row['wall_s']:.1f}× faster" if peft and row["variant"] == "am-bake" else ""
+            rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
+            lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
+                         f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | {vs_peft} |")
+    lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for case in results["extract"]:
+        rows = {r["variant"]: r for r in case["rows"]}
+        mergekit = rows.get("mergekit", {}).get("wall_s")
+        for row in case["rows"]:
+            err = case["errors"][row["variant"]]
+            speed = f"{mergekit / row['wall_s']:.1f}×" if mergekit and row["variant"] == "am-extract" else ""
+            rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
+            lines.append(f"| {case['shape']} | {case['layers']} | {case['rank']} | {row['variant']} | {row['wall_s']:.2f} | "
+                         f"{row['cpu_s']:.2f} | {row['runs']} | {rss} | {speed} | {err['mean']:.4f} | {err['max']:.4f} | "
+                         f"{err['optimum_mean']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "ARGS"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptermath-bake-bench"))
+    parser.add_argument("--layers", default="2,4", help="Decoder layers of the 7B-shaped bake models (comma list).")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=32, help="Extraction rank.")
+    parser.add_argument("--mergekit-venv", type=Path, default=Path(__file__).resolve().parent.parent / ".venv-mergekit")
+    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, mergekit, extract, smollm2).")
+    parser.add_argument("--json", type=Path, help="Write the results here.")
+    parser.add_argument("--render", type=Path, help="Print the markdown tables of a results file and exit.")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], json.loads(args.child[1]))
+        return
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return
+    skip = set(filter(None, args.skip.split(",")))
+    work = args.workdir
+    results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv[1:]), "bake": [], "extract": []}
+    cases: list[tuple[str, int, Path, Path]] = []
+    for layers in [int(n) for n in args.layers.split(",")]:
+        base, adapter = work / f"7b-{layers}l", work / f"7b-{layers}l-lora"
+        if not (base / "config.json").is_file():
+            write_model(base, "7b", layers, seed=layers)
+            write_adapter(adapter, base, "7b", layers, rank=16, seed=1)
+        cases.append(("7b", layers, base, adapter))
+    if "smollm2" not in skip:
+        try:
+            from adaptermath.experiments.assets import smollm2_model_dir
+
+            smol = smollm2_model_dir()
+        except Exception as exc:  # the experiment assets are not installed
+            print(f"SmolLM2-135M skipped: {exc}", file=sys.stderr)
+        else:
+            adapter = work / "smollm2-lora"
+            if not (adapter / "adapter_config.json").is_file():
+                write_adapter(adapter, smol, "smollm2", 30, rank=16, seed=1)
+            cases.append(("smollm2-135m (fp32)", 30, smol, adapter))
+    for shape_name, layers, base, adapter in cases:
+        gib = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**30
+        common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out")}
+        rows = run_variants(["floor", "am-bake"] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
+        results["bake"].append({"shape": shape_name, "layers": layers, "gib": gib, "rows": rows})
+        print(json.dumps(results["bake"][-1]), flush=True)
+        shutil.rmtree(work / "out", ignore_errors=True)
+    if "extract" not in skip:
+        base, ft = work / "1b-2l", work / "1b-2l-ft"
+        if not (ft / "config.json").is_file():
+            write_model(base, "1b", 2, seed=7)
+            write_model(ft, "1b", 2, seed=8, delta_from=base)
+        common = {"base": str(base), "ft": str(ft), "out": str(work / "out"), "rank": args.rank,
+                  "mergekit_venv": str(args.mergekit_venv)}
+        case: dict[str, Any] = {"shape": "1b", "layers": 2, "rank": args.rank, "rows": [], "errors": {}}
+        variants = ["am-extract"] + ([] if "mergekit" in skip else ["mergekit"])
+        for variant in variants:  # mergekit's dense SVDs take minutes: once
+            case["rows"] += run_variants([variant], common, args.repeats if variant == "am-extract" else 1)
+            case["errors"][variant] = extraction_errors(base, ft, work / "out" / "lora", args.rank)
+        results["extract"].append(case)
+        print(json.dumps(case), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""adaptermath bake: weights and logits against PEFT's merge_and_unload, dtypes, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import LoHaConfig, PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+import adaptermath as am
+from adaptermath.bake import BakeError, output_inside_input_problem
+from adaptermath.cli.main import main
+from adaptermath.errors import AdapterMathError
+from tiny_adapters import build_base, load_base, lora, make_adapter
+
+AUTO = {"llama": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM, "bert": AutoModelForSequenceClassification}
+INPUTS = torch.tensor([[1, 5, 9, 3, 7, 2]])
+
+
+def model_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (possibly sharded) safetensors model folder."""
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(file)))
+    return out
+
+
+def peft_merged(kind: str, base: Path, adapter: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    model = AUTO[kind].from_pretrained(base, torch_dtype=dtype)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+
+
+def assert_loads_cleanly(kind: str, folder: Path) -> torch.nn.Module:
+    model, info = AUTO[kind].from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval()
+
+
+def compare_with_peft(kind: str, base: Path, composed_dir: Path, baked: Path) -> None:
+    reference = peft_merged(kind, base, composed_dir)
+    ref_state = reference.state_dict()
+    got = model_state(baked)
+    assert got, "nothing written"
+    for key, value in got.items():
+        if key in ref_state:
+            torch.testing.assert_close(value.float(), ref_state[key].float(), rtol=0, atol=1e-6, msg=key)
+    model = assert_loads_cleanly(kind, baked)
+    with torch.no_grad():
+        torch.testing.assert_close(model(INPUTS).logits, reference(INPUTS).logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, operands, expression", [
+    ("llama", ("lora_a", "lora_b", "lora_c"), "a + 0.5*b - 0.7*c"),
+    ("gpt2", ("gpt2_a", "gpt2_b"), "0.8*a - 0.4*b"),
+    ("bert", ("bert_a", "bert_b"), "a - 0.3*b"),
+])
+def test_bake_expression_matches_peft_merge(tiny, tmp_path, kind, operands, expression):
+    names = "abc"[: len(operands)]
+    adapters = {n: tiny[op] for n, op in zip(names, operands)}
+    base = tiny[f"{kind}_base"]
+    # PEFT's reference: the same expression composed to an adapter, loaded and merged by PEFT.
+    composed_dir = am.compose(expression, adapters, space="delta", dtype="float32").save(tmp_path / "composed")
+    baked = tmp_path / "baked"
+    result = am.bake(base, expression, adapters, baked)
+    compare_with_peft(kind, base, composed_dir, baked)
+    assert result.updated
+    if kind == "bert":  # modules_to_save: the classifier replaces the base's
+        assert "classifier.weight" in result.replaced
+        heads = am.load_adapter(composed_dir).extra_tensor("classifier.weight")  # compose combines heads linearly
+        assert torch.equal(model_state(baked)["classifier.weight"], heads)
+
+
+@pytest.mark.parametrize("adapter", ["lora_rslora", "lora_patterns", "ia3_a"])
+def test_bake_single_adapter_matches_peft_merge(tiny, tmp_path, adapter):
+    """A bare adapter path is 1*x; rsLoRA, rank/alpha patterns and (IA)^3 merge as PEFT merges them."""
+    baked = tmp_path / "baked"
+    am.bake(tiny["llama_base"], str(tiny[adapter]), output=baked)
+    compare_with_peft("llama", tiny["llama_base"], tiny[adapter], baked)
+
+
+def test_bake_embedding_lora_matches_peft_merge(tiny, tmp_path):
+    """An embedding LoRA (lora_embedding_A/B): ΔW is added transposed to the (vocab, dim) table."""
+    folder = make_adapter("llama", tiny["llama_base"], tmp_path / "emb", lora(["embed_tokens", "q_proj"]), seed=9)
+    am.bake(tiny["llama_base"], str(folder), output=tmp_path / "baked")
+    compare_with_peft("llama", tiny["llama_base"], folder, tmp_path / "baked")
+    assert not torch.equal(model_state(tmp_path / "baked")["model.embed_tokens.weight"],
+                           model_state(tiny["llama_base"])["model.embed_tokens.weight"])
+
+
+def test_bake_ia3_expression_matches_peft(tiny, tmp_path):
+    adapters = {"a": tiny["ia3_a"], "b": tiny["ia3_b"]}
+    composed_dir = am.compose("0.6*a - 0.2*b", adapters, dtype="float32").save(tmp_path / "composed")
+    am.bake(tiny["llama_base"], "0.6*a - 0.2*b", adapters, tmp_path / "baked")
+    compare_with_peft("llama", tiny["llama_base"], composed_dir, tmp_path / "baked")
+
+
+def test_bake_loha_matches_peft_merge(tiny, tmp_path):
+    loha = LoHaConfig(r=2, alpha=4, target_modules=["q_proj", "down_proj"], init_weights=False)
+    folder = make_adapter("llama", tiny["llama_base"], tmp_path / "loha", loha, seed=3)
+    am.bake(tiny["llama_base"], str(folder), output=tmp_path / "baked")
+    compare_with_peft("llama", tiny["llama_base"], folder, tmp_path / "baked")
+
+
+@pytest.fixture(scope="module")
+def bf16_sharded(tmp_path_factory):
+    """The tiny Llama in bfloat16, saved in several shards with an index, and a LoRA for it."""
+    root = tmp_path_factory.mktemp("bf16")
+    torch.manual_seed(0)
+    model = load_base("llama", build_base("llama", root / "fp32")).to(torch.bfloat16)
+    model.save_pretrained(root / "base", max_shard_size="4KB")
+    (root / "base" / "tokenizer_config.json").write_text('{"model_max_length": 32}\n')
+    adapter = make_adapter("llama", root / "base", root / "adapter", lora(["q_proj", "up_proj"], alpha=16), seed=4)
+    return root / "base", adapter
+
+
+def test_bake_bf16_is_fp32_result_rounded_once(bf16_sharded, tmp_path):
+    base, adapter = bf16_sharded
+    assert (base / "model.safetensors.index.json").is_file()
+    baked = tmp_path / "baked"
+    am.bake(base, str(adapter), output=baked)
+    reference = peft_merged("llama", base, adapter, torch.float32).state_dict()  # bf16 weights upcast exactly
+    got = model_state(baked)
+    base_state = model_state(base)
+    changed = 0
+    for key, value in got.items():
+        assert value.dtype == torch.bfloat16, key
+        assert torch.equal(value, reference[key].to(torch.bfloat16)), key
+        changed += not torch.equal(value, base_state[key])
+    assert changed == 4  # q_proj and up_proj in 2 layers
+    # Shards follow the base's index; side files are copied; the card says it is a merge.
+    index = json.loads((baked / "model.safetensors.index.json").read_text())
+    base_index = json.loads((base / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == base_index["weight_map"]
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        assert (baked / name).read_bytes() == (base / name).read_bytes()
+    assert "base_model_relation: merge" in (baked / "README.md").read_text()
+    assert_loads_cleanly("llama", baked)
+
+
+def test_bake_recipe_rebuilds_byte_for_byte(bf16_sharded, tmp_path):
+    base, adapter = bf16_sharded
+    baked = tmp_path / "baked"
+    runner = CliRunner()
+    result = runner.invoke(main, ["bake", str(base), str(adapter), "-o", str(baked), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["updated_tensors"] == 4
+    record = json.loads((baked / "adaptermath.json").read_text())
+    assert record["recipe"]["bake"]["base"] == str(base)  # absolute paths stay as given
+    assert set(record["bake"]["base"]["files"]) == {"model.safetensors.index.json", *{p.name for p in base.glob("*.safetensors")}}
+    before = {p.name: p.read_bytes() for p in baked.iterdir()}
+    rebuilt = runner.invoke(main, ["run", str(baked), "--force"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    after = {p.name: p.read_bytes() for p in baked.iterdir()}
+    assert after == before
+
+
+def test_bake_base_mismatch_is_an_error_unless_ok(tiny, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny["lora_a"], adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/another-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(BakeError, match="another-model.*--base-mismatch ok"):
+        am.bake(tiny["llama_base"], str(adapter), output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match="another-model"):
+        result = am.bake(tiny["llama_base"], str(adapter), output=tmp_path / "out", base_mismatch="ok")
+    assert result.warnings
+
+
+def test_bake_existing_output_needs_force(tiny, tmp_path):
+    out = tmp_path / "out"
+    am.bake(tiny["llama_base"], str(tiny["lora_a"]), output=out)
+    with pytest.raises(AdapterMathError, match="--force"):
+        am.bake(tiny["llama_base"], str(tiny["lora_a"]), output=out)
+    am.bake(tiny["llama_base"], str(tiny["lora_b"]), output=out, force=True)
+
+
+# ----------------------------------------------------------------------------- bad input, through the CLI
+
+
+def _bad_input(args: list[str], message: str, output: Path) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in result.output.replace("\n", " "), result.output
+    assert not output.exists()
+    assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}.")], "temporary folder left behind"
+
+
+def test_bake_refuses_a_truncated_shard(bf16_sharded, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(bf16_sharded[0], base)
+    shard = sorted(base.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    _bad_input(["bake", str(base), str(bf16_sharded[1]), "-o", str(tmp_path / "out"), "--base-mismatch", "ok"],
+               "truncated", tmp_path / "out")
+
+
+def test_bake_refuses_an_index_naming_a_missing_shard(bf16_sharded, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(bf16_sharded[0], base)
+    sorted(base.glob("model-*.safetensors"))[0].unlink()
+    _bad_input(["bake", str(base), str(bf16_sharded[1]), "-o", str(tmp_path / "out"), "--base-mismatch", "ok"],
+               "which is missing", tmp_path / "out")
+
+
+def test_bake_refuses_an_adapter_for_another_architecture(tiny, tmp_path):
+    _bad_input(["bake", str(tiny["llama_base"]), str(tiny["gpt2_a"]), "-o", str(tmp_path / "out"), "--base-mismatch", "ok"],
+               "another architecture", tmp_path / "out")
+
+
+def test_bake_refuses_a_pickle_base_without_allow_pickle(tiny, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny["llama_base"], base)
+    state = load_file(str(base / "model.safetensors"))
+    torch.save(state, base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    out = tmp_path / "out"
+    _bad_input(["bake", str(base), str(tiny["lora_a"]), "-o", str(out), "--base-mismatch", "ok"], "--allow-pickle", out)
+    result = CliRunner().invoke(main, ["bake", str(base), str(tiny["lora_a"]), "-o", str(out), "--base-mismatch", "ok",
+                                       "--allow-pickle"])
+    assert result.exit_code == 0, result.output
+    expected = am.bake(tiny["llama_base"], str(tiny["lora_a"]), output=tmp_path / "reference")
+    assert expected.updated
+    got, want = model_state(out), model_state(tmp_path / "reference")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_bake_refuses_an_output_inside_the_base(tiny, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny["llama_base"], base)
+    _bad_input(["bake", str(base), str(tiny["lora_a"]), "-o", str(base / "merged"), "--base-mismatch", "ok"],
+               "inside the base folder", base / "merged")
+    assert output_inside_input_problem(tmp_path / "elsewhere", {"base": base}) is None
+    assert output_inside_input_problem(base, {"base": base}) is not None
+
+
+def test_bake_writes_a_new_head_the_base_lacks(tiny, tmp_path):
+    """A base saved without the classifier gets the adapter's head added to its last shard."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny["bert_base"], base)
+    state = load_file(str(base / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith("classifier.")}, str(base / "model.safetensors"),
+              metadata={"format": "pt"})
+    result = am.bake(base, str(tiny["bert_a"]), output=tmp_path / "out", base_mismatch="ok")
+    assert sorted(result.added) == ["classifier.bias", "classifier.weight"]
+    assert_loads_cleanly("bert", tmp_path / "out")

@@ -1,0 +1,143 @@
+"""adaptermath extract: a LoRA from a fine-tuned model; round trip through bake, PEFT loading, reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+import adaptermath as am
+from adaptermath.cli.main import main
+from adaptermath.extract import ExtractError
+from tiny_adapters import load_base, lora, make_adapter
+
+INPUTS = torch.tensor([[1, 5, 9, 3, 7, 2]])
+
+
+def deltas(adapter: Path) -> dict[str, torch.Tensor]:
+    return {m.name: m.delta() for m in am.load_adapter(adapter).iter_modules()}
+
+
+@pytest.mark.parametrize("kind, targets", [("llama", ["q_proj", "v_proj", "down_proj"]), ("gpt2", ["c_attn", "c_fc"])])
+def test_extract_round_trip_recovers_a_baked_rank8_lora(tiny, tmp_path, kind, targets):
+    base = tiny[f"{kind}_base"]
+    adapter = make_adapter(kind, base, tmp_path / "lora8", lora(targets, r=8, alpha=16, fan_in_fan_out=kind == "gpt2"), seed=11)
+    am.bake(base, str(adapter), output=tmp_path / "finetuned")
+    result = am.extract(base, tmp_path / "finetuned", tmp_path / "extracted", rank=8)
+    want, got = deltas(adapter), deltas(tmp_path / "extracted")
+    assert got.keys() == want.keys()
+    for name, delta in want.items():
+        error = float(torch.linalg.norm(got[name] - delta) / torch.linalg.norm(delta))
+        assert error < 1e-5, (name, error)
+        assert result.modules[name].relative_error < 1e-5
+        assert result.modules[name].energy_kept > 1 - 1e-9
+    # PEFT loads it onto the base model with no missing or unexpected keys, and its logits are the fine-tune's.
+    peft_model = PeftModel.from_pretrained(load_base(kind, base), str(tmp_path / "extracted"))
+    loaded = peft_model.load_adapter(str(tmp_path / "extracted"), adapter_name="check")
+    assert not loaded.unexpected_keys and not [k for k in loaded.missing_keys if "check" in k]
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(INPUTS).logits, load_base(kind, tmp_path / "finetuned")(INPUTS).logits,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_extract_energy_reports_errors_and_composes(tiny, tmp_path):
+    base = tiny["llama_base"]
+    am.bake(base, "a + b", {"a": tiny["lora_a"], "b": tiny["lora_b"]}, tmp_path / "ft")  # rank ≤ 8 per module
+    result = am.extract(base, tmp_path / "ft", tmp_path / "x", energy=0.9, max_rank=3)
+    for module in result.modules.values():
+        assert 1 <= module.rank <= 3
+        assert 0.0 <= module.relative_error < 1.0
+    record = json.loads((tmp_path / "x" / "adaptermath.json").read_text())
+    assert record["report"]["modules"] == len(result.modules)
+    # Extracted adapters join the algebra like any other.
+    composed = am.compose("x - 0.5*a", {"x": tmp_path / "x", "a": tiny["lora_a"]}, space="delta")
+    assert set(composed.module_names) == set(result.modules)
+
+
+def test_extract_embeddings_go_to_modules_to_save_or_are_skipped(tiny, tmp_path):
+    base = tiny["llama_base"]
+    ft = tmp_path / "ft"
+    shutil.copytree(base, ft)
+    state = load_file(str(ft / "model.safetensors"))
+    torch.manual_seed(3)
+    state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"] + 0.01 * torch.randn_like(state["model.embed_tokens.weight"])
+    state["model.layers.0.mlp.up_proj.weight"] = state["model.layers.0.mlp.up_proj.weight"] + 0.1 * torch.randn(32, 1) @ torch.randn(1, 16)
+    state["model.norm.weight"] = state["model.norm.weight"] * 1.1
+    save_file(state, str(ft / "model.safetensors"), metadata={"format": "pt"})
+    result = am.extract(base, ft, tmp_path / "x", rank=2)
+    assert list(result.modules) == ["model.layers.0.mlp.up_proj"]
+    assert result.modules_to_save == ["model.embed_tokens"]
+    assert "model.norm.weight" in result.skipped
+    config = json.loads((tmp_path / "x" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["model.embed_tokens"]
+    peft_model = PeftModel.from_pretrained(load_base("llama", base), str(tmp_path / "x"))
+    weight = dict(peft_model.named_parameters())["base_model.model.model.embed_tokens.modules_to_save.default.weight"]
+    assert torch.equal(weight, state["model.embed_tokens.weight"])
+    skipped = am.extract(base, ft, tmp_path / "y", rank=2, skip_embeddings=True)
+    assert not skipped.modules_to_save and "model.embed_tokens.weight" in skipped.skipped
+
+
+def test_extract_modules_pattern_and_errors(tiny, tmp_path):
+    base = tiny["llama_base"]
+    am.bake(base, str(tiny["lora_a"]), output=tmp_path / "ft")
+    result = am.extract(base, tmp_path / "ft", tmp_path / "x", rank=2, modules=r"layers\.1\.")
+    assert result.modules and all(".layers.1." in name for name in result.modules)
+    with pytest.raises(ExtractError, match="--rank"):
+        am.extract(base, tmp_path / "ft", tmp_path / "y")
+    with pytest.raises(ExtractError, match="does not differ"):
+        am.extract(base, base, tmp_path / "y", rank=2)
+    with pytest.raises(ExtractError, match="inside"):
+        am.extract(base, tmp_path / "ft", tmp_path / "ft" / "x", rank=2)
+    assert not (tmp_path / "y").exists()
+
+
+def test_extract_cli(tiny, tmp_path):
+    base = tiny["llama_base"]
+    am.bake(base, str(tiny["lora_b"]), output=tmp_path / "ft")
+    runner = CliRunner()
+    result = runner.invoke(main, ["extract", str(base), str(tmp_path / "ft"), "-o", str(tmp_path / "x"), "--rank", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["modules"] == 6 and payload["relative_error"]["max"] < 1e-5
+    again = runner.invoke(main, ["extract", str(base), str(tmp_path / "ft"), "-o", str(tmp_path / "x"), "--rank", "4"])
+    assert again.exit_code == 2 and "--force" in again.output
+    bad = runner.invoke(main, ["extract", str(base), str(tiny["gpt2_base"]), "-o", str(tmp_path / "y"), "--rank", "4"])
+    assert bad.exit_code == 2 and bad.output.startswith("error:") and not (tmp_path / "y").exists()
+
+
+def test_bake_and_extract_commands_import_no_heavy_module_at_module_level():
+    """Start-up time: the command modules import torch, transformers, peft only inside the command."""
+    import ast
+
+    heavy = {"torch", "transformers", "peft", "optuna", "scipy", "matplotlib", "adaptermath.bake", "adaptermath.extract"}
+    root = Path(__file__).resolve().parents[1] / "cli" / "commands"
+    for name in ("bake.py", "extract.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not [m for m in modules if m.split(".")[0] in heavy or m in heavy], (name, modules)
+
+
+def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
+    """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render benchmarks/bake_extract.json` prints."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bake_extract_benchmark", root / "benchmarks" / "bake_extract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tables = module.render(json.loads((root / "benchmarks" / "bake_extract.json").read_text()))
+    page = (root / "docs" / "benchmarks.md").read_text()
+    for table in tables.strip().split("\n\n"):  # the bake table, then the extract table
+        assert table in page
