@@ -52,3 +52,12 @@ class HubError(AdapterMathError):
 
 class RecipeError(AdapterMathError):
     """A recipe file does not match the schema."""
+
+
+class UnsafeOutputError(AdapterMathError):
+    """The output path would replace or sit inside something that must not be touched: an input,
+    the base model, the working directory or the home folder."""
+
+
+class OutputWriteError(AdapterMathError):
+    """The output cannot be written (read-only file system, full disk, no permission)."""

@@ -79,6 +79,8 @@ def _table(records: list[SweepRecord], variables: list[str], metric: str) -> Tab
               help="Folder for results.jsonl (resumable), sweep.json, sweep.csv and sweep.png.")
 @click.option("--force", is_flag=True, help="Start over even if DIR holds results of this sweep.")
 @click.option("--allow-pickle", is_flag=True)
+@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Refuse a grid with more points than this (checked before any list is built).")
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
@@ -87,7 +89,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   limit: int | None, text_field: str, label_field: str | None, labels: str | None, template: str | None,
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
-                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, as_json: bool) -> None:
+                  dtype: str | None, output: Path, force: bool, allow_pickle: bool, max_points: int, as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -133,7 +135,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
             method=method, method_options=method_options(None, None, None, method_option_values), energy=energy,
             max_rank=max_rank, baselines=not no_baselines, results=output / "results.jsonl", force=force, gguf_file=gguf_file,
             model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
-            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, **evaluator_options,
+            allow_pickle=allow_pickle, on_record=on_record, batch_size=batch_size, max_points=max_points,
+            **evaluator_options,
         )
     summary = result.to_dict()
     write_json_atomic(output / "sweep.json", summary, force=True)
