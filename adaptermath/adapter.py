@@ -448,6 +448,8 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise AdapterLoadError(f"{source}: {CONFIG_NAME} nests too deeply to be an adapter config") from None
     if not isinstance(config, dict):
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} must hold a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()

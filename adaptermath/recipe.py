@@ -284,6 +284,8 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, str]]:
         raise RecipeError(f"{where}: not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: the recipe nests too deeply") from None
     finally:
         loader.dispose()
 
