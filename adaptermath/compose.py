@@ -46,6 +46,7 @@ SPACES = ("param", "delta")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 PROVENANCE_NAME = "adaptermath.json"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DEFAULT_DIAGNOSTIC_THRESHOLD = 0.25
 
 
@@ -617,6 +618,10 @@ def _coefficients(combination: LinearCombination, variables: Mapping[str, float]
     if bad:
         raise AdapterMathError(f"the coefficient of {bad[0]!r} is {coefficients[bad[0]]} (not finite); "
                                "check the numbers and variables of the expression")
+    huge = [name for name, c in coefficients.items() if abs(c) > FLOAT32_MAX]
+    if huge:
+        raise AdapterMathError(f"the coefficient of {huge[0]!r} is {coefficients[huge[0]]:g}, beyond float32's range "
+                               f"(±{FLOAT32_MAX:.3g}); the result would not be finite")
     if normalize:
         total = sum(abs(c) for c in coefficients.values())
         if total == 0:
