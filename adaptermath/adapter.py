@@ -452,6 +452,7 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} nests too deeply to be an adapter config") from None
     if not isinstance(config, dict):
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} must hold a JSON object")
+    _check_config_types(config, source)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type in _UNSUPPORTED_TYPES:
         raise UnsupportedAdapterError(f"{source}: {_UNSUPPORTED_TYPES[peft_type]} adapters are not supported (peft_type {peft_type}); supported: LORA, IA3, LOHA, LOKR")
@@ -492,6 +493,44 @@ def base_changing_init(config: Mapping[str, Any]) -> str | None:
     if config.get("use_qalora"):
         return "QALoRA (use_qalora=true)"
     return None
+
+
+def _check_config_types(config: Mapping[str, Any], source: str) -> None:
+    """The types of the config fields adaptermath reads; a wrong one is a one-line error naming it."""
+    def fail(name: str, expected: str) -> AdapterLoadError:
+        return AdapterLoadError(f"{source}: {CONFIG_NAME}: field {name!r} must be {expected}, got {config[name]!r}"[:300])
+
+    def regex(name: str, pattern: str) -> None:
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError):
+            raise AdapterLoadError(f"{source}: {CONFIG_NAME}: field {name!r} holds an invalid pattern {pattern!r}"[:300]) from None
+
+    if not isinstance(config.get("peft_type", ""), str):
+        raise fail("peft_type", "text such as LORA or IA3")
+    for name in ("target_modules", "feedforward_modules"):
+        value = config.get(name)
+        if isinstance(value, str):
+            regex(name, value)
+        elif value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise fail(name, "a list of module names or a pattern")
+    for name in ("modules_to_save",):
+        value = config.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise fail(name, "a list of module names or null")
+    for name in ("rank_pattern", "alpha_pattern"):
+        value = config.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise fail(name, "a mapping of module patterns to numbers")
+        for key in value:
+            regex(name, rf"(.*\.)?({key})$")
+    for name in ("use_rslora", "fan_in_fan_out", "use_dora"):
+        if config.get(name) is not None and not isinstance(config.get(name), bool):
+            raise fail(name, "true or false")
+    if config.get("base_model_name_or_path") is not None and not isinstance(config.get("base_model_name_or_path"), str):
+        raise fail("base_model_name_or_path", "text or null")
 
 
 def _open_weights(path: Path, source: str, allow_pickle: bool) -> tuple[Path, _TensorSource]:
