@@ -36,7 +36,7 @@ from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
 from .algebra.truncation import RankPolicy, dense_to_lora, factored_to_lora
 from .errors import AdapterMathError, CompositionError
-from .expression import LinearCombination, is_name, parse_expression
+from .expression import LinearCombination, parse_expression
 from .formats.compat import check_composable, uses_format_writer
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .methods import get_method, module_generator
@@ -669,10 +669,6 @@ def compose(
     if not merge_method.exact_linear:
         space = "delta"
     operand_names = list(operands)
-    for name in operand_names:
-        if not is_name(name):
-            raise AdapterMathError(f"operand name {name!r} is not a name an expression can use (a letter or _, then "
-                                   "letters, digits, _); write -a NAME=PATH, e.g. -a x=../x")
     if isinstance(expression, LinearCombination):
         combination = expression
     else:

@@ -419,6 +419,11 @@ def parse_expression(text: str, operands: Iterable[str] | None = None) -> Linear
         raise ExpressionError("expression must be a string")
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression is {len(text):,} characters long; the limit is {MAX_LENGTH:,}")
+    operands = list(operands) if operands is not None else None
+    for name in operands or ():
+        if not isinstance(name, str) or not is_name(name):
+            raise ExpressionError(f"operand name {name!r} is not a name an expression can use (a letter or _, then "
+                                  "letters, digits, _); write -a NAME=PATH, e.g. -a x=../x")
     parser = _Parser(text, frozenset(operands) if operands is not None else None)
     value = parser.parse()
     if not value.has_operands:

@@ -473,6 +473,7 @@ def test_sweep_results_may_not_live_inside_the_output(word_model, tmp_path):
 
 def test_hub_inputs_are_pinned_and_the_result_pushed(hub_env, tiny_adapters, tmp_path, monkeypatch):
     from hub_fixtures import ALICE_TOKEN
+    from adaptermath.modelcard import public_provenance
     from hub_server import FakeHub
 
     first_sha = hub_env.add_repo("alice/lora", FakeHub.folder_files(tiny_adapters["lora"]))
@@ -493,7 +494,10 @@ push: {{repo: alice/merged, private: true}}
     assert record["recipe"]["push"] is None
     remote = hub_env.files_at("alice/merged")
     for name in ADAPTER_FILES:
-        assert remote[name] == (tmp_path / "merged" / name).read_bytes()
+        if name == "adaptermath.json":  # pushed without local paths (docs/security.md)
+            assert json.loads(remote[name]) == public_provenance(record)
+        else:
+            assert remote[name] == (tmp_path / "merged" / name).read_bytes()
     assert hub_env.repos["alice/merged"].private and payload["push"]["repo_id"] == "alice/merged"
 
     # main moves on; the recorded recipe still rebuilds the same bytes from the pinned commit.

@@ -58,14 +58,20 @@ def test_pushed_card_and_provenance_hold_no_local_path(hub_env: FakeHub, pair, t
 
 
 def test_hub_progress_bars_are_quiet_off_a_terminal(hub_env: FakeHub, tmp_path, capsys):
-    hub_env.add_repo("alice/quiet", FakeHub.folder_files(write_lora(tmp_path / "src", seed=3)))
-    capsys.readouterr()
-    resolve_adapter_ref("hf://alice/quiet")
-    err = capsys.readouterr().err
-    assert "%|" not in err and "Fetching" not in err, err
-    from huggingface_hub.utils import are_progress_bars_disabled
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    assert not are_progress_bars_disabled()  # switched off only for the download, then restored
+    hub_env.add_repo("alice/quiet", FakeHub.folder_files(write_lora(tmp_path / "src", seed=3)))
+    was_disabled = are_progress_bars_disabled()  # other tests (quiet_transformers) may have switched them off
+    enable_progress_bars()
+    try:
+        capsys.readouterr()
+        resolve_adapter_ref("hf://alice/quiet")
+        err = capsys.readouterr().err
+        assert "%|" not in err and "Fetching" not in err, err
+        assert not are_progress_bars_disabled()  # switched off only for the download, then restored
+    finally:
+        if was_disabled:
+            disable_progress_bars()
 
 
 @pytest.mark.parametrize("template", ["{text.__class__.__mro__}", "{text[0]}", "{text.__init__.__globals__}"])
