@@ -81,10 +81,25 @@ def lora_rank_and_alpha(config: Mapping[str, Any], module_name: str, alpha_key: 
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     key = pattern_key(rank_pattern, module_name)
-    r = int(rank_pattern[key]) if key is not None else int(config.get("r", 8))
+    r = _config_rank(rank_pattern[key], f"rank_pattern[{key!r}]") if key is not None else _config_rank(config.get("r", 8), "r")
     key = pattern_key(alpha_pattern, module_name)
-    alpha = float(alpha_pattern[key]) if key is not None else float(config.get(alpha_key, 8))
+    if key is not None:
+        alpha = _config_alpha(alpha_pattern[key], f"alpha_pattern[{key!r}]")
+    else:
+        alpha = _config_alpha(config.get(alpha_key, 8), alpha_key)
     return r, alpha
+
+
+def _config_rank(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise AdapterLoadError(f"{CONFIG_NAME}: {field_name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def _config_alpha(value: Any, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value == 0:
+        raise AdapterLoadError(f"{CONFIG_NAME}: {field_name} must be a finite, non-zero number, got {value!r}")
+    return float(value)
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -433,8 +448,11 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise AdapterLoadError(f"{source}: {CONFIG_NAME} nests too deeply to be an adapter config") from None
     if not isinstance(config, dict):
         raise AdapterLoadError(f"{source}: {CONFIG_NAME} must hold a JSON object")
+    _check_config_types(config, source)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type in _UNSUPPORTED_TYPES:
         raise UnsupportedAdapterError(f"{source}: {_UNSUPPORTED_TYPES[peft_type]} adapters are not supported (peft_type {peft_type}); supported: LORA, IA3, LOHA, LOKR")
@@ -449,7 +467,70 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
             raise UnsupportedAdapterError(f"{source}: LoRA on target_parameters is not supported")
         if config.get("trainable_token_indices"):
             raise UnsupportedAdapterError(f"{source}: trainable tokens (trainable_token_indices) are not supported")
+        init = base_changing_init(config)
+        if init:
+            raise UnsupportedAdapterError(
+                f"{source}: a {init} adapter changes the base model's weights when PEFT loads it, so its factors are "
+                "not a ΔW on the original base and arithmetic on them is wrong; convert it to a plain LoRA first "
+                "(PEFT: save_pretrained(..., path_initial_model_for_weight_conversion=...))")
     return config
+
+
+# init_lora_weights values (lower case, prefix) that make PEFT rewrite the base weights on load.
+_BASE_CHANGING_INITS = {"pissa": "PiSSA", "olora": "OLoRA", "corda": "CorDA", "loftq": "LoftQ"}
+
+
+def base_changing_init(config: Mapping[str, Any]) -> str | None:
+    """The name of the initialisation (PiSSA, OLoRA, CorDA, LoftQ, QALoRA) when the adapter's config
+    says it subtracts its initial factors from, or quantises, the base weights; else None."""
+    init = config.get("init_lora_weights")
+    if isinstance(init, str):
+        for prefix, name in _BASE_CHANGING_INITS.items():
+            if init.lower().startswith(prefix):
+                return f"{name} (init_lora_weights={init!r})"
+    if config.get("loftq_config"):
+        return "LoftQ (loftq_config)"
+    if config.get("use_qalora"):
+        return "QALoRA (use_qalora=true)"
+    return None
+
+
+def _check_config_types(config: Mapping[str, Any], source: str) -> None:
+    """The types of the config fields adaptermath reads; a wrong one is a one-line error naming it."""
+    def fail(name: str, expected: str) -> AdapterLoadError:
+        return AdapterLoadError(f"{source}: {CONFIG_NAME}: field {name!r} must be {expected}, got {config[name]!r}"[:300])
+
+    def regex(name: str, pattern: str) -> None:
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError):
+            raise AdapterLoadError(f"{source}: {CONFIG_NAME}: field {name!r} holds an invalid pattern {pattern!r}"[:300]) from None
+
+    if not isinstance(config.get("peft_type", ""), str):
+        raise fail("peft_type", "text such as LORA or IA3")
+    for name in ("target_modules", "feedforward_modules"):
+        value = config.get(name)
+        if isinstance(value, str):
+            regex(name, value)
+        elif value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise fail(name, "a list of module names or a pattern")
+    for name in ("modules_to_save",):
+        value = config.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise fail(name, "a list of module names or null")
+    for name in ("rank_pattern", "alpha_pattern"):
+        value = config.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise fail(name, "a mapping of module patterns to numbers")
+        for key in value:
+            regex(name, rf"(.*\.)?({key})$")
+    for name in ("use_rslora", "fan_in_fan_out", "use_dora"):
+        if config.get(name) is not None and not isinstance(config.get(name), bool):
+            raise fail(name, "true or false")
+    if config.get("base_model_name_or_path") is not None and not isinstance(config.get("base_model_name_or_path"), str):
+        raise fail("base_model_name_or_path", "text or null")
 
 
 def _open_weights(path: Path, source: str, allow_pickle: bool) -> tuple[Path, _TensorSource]:
@@ -511,14 +592,20 @@ def _lora_layout(config, keys, prefixed, tensors, source) -> tuple[dict[str, Mod
         if "A" not in roles or "B" not in roles:
             missing = "lora_A" if "A" not in roles else "lora_B"
             raise AdapterLoadError(f"{source}: module {name} has no {missing} tensor")
+        for role in ("A", "B"):
+            _check_float(tensors, prefixed[roles[role]], source)
         a_shape = tensors.shape(prefixed[roles["A"]])
         b_shape = tensors.shape(prefixed[roles["B"]])
+        _check_lora_shapes(name, layers[name], a_shape, b_shape, source)
         rank = a_shape[0]
-        if len(a_shape) < 2 or len(b_shape) < 2 or b_shape[1] != rank:
+        if b_shape[1] != rank:
             raise AdapterLoadError(f"{source}: module {name} has factors of shapes {list(a_shape)} and {list(b_shape)} that do not chain")
         if layers[name] == "linear" and len(b_shape) > 2 and math.prod(b_shape[2:]) != 1:
             raise UnsupportedAdapterError(f"{source}: module {name}: convolutional lora_B with a {list(b_shape[2:])} kernel is not supported")
-        r_cfg, alpha = lora_rank_and_alpha(config, name)
+        try:
+            r_cfg, alpha = lora_rank_and_alpha(config, name)
+        except AdapterLoadError as exc:
+            raise AdapterLoadError(f"{source}: {exc}") from None
         if r_cfg != rank:
             raise AdapterLoadError(f"{source}: module {name}: config gives rank {r_cfg} but its factors have rank {rank}")
         modules[name] = LoraModuleInfo(
@@ -537,7 +624,11 @@ def _ia3_layout(config, keys, prefixed, tensors, source) -> tuple[dict[str, Modu
     for key in sorted(keys, key=natural_key):
         if key.endswith("." + IA3_SUFFIX):
             name = key[: -len(IA3_SUFFIX) - 1]
+            _check_float(tensors, prefixed[key], source)
             shape = tensors.shape(prefixed[key])
+            if not shape or sum(1 for size in shape if size != 1) > 1 or 0 in shape:
+                raise AdapterLoadError(f"{source}: (IA)^3 tensor {key} has shape {list(shape)}; a scaling vector has "
+                                       "one dimension above 1")
             modules[name] = Ia3ModuleInfo(name=name, key=key, shape=shape, is_feedforward=_matches_modules(feedforward, name))
         elif "ia3_" in key:
             raise UnsupportedAdapterError(f"{source}: unrecognised (IA)^3 tensor {key}")
@@ -546,6 +637,34 @@ def _ia3_layout(config, keys, prefixed, tensors, source) -> tuple[dict[str, Modu
     if not modules:
         raise AdapterLoadError(f"{source}: no (IA)^3 tensors found")
     return modules, extra
+
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_float(tensors: _TensorSource, key: str, source: str) -> None:
+    """Adapter factors are floating point; integer or boolean data would be read as its bits."""
+    dtype = tensors.dtype(key)
+    if dtype not in _FLOAT_DTYPES:
+        raise UnsupportedAdapterError(f"{source}: tensor {key} has dtype {str(dtype).removeprefix('torch.')}; "
+                                      "adapter weights must be floating point (float32, float16, bfloat16, float64)")
+
+
+def _check_lora_shapes(name: str, layer: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...], source: str) -> None:
+    """The shapes PEFT gives each layer type: linear A [r, in], B [out, r]; embedding A [r, vocab],
+    B [dim, r]; convolution A [r, in, k…], B [out, r, 1…] (as many dimensions as A)."""
+    shapes = f"lora_A {list(a_shape)} and lora_B {list(b_shape)}"
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise AdapterLoadError(f"{source}: module {name} has {shapes}; LoRA factors are matrices (at least 2 dimensions)")
+    if 0 in a_shape or 0 in b_shape:
+        raise AdapterLoadError(f"{source}: module {name} has an empty factor ({shapes})")
+    if layer == "embedding" and (len(a_shape) != 2 or len(b_shape) != 2):
+        raise AdapterLoadError(f"{source}: embedding module {name} has {shapes}; both must have 2 dimensions")
+    if layer == "linear" and len(a_shape) != len(b_shape):
+        raise AdapterLoadError(f"{source}: module {name} has {shapes}; a linear layer's factors have 2 dimensions "
+                               "and a convolution's have the same number (3 to 5)")
+    if len(a_shape) > 5:
+        raise AdapterLoadError(f"{source}: module {name} has {shapes}; at most 5 dimensions (3-D convolution)")
 
 
 def _matches_modules(targets: str | list[str], name: str) -> bool:

@@ -20,6 +20,7 @@ For every parameter-space LoRA compose the shared-initialisation diagnostic meas
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ SPACES = ("param", "delta")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 PROVENANCE_NAME = "adaptermath.json"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DEFAULT_DIAGNOSTIC_THRESHOLD = 0.25
 
 
@@ -193,7 +195,14 @@ class ComposedAdapter:
                         )
                 else:
                     assert isinstance(info, Ia3ModuleInfo) and isinstance(first, Ia3ModuleInfo)
-                    if info.shape != first.shape or info.is_feedforward != first.is_feedforward:
+                    if info.shape == first.shape and info.is_feedforward != first.is_feedforward:
+                        def role(op: str, ff: bool) -> str:
+                            return f"{op} lists it in feedforward_modules" if ff else f"{op} does not"
+                        raise CompositionError(
+                            f"module {name}: (IA)^3 vectors of equal shape {list(first.shape)}, but "
+                            f"{role(first_op, first.is_feedforward)} and {role(op, info.is_feedforward)} "
+                            "(one scales the layer's input, the other its output); they cannot be combined")
+                    if info.shape != first.shape:
                         raise CompositionError(
                             f"module {name}: (IA)^3 vectors of {first_op} ({list(first.shape)}) and {op} ({list(info.shape)}) do not match"
                         )
@@ -326,7 +335,18 @@ class ComposedAdapter:
         return keys + [KEY_PREFIX + k for k in self.extra_keys]
 
     def iter_tensors(self, progress: ProgressCallback | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (key, tensor) for the output, one module at a time; fills :attr:`report`."""
+        """Yield (key, tensor) for the output, one module at a time; fills :attr:`report`.
+
+        Every tensor is checked: a NaN or ±Inf (an overflow of float16/bfloat16, or of huge
+        coefficients) is a one-line :class:`CompositionError` naming the module, so nothing
+        non-finite is ever written.
+        """
+        for key, tensor in self._iter_tensors(progress):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise _non_finite(key, tensor.dtype)
+            yield key, tensor
+
+    def _iter_tensors(self, progress: ProgressCallback | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         self.report = ComposeReport(warnings=list(self.base_warnings))
         total = len(self.module_names) + len(self.extra_keys)
         dtype = self.output_dtype
@@ -524,10 +544,8 @@ class ComposedAdapter:
             raise CompositionError(
                 f"output {output} names a file, but the result is a PEFT adapter folder; give a folder name, "
                 "or --format kohya/diffusers to write a single LoRA file")
-        for name, adapter in self.adapters.items():
-            if output.resolve() == adapter.path.resolve():
-                raise CompositionError(f"output {output} is the folder of operand {name!r}; choose another output")
-        with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher:
+        protected = [adapter.path for adapter in self.adapters.values()]
+        with atomic_output_dir(output, force=force, protected=protected) as tmp, ThreadPoolExecutor(max_workers=1) as hasher:
             # The inputs' sha256 (for the provenance) is computed on another core while tensors stream.
             hashes = [hasher.submit(adapter.file_hashes) for adapter in self.adapters.values()]
             keys = self.tensor_keys()
@@ -540,6 +558,16 @@ class ComposedAdapter:
             write_json(tmp / "adapter_config.json", self.config)
             write_json(tmp / PROVENANCE_NAME, self.provenance(recipe, output))
         return output
+
+
+def _non_finite(key: str, dtype: torch.dtype) -> CompositionError:
+    name = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key
+    if dtype in (torch.float16, torch.bfloat16):
+        limit = "±65504" if dtype == torch.float16 else "±3.4e38"
+        return CompositionError(f"tensor {name} overflows {str(dtype).removeprefix('torch.')} (values beyond {limit}); "
+                                "write the result with --dtype fp32 (dtype='fp32') or use smaller coefficients")
+    return CompositionError(f"tensor {name} of the result contains NaN or Inf; the coefficients are too large — "
+                            "nothing was written")
 
 
 @contextmanager
@@ -556,7 +584,12 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write ``payload`` as strict JSON (a NaN or Infinity, which JSON cannot hold, is an error)."""
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise CompositionError(f"{path.name}: a value is NaN or infinite, which JSON cannot hold; nothing was written") from None
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _clean_number(value: float) -> int | float:
@@ -613,7 +646,18 @@ def _coefficients(combination: LinearCombination, variables: Mapping[str, float]
             f"unknown name {free[0]!r} in the expression: give an adapter with -a {free[0]}=PATH "
             f"or a value with --var {free[0]}=NUMBER"
         )
+    for name, value in variables.items():
+        if not math.isfinite(float(value)):
+            raise AdapterMathError(f"variable {name} = {value} is not a finite number")
     coefficients = combination.coefficients(variables)
+    bad = [name for name, c in coefficients.items() if not math.isfinite(c)]
+    if bad:
+        raise AdapterMathError(f"the coefficient of {bad[0]!r} is {coefficients[bad[0]]} (not finite); "
+                               "check the numbers and variables of the expression")
+    huge = [name for name, c in coefficients.items() if abs(c) > FLOAT32_MAX]
+    if huge:
+        raise AdapterMathError(f"the coefficient of {huge[0]!r} is {coefficients[huge[0]]:g}, beyond float32's range "
+                               f"(±{FLOAT32_MAX:.3g}); the result would not be finite")
     if normalize:
         total = sum(abs(c) for c in coefficients.values())
         if total == 0:

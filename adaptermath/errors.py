@@ -30,8 +30,17 @@ class ExpressionError(AdapterMathError):
         self.expression = expression
         self.position = position
         if expression is not None and position is not None:
-            message = f"{message} at position {position + 1}: {expression[:position]}»{expression[position:]}"
+            shown = _one_line(expression[:position]) + "»" + _one_line(expression[position:])
+            if len(shown) > 200:  # a window around the position
+                before = _one_line(expression[:position])[-100:]
+                shown = ("…" if len(before) == 100 else "") + before + "»" + _one_line(expression[position:])[:100] + "…"
+            message = f"{message} at position {position + 1}: {shown}"
         super().__init__(message)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``), so a message stays one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 class CompositionError(AdapterMathError):
@@ -52,3 +61,12 @@ class HubError(AdapterMathError):
 
 class RecipeError(AdapterMathError):
     """A recipe file does not match the schema."""
+
+
+class UnsafeOutputError(AdapterMathError):
+    """The output path would replace or sit inside something that must not be touched: an input,
+    the base model, the working directory or the home folder."""
+
+
+class OutputWriteError(AdapterMathError):
+    """The output cannot be written (read-only file system, full disk, no permission)."""

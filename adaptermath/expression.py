@@ -20,6 +20,11 @@ a division by an adapter or by a variable, a number added to an adapter, or an e
 no adapter at all is rejected with the position of the problem. Coefficients are polynomials in
 the free variables (λ, μ, ...), so ``(1+λ)*a - λ*t`` reduces to ``{a: 1 + λ, t: -λ}`` and can be
 evaluated at any grid point with :meth:`LinearCombination.bind`.
+
+Bounds (each a one-line :class:`ExpressionError`): at most :data:`MAX_LENGTH` characters,
+:data:`MAX_DEPTH` nested parentheses or signs, :data:`MAX_MONOMIALS` monomials of degree at most
+:data:`MAX_DEGREE` per coefficient, and :data:`MAX_WORK` monomial products in all, so normalising
+any expression takes well under a second. Numbers must be finite.
 """
 
 from __future__ import annotations
@@ -48,6 +53,16 @@ def is_control(name: str) -> bool:
 def control_target(name: str) -> str:
     """x in ``random(x)``."""
     return name[len(CONTROL_FUNCTION) + 1 : -1]
+
+MAX_LENGTH = 100_000  # characters of an expression
+MAX_DEPTH = 100  # nested parentheses and unary signs
+MAX_MONOMIALS = 1_000  # monomials of one coefficient polynomial
+MAX_DEGREE = 32  # total degree of one monomial
+MAX_WORK = 2_000_000  # monomial products while normalising one expression
+
+
+class _TooLarge(ArithmeticError):
+    """A product would exceed :data:`MAX_MONOMIALS` or :data:`MAX_DEGREE` (the parser adds the position)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +95,12 @@ class Polynomial:
         out: dict[Monomial, float] = {}
         for m1, c1 in self.terms.items():
             for m2, c2 in other.terms.items():
+                if len(m1) + len(m2) > MAX_DEGREE:
+                    raise _TooLarge(f"a coefficient has degree over {MAX_DEGREE}; simplify the expression")
                 mono = tuple(sorted(m1 + m2))
                 out[mono] = out.get(mono, 0.0) + c1 * c2
+            if len(out) > MAX_MONOMIALS:
+                raise _TooLarge(f"a coefficient expands to over {MAX_MONOMIALS:,} monomials; simplify the expression")
         return Polynomial({m: c for m, c in out.items() if c != 0})
 
     def scale(self, factor: float) -> "Polynomial":
@@ -215,6 +234,12 @@ def _is_name_char(ch: str) -> bool:
     return _is_name_start(ch) or unicodedata.category(ch) in ("Nd", "Mn", "Mc")
 
 
+def is_name(text: str) -> bool:
+    """True when ``text`` can name an operand or variable in an expression (a letter or ``_``, then
+    letters, digits and ``_``)."""
+    return bool(text) and _is_name_start(text[0]) and all(_is_name_char(ch) for ch in text[1:])
+
+
 def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     i, n = 0, len(text)
@@ -242,6 +267,8 @@ def _tokenize(text: str) -> list[_Token]:
                 value = float(literal)
             except ValueError:
                 raise ExpressionError(f"malformed number {literal!r}", text, i) from None
+            if not math.isfinite(value):
+                raise ExpressionError(f"number {literal} is too large (not a finite float)", text, i)
             tokens.append(_Token("num", literal, i, value))
             i = j
         elif _is_name_start(ch):
@@ -289,6 +316,8 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.index = 0
         self.operands = operands
+        self.depth = 0
+        self.work = 0
 
     @property
     def current(self) -> _Token:
@@ -338,7 +367,15 @@ class _Parser:
             if op.kind == "*":
                 if left.has_operands and right.has_operands:
                     raise self.fail("product of two adapters is not linear", op)
-                left = right.times(left.constant) if right.has_operands else left.times(right.constant)
+                value, scalar = (right, left.constant) if right.has_operands else (left, right.constant)
+                self.work += len(scalar.terms) * (len(value.constant.terms) + sum(len(p.terms) for p in value.terms.values()))
+                if self.work > MAX_WORK:
+                    raise self.fail(f"the expression expands to too many terms (over {MAX_WORK:,} products of "
+                                    "monomials); simplify it", op)
+                try:
+                    left = value.times(scalar)
+                except _TooLarge as exc:
+                    raise self.fail(str(exc), op) from None
             else:
                 if right.has_operands:
                     raise self.fail("cannot divide by an adapter", operand_token)
@@ -350,13 +387,18 @@ class _Parser:
                 left = left.times(Polynomial.constant(1.0 / divisor))
         return left
 
+    def nested(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"the expression nests more than {MAX_DEPTH} levels of parentheses or signs")
+
     def unary(self) -> _Value:
-        if self.current.kind == "+":
-            self.advance()
-            return self.unary()
-        if self.current.kind == "-":
-            self.advance()
-            return -self.unary()
+        if self.current.kind in ("+", "-"):
+            op = self.advance()
+            self.nested()
+            value = self.unary()
+            self.depth -= 1
+            return -value if op.kind == "-" else value
         return self.atom()
 
     def atom(self) -> _Value:
@@ -384,9 +426,11 @@ class _Parser:
             return _Value({}, Polynomial.variable(token.text))
         if token.kind == "(":
             self.advance()
+            self.nested()
             if self.current.kind == ")":
                 raise self.fail("empty parentheses")
             value = self.expr()
+            self.depth -= 1
             if self.current.kind != ")":
                 raise self.fail("missing closing parenthesis")
             self.advance()
@@ -405,6 +449,13 @@ def parse_expression(text: str, operands: Iterable[str] | None = None) -> Linear
     """
     if not isinstance(text, str):
         raise ExpressionError("expression must be a string")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"expression is {len(text):,} characters long; the limit is {MAX_LENGTH:,}")
+    operands = list(operands) if operands is not None else None
+    for name in operands or ():
+        if not isinstance(name, str) or not is_name(name):
+            raise ExpressionError(f"operand name {name!r} is not a name an expression can use (a letter or _, then "
+                                  "letters, digits, _); write -a NAME=PATH, e.g. -a x=../x")
     parser = _Parser(text, frozenset(operands) if operands is not None else None)
     value = parser.parse()
     if not value.has_operands:

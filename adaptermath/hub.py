@@ -17,13 +17,16 @@ failure a user can cause is a :class:`~adaptermath.errors.HubError` with a one-l
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
 import re
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from adaptermath import __version__
 from adaptermath.errors import HubError
@@ -205,6 +208,22 @@ def hub_settings(endpoint: str | None = None, cache_dir: str | Path | None = Non
 # ------------------------------------------------------------------------------------------ reading
 
 
+@contextmanager
+def hub_progress_bars() -> Iterator[None]:
+    """huggingface_hub's download/upload bars only when stderr is a terminal (docs/cli.md): in a
+    pipe, a log file or CI they are switched off for the block, then restored."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()) and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            enable_progress_bars()
+
+
 def resolve_adapter_ref(
     ref: str,
     *,
@@ -228,17 +247,18 @@ def resolve_adapter_ref(
     prefix = f"{hub_ref.subfolder}/" if hub_ref.subfolder else ""
     wanted = [ADAPTER_CONFIG_FILE, SAFETENSORS_WEIGHTS_FILE] + ([PICKLE_WEIGHTS_FILE] if allow_pickle else [])
     try:
-        snapshot = snapshot_download(
-            hub_ref.repo_id,
-            revision=revision,
-            allow_patterns=[glob.escape(prefix + name) for name in wanted] + [MODEL_CARD_FILE],
-            cache_dir=settings.cache_dir,
-            endpoint=settings.endpoint,
-            token=token,
-            local_files_only=settings.offline,
-            library_name="adaptermath",
-            library_version=__version__,
-        )
+        with hub_progress_bars():
+            snapshot = snapshot_download(
+                hub_ref.repo_id,
+                revision=revision,
+                allow_patterns=[glob.escape(prefix + name) for name in wanted] + [MODEL_CARD_FILE],
+                cache_dir=settings.cache_dir,
+                endpoint=settings.endpoint,
+                token=token,
+                local_files_only=settings.offline,
+                library_name="adaptermath",
+                library_version=__version__,
+            )
     except Exception as error:
         raise _read_error(error, hub_ref, settings) from None
     commit_sha = Path(snapshot).name
@@ -355,20 +375,53 @@ def _is_network_error(error: Exception) -> bool:
 # ------------------------------------------------------------------------------------------ pushing
 
 
+# The files a PEFT adapter folder holds that adaptermath writes or reads; push uploads only these
+# (and what --include adds). Anything else in the folder (.env, .ssh/, notes) stays local.
+ADAPTER_FILES = (ADAPTER_CONFIG_FILE, SAFETENSORS_WEIGHTS_FILE, PICKLE_WEIGHTS_FILE, PROVENANCE_FILE, MODEL_CARD_FILE,
+                 "adaptermath-init.json")
+
+
 def upload_ignore_patterns() -> list[str]:
-    """Files :func:`push_folder` never uploads: git metadata, huggingface_hub's local cache, temp files."""
+    """Files :func:`push_folder` never uploads, even when ``include`` matches them: git metadata,
+    huggingface_hub's local cache, temp files and adaptermath's temporaries."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS
 
-    return [*DEFAULT_IGNORE_PATTERNS, "*.tmp", "**/*.tmp"]
+    return [*DEFAULT_IGNORE_PATTERNS, "*.tmp", "**/*.tmp", "*.adaptermath-tmp-*", "**/*.adaptermath-tmp-*"]
 
 
-def files_to_upload(folder: str | Path) -> list[str]:
-    """The relative paths :func:`push_folder` uploads from ``folder`` (sorted, posix)."""
+def files_to_upload(folder: str | Path, include: Sequence[str] = ()) -> list[str]:
+    """The relative paths :func:`push_folder` uploads from ``folder`` (sorted, posix).
+
+    Only the known adapter files (:data:`ADAPTER_FILES`, at the top of the folder) are uploaded,
+    plus the files matching one of the ``include`` glob patterns (``"*.txt"``, ``"extra/**"``).
+    Dotfiles (``.env``, ``.ssh/id_rsa``) are uploaded only when a pattern names them.
+    """
     from huggingface_hub.utils import filter_repo_objects
 
     root = Path(folder)
-    paths = sorted(path.relative_to(root).as_posix() for path in root.glob("**/*") if path.is_file())
-    return list(filter_repo_objects(paths, ignore_patterns=upload_ignore_patterns()))
+    paths = sorted(path.relative_to(root).as_posix() for path in root.glob("**/*") if path.is_file() and not path.is_symlink())
+    chosen = [p for p in paths if p in ADAPTER_FILES or any(fnmatch.fnmatchcase(p, pattern) for pattern in include)]
+    return list(filter_repo_objects(chosen, ignore_patterns=upload_ignore_patterns()))
+
+
+def public_file_bytes(folder: str | Path, name: str) -> bytes | None:
+    """The bytes pushed for ``name`` when they differ from the file's: ``adaptermath.json`` and
+    ``adapter_config.json`` without absolute local paths or user names
+    (:func:`adaptermath.modelcard.public_provenance`); None for other files (uploaded as they are)."""
+    from adaptermath.modelcard import public_adapter_config, public_provenance
+
+    path = Path(folder) / name
+    if name == PROVENANCE_FILE:
+        original = read_json_record(path, "provenance record")
+        public = public_provenance(original)
+    elif name == ADAPTER_CONFIG_FILE:
+        original = read_json_record(path, "adapter config")
+        public = public_adapter_config(original)
+    else:
+        return None
+    if public == original:
+        return None
+    return (json.dumps(public, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def planned_model_card(folder: str | Path, repo_id: str | None) -> str | None:
@@ -421,6 +474,7 @@ def push_folder(
     dry_run: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    include: Sequence[str] = (),
 ) -> PushResult:
     """Upload an adapter folder to the model repository ``repo_id`` (created when missing).
 
@@ -429,6 +483,10 @@ def push_folder(
     from main when missing); ``create_pr`` opens a pull request against main instead. ``private``
     creates a new repository as private and refuses to push to an existing public one. ``dry_run``
     returns the file list and card without writing or uploading anything.
+
+    Only the adapter's own files are uploaded (:func:`files_to_upload`; ``include`` adds glob
+    patterns), and ``adaptermath.json``/``adapter_config.json`` go up without local paths
+    (:func:`public_file_bytes`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -443,7 +501,7 @@ def push_folder(
     if create_pr and revision not in (None, DEFAULT_BRANCH):
         raise HubError("a pull request is opened against the main branch; drop the revision or create_pr")
     card = planned_model_card(folder, repo_id)
-    files = files_to_upload(folder)
+    files = files_to_upload(folder, include)
     if card is not None and MODEL_CARD_FILE not in files:
         files = sorted([*files, MODEL_CARD_FILE])
     message = commit_message or default_commit_message(folder)
@@ -460,7 +518,7 @@ def push_folder(
     if dry_run:
         return result
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     settings = check_can_push(token=token, endpoint=endpoint)
     if card is not None:
@@ -474,15 +532,20 @@ def push_folder(
             )
         if revision and revision != DEFAULT_BRANCH and not revision.startswith("refs/pr/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            repo_type="model",
-            revision=revision,
-            create_pr=create_pr,
-            commit_message=message,
-            ignore_patterns=upload_ignore_patterns(),
-        )
+        operations = []
+        for name in files:
+            public = public_file_bytes(folder, name)
+            operations.append(CommitOperationAdd(path_in_repo=name,
+                                                 path_or_fileobj=public if public is not None else str(folder / name)))
+        with hub_progress_bars():
+            commit = api.create_commit(
+                repo_id=repo_id,
+                repo_type="model",
+                operations=operations,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=message,
+            )
     except HubError:
         raise
     except Exception as error:

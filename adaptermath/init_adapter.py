@@ -29,6 +29,7 @@ from typing import Any, Literal
 from .errors import AdapterLoadError, AdapterMathError
 from .io.hash_cache import sha256_file
 from .io.atomic import atomic_output_dir, check_output_path
+from .io.output_safety import check_output_location
 from .modelcard import AUTO_CLASS_FOR_TASK
 
 AdapterKind = Literal["lora", "ia3"]
@@ -228,7 +229,8 @@ def init_adapter(
     import torch
     from peft import get_peft_model
 
-    output = Path(output)
+    output = Path(output).expanduser()
+    check_output_location(output, [base_model])
     check_output_path(output, force)
     if task_type is None:
         task_type = infer_task_type(base_model, gguf_file=gguf_file)
@@ -265,7 +267,7 @@ def init_adapter(
         "modules_to_save": list(modules_to_save) if modules_to_save else None,
         "num_labels": num_labels if task_type == "SEQ_CLS" else None,
     }
-    with atomic_output_dir(output, force=force) as staging:
+    with atomic_output_dir(output, force=force, protected=[base_model]) as staging:
         with quiet_transformers():
             peft_model.save_pretrained(str(staging))
         normalise_adapter_config(staging)

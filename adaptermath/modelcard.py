@@ -63,10 +63,63 @@ _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def render_model_card(provenance: dict[str, Any], adapter_config: dict[str, Any], *, repo_id: str | None = None) -> str:
-    """The full README.md text: YAML front matter, then the markdown body (deterministic)."""
+    """The full README.md text: YAML front matter, then the markdown body (deterministic).
+
+    Only the public parts are shown (:func:`public_provenance`): no absolute local path or user name.
+    """
+    provenance = public_provenance(provenance)
+    adapter_config = public_adapter_config(adapter_config)
     metadata = model_card_metadata(provenance, adapter_config, repo_id=repo_id)
     front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False, width=4096)
     return f"---\n{front_matter}---\n\n{GENERATED_MARKER}\n\n{_body(provenance, adapter_config, repo_id)}"
+
+
+def public_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """``provenance`` as it may be published: no absolute local path, no user name.
+
+    Local inputs appear by folder name (their files by sha256, as recorded), Hub inputs by their
+    pinned ``hf://`` ref; a local base model or evaluation data set by its last path part; the
+    ``path`` of each input is dropped. Used for the model card and the pushed ``adaptermath.json``.
+    """
+    public = json.loads(json.dumps(provenance))
+    for entry in public.get("inputs") or []:
+        if isinstance(entry, dict):
+            entry["ref"] = _public_input(str(entry.get("ref") or entry.get("path") or ""))
+            entry.pop("path", None)
+    if isinstance(public.get("base_model"), str):
+        public["base_model"] = _public_model(public["base_model"])
+    recipe = public.get("recipe")
+    if isinstance(recipe, dict):
+        if isinstance(recipe.get("inputs"), dict):
+            recipe["inputs"] = {name: _public_input(str(ref)) for name, ref in recipe["inputs"].items()}
+        for spec in recipe.get("evaluation") or []:
+            if isinstance(spec, dict):
+                for key in ("base", "data"):
+                    if isinstance(spec.get(key), str):
+                        spec[key] = _public_model(spec[key])
+    return public
+
+
+def public_adapter_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
+    """``adapter_config`` with a local ``base_model_name_or_path`` reduced to its folder name."""
+    public = dict(adapter_config)
+    if isinstance(public.get("base_model_name_or_path"), str):
+        public["base_model_name_or_path"] = _public_model(public["base_model_name_or_path"])
+    return public
+
+
+def _public_model(reference: str) -> str:
+    """A base model or data set as published: Hub names as given, a local path as ``./<folder name>``
+    (still visibly local, so it is never mistaken for a Hub id)."""
+    public = _public_name(reference)
+    return f"./{public}" if public != reference else reference
+
+
+def _public_input(reference: str) -> str:
+    """An input adapter as published: ``hf://`` refs as recorded (pinned), local paths by folder name."""
+    if reference.startswith("hf://"):
+        return reference
+    return PurePath(reference.replace("\\", "/")).name or reference
 
 
 def model_card_metadata(
@@ -253,7 +306,8 @@ def _model_index_results(evaluation: Any) -> list[dict[str, Any]]:
 
 def _public_name(reference: str) -> str:
     """A name safe to publish: hub ids and ``hf://`` refs as given, local paths by their last part."""
-    if reference.startswith(("/", "./", "../", "~")) or "\\" in reference or reference.startswith("."):
+    if (reference.startswith(("/", "./", "../", "~")) or "\\" in reference or reference.startswith(".")
+            or os.path.isabs(reference)):
         return PurePath(reference.replace("\\", "/")).name or reference
     return reference
 

@@ -25,10 +25,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +245,10 @@ class Recipe:
     version: int = RECIPE_VERSION
     folder: Path = field(default=Path("."), compare=False)
     source: str = field(default="<recipe>", compare=False)
+    # Read from an output's adaptermath.json: its output, force and allow_pickle were not taken from the file.
+    recorded: bool = field(default=False, compare=False)
+    # The fields given on the command line (--set FIELD=..., -o), dotted: {"output", "sweep.results"}.
+    overridden: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -298,12 +303,46 @@ def _dotted(path: FieldPath) -> str:
     return text
 
 
+MAX_YAML_VALUES = 200_000  # values of a recipe once YAML aliases are expanded (a "billion laughs" bomb is refused)
+
+
+def _check_expanded_size(node: yaml.Node, source: str) -> None:
+    """Count the values of ``node`` with every alias expanded, stopping at :data:`MAX_YAML_VALUES`.
+
+    PyYAML shares an aliased node, so nested anchors (``b: [*a, *a, ...]``) stay small in the
+    parser but grow exponentially in anything that walks or copies the data; this bounded walk
+    refuses them before that happens.
+    """
+    count = 0
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_VALUES:,} values through YAML "
+                              "anchors and aliases; write it out without them")
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                stack.append(key_node)
+                stack.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+
+
+def _load_bounded(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
+    loader = _RecipeLoader(text)
+    node = loader.get_single_node()
+    if node is not None:
+        _check_expanded_size(node, source)
+    return loader, node
+
+
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, str]]:
     """The document and, for every field path, where it was written (``"recipe.yaml line 7"``)."""
-    loader = _RecipeLoader(text)
+    loader = _RecipeLoader("")
     origins: dict[FieldPath, str] = {}
     try:
-        node = loader.get_single_node()
+        loader, node = _load_bounded(text, source)
         if node is None:
             return None, origins
         _record_lines(loader, node, (), origins, source)
@@ -314,6 +353,8 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[FieldPath, str]]:
         raise RecipeError(f"{where}: not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: the recipe nests too deeply") from None
     finally:
         loader.dispose()
 
@@ -342,7 +383,11 @@ def _record_lines(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath, ori
 def _parse_value(text: str) -> Any:
     """A ``--set`` value: a YAML scalar (``8``, ``true``, ``null``, ``0.3``, ``text``) or flow list/mapping."""
     try:
-        return yaml.load(text, Loader=_RecipeLoader)
+        loader, node = _load_bounded(text, f"--set value {text!r}")
+        try:
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError:
         raise RecipeError(f"--set value {text!r} is not valid YAML (quote it)") from None
 
@@ -468,6 +513,8 @@ class _Checker:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise self.fail(path, f"must be a number{' or null' if optional else ''} (got {_describe(value)})")
+        if not math.isfinite(value):
+            raise self.fail(path, f"must be a finite number (got {value})")
         if minimum is not None and value < minimum:
             raise self.fail(path, f"must be at least {minimum:g} (got {value:g})")
         if above is not None and value <= above:
@@ -646,7 +693,8 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
     return Recipe(inputs=dict(inputs), expression=expression, output=output, variables=variables, space=space,
                   method=method, method_options=dict(method_options), options=options, force=force,
                   evaluation=evaluation, sweep=sweep, push=push, search=search, bake=bake, version=RECIPE_VERSION, folder=folder,
-                  source=source)
+                  source=source,
+                  overridden=frozenset(_dotted(path) for path, where in check.origins.items() if where.startswith("--set ")))
 
 
 def controlled(combination: Any) -> Any:
@@ -723,7 +771,7 @@ def _validate_evaluation(check: _Checker, value: Any) -> tuple[EvaluationSpec, .
 
 
 def _validate_grid(check: _Checker, value: Any) -> dict[str, tuple[float, ...]]:
-    from .sweep import parse_grid
+    from .sweep import check_grid_size, parse_grid
 
     grid = check.names(("sweep", "grid"), value, "variable names to lists of values")
     if not grid:
@@ -740,6 +788,10 @@ def _validate_grid(check: _Checker, value: Any) -> dict[str, tuple[float, ...]]:
         if not isinstance(values, list) or not values:
             raise check.fail(path, f"must be a list of numbers or 'START:STOP:STEP' (got {_describe(values)})")
         out[name] = tuple(check.number(path + (i,), v) for i, v in enumerate(values))
+    try:
+        check_grid_size(out)
+    except AdapterMathError as exc:
+        raise check.fail(("sweep", "grid"), str(exc)) from None
     return out
 
 
@@ -918,7 +970,26 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                               "that did not record recipes); rebuild it with adaptermath compose")
         data = data["recipe"]
         origins = {key[1:]: where for key, where in origins.items() if key[:1] == ("recipe",)}
+        recorded = _from_record(data, origins, source)
+        return replace(recipe_from_dict(recorded, folder=target.parent, source=source, overrides=overrides, origins=origins),
+                       recorded=True)
     return recipe_from_dict(data, folder=target.parent, source=source, overrides=overrides, origins=origins)
+
+
+def _from_record(data: dict[str, Any], origins: dict[FieldPath, str], source: str) -> dict[str, Any]:
+    """A recorded recipe (an output's ``adaptermath.json``, which travels with pushed adapters)
+    made safe to run: it rebuilds into its own folder (``output: "."``), never carries ``force``
+    or ``allow_pickle`` (only the command line gives them), and never sweeps or pushes."""
+    for name in ("sweep", "search", "push"):
+        if data.get(name) is not None:
+            raise RecipeError(f"{origins.get((name,), source)}: a recorded recipe cannot {name} (adaptermath never "
+                              f"records one); copy it into a recipe file of your own to {name}")
+    data = {key: value for key, value in data.items() if key != "force"}
+    data["output"] = "."
+    origins.pop(("output",), None)
+    if isinstance(data.get("options"), dict):
+        data["options"] = {key: value for key, value in data["options"].items() if key != "allow_pickle"}
+    return data
 
 
 # --------------------------------------------------------------------------- paths
@@ -1012,7 +1083,9 @@ def recorded_recipe(composed: "ComposedAdapter", output: str | Path | None = Non
         ),
         evaluation=tuple(_recorded_evaluation(spec, Path(folder), target) for spec in evaluation),
     )
-    return recipe_to_dict(recipe)
+    recorded = recipe_to_dict(recipe)
+    del recorded["force"]  # a recorded recipe never says what may be replaced
+    return recorded
 
 
 def _recorded_ref(adapter: Any, target: Path | None) -> str:
@@ -1081,6 +1154,12 @@ class RunResult:
         }
 
 
+def with_output(recipe: Recipe, output: str | Path) -> Recipe:
+    """``recipe`` writing to ``output`` (relative to the working directory, as ``-o`` gives it)."""
+    return replace(recipe, output=os.path.abspath(os.path.expanduser(str(output))),
+                   overridden=recipe.overridden | {"output"})
+
+
 def output_path(recipe: Recipe) -> Path:
     """Where the recipe writes its adapter (its ``output``, relative to the recipe's folder)."""
     return Path(resolve_path(recipe.output, recipe.folder))
@@ -1109,17 +1188,53 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _with_pickle(recipe: Recipe, allow_pickle: bool) -> Recipe:
+    """The recipe reading pickles only when the caller (the command line) allows it: a recipe's own
+    ``allow_pickle`` is a note, never a permission."""
+    return replace(recipe, options=replace(recipe.options, allow_pickle=allow_pickle))
+
+
+def check_recipe_writes(recipe: Recipe, *, allow_outside: bool = False) -> Path:
+    """Where the recipe writes, checked: its output (and a sweep's results folder) must lie inside
+    the recipe's folder unless the command line gave it (``--set``/``-o``) or ``allow_outside``
+    consents; the output must not be, contain or lie inside an input or the recipe file itself
+    (:func:`adaptermath.io.check_output_location`). Returns the output path."""
+    from .io.output_safety import check_output_location
+
+    output = output_path(recipe)
+    folder = Path(recipe.folder)
+    places = [("output", output)]
+    if recipe.sweep is not None:
+        places.append(("sweep.results", Path(resolve_path(recipe.sweep.results, folder))))
+    if recipe.search is not None:
+        places.append(("search.results", Path(resolve_path(recipe.search.results, folder))))
+    for name, place in places:
+        if not (allow_outside or recipe.recorded or name in recipe.overridden or _inside(place, folder)):
+            raise RecipeError(f"{recipe.source}: field '{name}' ({place}) lies outside the recipe's folder {folder}; "
+                              "pass --allow-outside (allow_outside=True) to write there, or give the path with -o/--set")
+    protected: list[str | Path] = list(resolved_inputs(recipe).values())
+    if not recipe.recorded and Path(recipe.source).is_file():
+        protected.append(Path(recipe.source))
+    check_output_location(output, protected)
+    return output
+
+
 def run_recipe(recipe: Recipe, *, force: bool | None = None, progress: ProgressCallback | None = None,
-               log: Callable[[str], None] | None = None) -> RunResult:
+               log: Callable[[str], None] | None = None, allow_pickle: bool = False,
+               allow_outside: bool = False) -> RunResult:
     """Execute ``recipe``: sweep (when asked) to choose the variables, compose, write the adapter
     with the recipe that rebuilds it, evaluate it (recording the metrics in its provenance), push it.
 
-    ``force`` (default: the recipe's ``force``) replaces an existing output. ``progress(done, total,
-    what)`` follows the composition and the evaluations; ``log(message)`` receives one line per step.
+    ``force`` (default: the recipe's ``force``; a recorded recipe has none) replaces an existing
+    output. ``allow_pickle`` lets inputs be pickles (a recipe's own ``allow_pickle`` does not);
+    ``allow_outside`` lets a recipe write outside its folder (:func:`check_recipe_writes`).
+    ``progress(done, total, what)`` follows the composition and the evaluations; ``log(message)``
+    receives one line per step.
     """
     say = log or (lambda message: None)
+    recipe = _with_pickle(recipe, allow_pickle)
     force = recipe.force if force is None else force
-    output = output_path(recipe)
+    output = check_recipe_writes(recipe, allow_outside=allow_outside)
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputExistsError(f"{output} already exists; pass --force (force=True) to replace it, "
                                 "or write elsewhere with --set output=PATH")
@@ -1331,14 +1446,19 @@ def _free_variables(recipe: Recipe) -> list[str]:
 # --------------------------------------------------------------------------- the plan (--dry-run)
 
 
-def plan_recipe(recipe: Recipe, *, check_inputs: bool = True) -> dict[str, Any]:
+def plan_recipe(recipe: Recipe, *, check_inputs: bool = True, allow_pickle: bool = False,
+                allow_outside: bool = False) -> dict[str, Any]:
     """What :func:`run_recipe` would do, without writing anything.
 
     With ``check_inputs`` and only local inputs, the inputs' headers are read and the composition
     is planned (shapes, ranks, options checked; no tensor is computed). Local inputs that do not
-    exist are listed under ``missing_inputs`` and nothing is read.
+    exist are listed under ``missing_inputs`` and nothing is read. The output's place is checked as
+    :func:`run_recipe` checks it.
     """
     from .expression import parse_expression
+
+    recipe = _with_pickle(recipe, allow_pickle)
+    check_recipe_writes(recipe, allow_outside=allow_outside)
 
     combination = parse_expression(recipe.expression, list(recipe.inputs))
     bound = dict(recipe.variables)

@@ -38,6 +38,7 @@ from .evaluation.examples import ExampleSet, example_id, load_examples, write_ex
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
 from .io.hash_cache import sha256_file
+from .io.output_safety import check_output_location
 from .expression import is_control, parse_expression
 
 if TYPE_CHECKING:
@@ -56,12 +57,34 @@ EXAMPLES_FOLDER = "examples"
 Point = dict[str, float]
 
 
-def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
+MAX_GRID_POINTS = 10_000  # default cap on a grid's points (--max-points raises it)
+
+
+def _grid_number(name: str, text: str, body: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise AdapterMathError(f"--grid {name}: cannot read {body!r} as START:STOP:STEP or a list of numbers") from None
+    if not math.isfinite(value):
+        raise AdapterMathError(f"--grid {name}: {text.strip()!r} is not a finite number")
+    return value
+
+
+def _too_many(what: str, count: float, max_points: int) -> AdapterMathError:
+    shown = f"{count:.3g}" if count >= 1e6 else f"{int(count)}"
+    return AdapterMathError(f"{what} has {shown} points, more than the limit of {max_points}; "
+                            "use a coarser step or raise the limit with --max-points (max_points=)")
+
+
+def parse_grid(specs: Sequence[str], *, max_points: int = MAX_GRID_POINTS) -> dict[str, list[float]]:
     """Parse ``NAME=START:STOP:STEP`` (STOP included) or ``NAME=V1,V2,...`` specs into value lists.
 
-    ``λ=0:0.2:0.05`` → λ ∈ {0, 0.05, 0.1, 0.15, 0.2}. Several specs span their product.
+    ``λ=0:0.2:0.05`` → λ ∈ {0, 0.05, 0.1, 0.15, 0.2}. Several specs span their product, which
+    may hold at most ``max_points`` points: the count ⌊(STOP − START)/STEP⌋ + 1 is checked before
+    any list is built. Every number must be finite.
     """
     grid: dict[str, list[float]] = {}
+    total = 1.0
     for spec in specs:
         name, sep, body = spec.partition("=")
         name = name.strip()
@@ -69,26 +92,41 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
             raise AdapterMathError(f"--grid must look like NAME=START:STOP:STEP or NAME=V1,V2,..., got {spec!r}")
         if name in grid:
             raise AdapterMathError(f"--grid gives {name!r} twice")
-        try:
-            if ":" in body:
-                parts = [float(p) for p in body.split(":")]
-                if len(parts) != 3:
-                    raise ValueError
-                start, stop, step = parts
-                if step <= 0 or stop < start:
-                    raise AdapterMathError(f"--grid {name}: need STEP > 0 and STOP ≥ START, got {body!r}")
-                count = int(math.floor((stop - start) / step + 1e-9)) + 1
-                values = [round(start + i * step, 12) for i in range(count)]
-            else:
-                values = [float(v) for v in body.split(",") if v.strip()]
-        except ValueError:
-            raise AdapterMathError(f"--grid {name}: cannot read {body!r} as START:STOP:STEP or a list of numbers") from None
+        if ":" in body:
+            parts = body.split(":")
+            if len(parts) != 3:
+                raise AdapterMathError(f"--grid {name}: cannot read {body!r} as START:STOP:STEP or a list of numbers")
+            start, stop, step = (_grid_number(name, p, body) for p in parts)
+            if step <= 0 or stop < start:
+                raise AdapterMathError(f"--grid {name}: need STEP > 0 and STOP ≥ START, got {body!r}")
+            ratio = (stop - start) / step
+            count = math.floor(ratio + 1e-9) + 1 if math.isfinite(ratio) and ratio < 1e15 else math.inf
+            if count * total > max_points:
+                raise _too_many(f"--grid {name}", count * total, max_points)
+            values = [round(start + i * step, 12) for i in range(int(count))]
+        else:
+            items = body.split(",")
+            if len(items) * total > max_points:
+                raise _too_many(f"--grid {name}", len(items) * total, max_points)
+            values = [_grid_number(name, v, body) for v in items if v.strip()]
         if not values:
             raise AdapterMathError(f"--grid {name}: no values")
-        if len(values) > 10_000:
-            raise AdapterMathError(f"--grid {name}: {len(values)} values is too many")
+        total *= len(values)
         grid[name] = values
     return grid
+
+
+def check_grid_size(grid: Mapping[str, Sequence[float]], max_points: int = MAX_GRID_POINTS) -> int:
+    """The number of points of ``grid`` (the product of its lengths); one-line error above ``max_points``."""
+    total = 1
+    for name, values in grid.items():
+        total *= len(values)
+        if total > max_points:
+            raise _too_many("the grid", total, max_points)
+        bad = [v for v in values if not math.isfinite(float(v))]
+        if bad:
+            raise AdapterMathError(f"grid {name}: {bad[0]!r} is not a finite number")
+    return total
 
 
 def grid_points(grid: Mapping[str, Sequence[float]]) -> list[Point]:
@@ -691,6 +729,7 @@ def sweep(
     confidence: float = 0.95,
     seed: int | None = None,
     engine: EngineSpec | str | None = None,
+    max_points: int = MAX_GRID_POINTS,
     **task_options: Any,
 ) -> SweepResult:
     """Sweep the free variables of ``expression`` over ``grid`` on ``val``; score the best on ``test``.
@@ -699,7 +738,8 @@ def sweep(
     specs). ``task`` is ``classification``, ``perplexity`` or ``toxicity`` with the evaluator's
     options in ``task_options`` (``labels``, ``template``, ``stride``, ``num_samples`` ...).
     ``metric`` defaults to accuracy / perplexity / mean toxicity, ``direction`` to the metric's
-    natural one. ``results`` (a ``.jsonl`` file) makes the sweep resumable.
+    natural one. ``results`` (a ``.jsonl`` file) makes the sweep resumable. The grid may hold at
+most ``max_points`` points (default 10,000), and ``results`` must not lie in an input or the base.
 
     ``method`` / ``method_options`` / ``energy`` / ``max_rank`` are those of
     :func:`adaptermath.compose`; the grid may also span the method's numeric options (e.g.
@@ -724,7 +764,15 @@ def sweep(
     check_engine_task(spec, task)
     metric = metric or DEFAULT_METRICS[task][0]
     direction = direction or ("min" if metric in LOWER_IS_BETTER else "max")
-    values = parse_grid(list(grid)) if not isinstance(grid, Mapping) else {k: [float(v) for v in vs] for k, vs in grid.items()}
+    if isinstance(grid, Mapping):
+        check_grid_size(grid, max_points)
+        values = {k: [float(v) for v in vs] for k, vs in grid.items()}
+    else:
+        values = parse_grid(list(grid), max_points=max_points)
+    if results is not None:
+        check_output_location(Path(results).expanduser().parent,
+                              [*(a.path if isinstance(a, Adapter) else a for a in operands.values()), base],
+                              replaces=False)
     combination = parse_expression(expression, list(operands))
     check_grid(values, combination.free_variables, method, method_options)
     adapters = {n: a if isinstance(a, Adapter) else load_adapter(a, allow_pickle=allow_pickle) for n, a in operands.items()}

@@ -1,5 +1,5 @@
 """``python -m adaptermath.cli``: the same as the ``adaptermath`` console script."""
 
-from adaptermath.cli.main import main
+from adaptermath.cli.entry import run
 
-main()
+run()

@@ -13,6 +13,7 @@ from adaptermath.errors import AdapterMathError
 from rich.markup import escape
 
 from .common import err_console
+from .entry import exit_interrupted, install_signal_handlers
 
 
 class AdapterMathGroup(click.Group):
@@ -27,6 +28,10 @@ class AdapterMathGroup(click.Group):
             message = str(exc).replace("\n", " ")
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.entry): temporaries are already removed
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            exit_interrupted(exc)
 
 
 @click.group(cls=AdapterMathGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,6 +52,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       adaptermath negate ./toxic -o detox --scale 0.6
       adaptermath compare ./a ./b
     """
+    install_signal_handlers()
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import adaptermath as am
-from adaptermath.errors import AdapterLoadError, AdapterMathError, CompositionError, OutputExistsError, UnsupportedAdapterError
+from adaptermath.errors import AdapterLoadError, AdapterMathError, CompositionError, OutputExistsError, UnsafeOutputError, UnsupportedAdapterError
 
 
 def copy_adapter(src: Path, dst: Path) -> Path:
@@ -161,7 +161,7 @@ def test_existing_output_needs_force_and_is_replaced_atomically(tiny, tmp_path):
 
 def test_output_cannot_be_an_input(tiny, tmp_path):
     folder = copy_adapter(tiny["lora_a"], tmp_path / "in")
-    with pytest.raises(CompositionError, match="is the folder of operand"):
+    with pytest.raises(UnsafeOutputError, match="is the input"):
         am.negate(folder).save(folder, force=True)
 
 

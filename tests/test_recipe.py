@@ -206,7 +206,7 @@ EXAMPLES = {
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_recipe_runs_and_rebuilds_byte_for_byte(tree, name):
     output, expression, operands, variables, options = EXAMPLES[name]
-    result = run("run", f"recipes/{name}.yaml", "--json")
+    result = run("run", f"recipes/{name}.yaml", "--json", "--allow-outside")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output"] == output
     expected = am.compose(expression, operands, variables=variables, space="param", **options).state_dict()
@@ -243,14 +243,14 @@ def test_sweep_example_validates(tree):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tree):
-    result = run("run", "recipes/analogy.yaml", "--dry-run", "--json", "--set", "variables.λ=0.2")
+    result = run("run", "recipes/analogy.yaml", "--dry-run", "--json", "--set", "variables.λ=0.2", "--allow-outside")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plan"]
     assert plan["coefficients"] == pytest.approx({"cls": 0.8, "tgt_lm": 0.2, "src_lm": -0.2})
     assert plan["inputs"] == {"cls": "demo/sst2", "tgt_lm": "demo/mnli", "src_lm": "demo/toxic"}
     assert plan["inputs_checked"] and plan["type"] == "LoRA" and not plan["output_exists"]
     assert not (tree / "demo" / "recipes" / "analogy").exists()
-    human = run("run", "recipes/analogy.yaml", "--dry-run")
+    human = run("run", "recipes/analogy.yaml", "--dry-run", "--allow-outside")
     assert human.exit_code == 0 and "version: 1" in human.stdout and "(1 - λ)*cls" in human.stdout
 
 
@@ -293,7 +293,7 @@ def test_negate_and_python_outputs_rebuild_including_methods(tree):
 
 
 def test_a_moved_tree_rebuilds_the_same_adapter(tree, tmp_path, monkeypatch):
-    assert run("run", "recipes/merge.yaml").exit_code == 0
+    assert run("run", "recipes/merge.yaml", "--allow-outside").exit_code == 0
     original = file_bytes(tree / "demo" / "recipes" / "merged")
     moved = tmp_path / "moved"
     shutil.copytree(tree / "demo", moved / "data" / "demo")
@@ -312,8 +312,8 @@ def test_cli_errors_are_one_line_with_exit_2(tree):
     assert result.stderr.strip() == "error: bad.yaml line 8: field 'space': must be one of param, delta (got 'dleta')"
     missing = run("run", "nothing.yaml")
     assert missing.exit_code == 2 and missing.stderr.strip() == "error: nothing.yaml: no such recipe file"
-    assert run("run", "recipes/merge.yaml").exit_code == 0
-    exists = run("run", "recipes/merge.yaml")
+    assert run("run", "recipes/merge.yaml", "--allow-outside").exit_code == 0
+    exists = run("run", "recipes/merge.yaml", "--allow-outside")
     assert exists.exit_code == 2 and len(exists.stderr.strip().splitlines()) == 1
     assert "demo/recipes/merged already exists; pass --force" in exists.stderr
     record = json.loads((tree / "demo" / "recipes" / "merged" / "adaptermath.json").read_text())
@@ -478,6 +478,7 @@ def test_sweep_results_may_not_live_inside_the_output(word_model, tmp_path):
 
 def test_hub_inputs_are_pinned_and_the_result_pushed(hub_env, tiny_adapters, tmp_path, monkeypatch):
     from hub_fixtures import ALICE_TOKEN
+    from adaptermath.modelcard import public_provenance
     from hub_server import FakeHub
 
     first_sha = hub_env.add_repo("alice/lora", FakeHub.folder_files(tiny_adapters["lora"]))
@@ -498,7 +499,10 @@ push: {{repo: alice/merged, private: true}}
     assert record["recipe"]["push"] is None
     remote = hub_env.files_at("alice/merged")
     for name in ADAPTER_FILES:
-        assert remote[name] == (tmp_path / "merged" / name).read_bytes()
+        if name == "adaptermath.json":  # pushed without local paths (docs/security.md)
+            assert json.loads(remote[name]) == public_provenance(record)
+        else:
+            assert remote[name] == (tmp_path / "merged" / name).read_bytes()
     assert hub_env.repos["alice/merged"].private and payload["push"]["repo_id"] == "alice/merged"
 
     # main moves on; the recorded recipe still rebuilds the same bytes from the pinned commit.

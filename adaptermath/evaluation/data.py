@@ -185,8 +185,27 @@ def gold_labels(records: Sequence[Record], field: str, labels: Sequence[str]) ->
     return gold
 
 
+def check_template(template: str) -> None:
+    """Refuse template fields that reach beyond a record's values: ``{text.__class__}`` (attribute
+    access) and ``{text[0]}`` (indexing) could print the interpreter's internals."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise DataError(f"bad template {template!r}: {exc}") from None
+    for field in fields:
+        if "." in field or "[" in field:
+            raise DataError(f"template field {{{field}}} uses attribute or index access, which templates do not allow; "
+                            "name a record field, e.g. {text}")
+
+
 def render_prompts(records: Sequence[Record], template: str) -> list[str]:
-    """Fill ``template`` (``str.format`` syntax, e.g. ``"Review: {text}\\nSentiment:"``) per record."""
+    """Fill ``template`` (``str.format`` syntax, e.g. ``"Review: {text}\\nSentiment:"``) per record.
+
+    Fields name record fields only (:func:`check_template`).
+    """
+    check_template(template)
     prompts = []
     for index, record in enumerate(records):
         try:

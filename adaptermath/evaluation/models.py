@@ -163,6 +163,21 @@ def _dtype_kwargs(dtype: torch.dtype | str) -> dict[str, Any]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def _refuse_pickle_weights(name_or_path: str | Path, gguf_file: str | None) -> None:
+    """A local base model folder with pickle weights only (``*.bin``, ``*.pt``) is refused: loading
+    them runs pickle. Hub models are loaded with ``use_safetensors=True``, which refuses the same."""
+    folder = Path(name_or_path).expanduser()
+    if gguf_file or not folder.is_dir():
+        return
+    names = [path.name for path in folder.iterdir()]
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        return
+    pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if pickles:
+        raise ModelLoadError(f"cannot load {name_or_path}: its weights are pickles ({pickles[0]}), which adaptermath "
+                             "never loads because unpickling can run code; convert the model to safetensors")
+
+
 def load_base_model(
     name_or_path: str | Path,
     *,
@@ -196,6 +211,7 @@ def load_base_model(
         return cached
 
     hub_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    _refuse_pickle_weights(name_or_path, gguf_file)
     try:
         config = transformers.AutoConfig.from_pretrained(str(name_or_path), **hub_kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
@@ -208,6 +224,8 @@ def load_base_model(
         "seq-cls": transformers.AutoModelForSequenceClassification,
     }[kind]
     model_kwargs: dict[str, Any] = {**hub_kwargs, **_dtype_kwargs(resolved_dtype)}
+    if not gguf_file:
+        model_kwargs["use_safetensors"] = True  # never unpickle a base model's weights
     if kind == "seq-cls" and num_labels is not None and num_labels != getattr(config, "num_labels", None):
         model_kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     try:

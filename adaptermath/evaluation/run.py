@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterMathError, OutputExistsError
+from ..io.atomic import atomic_output_file
 from .classification import evaluate_classification
 from .data import load_corpus, load_records
 from .evidence import intervals_to_dict, metric_intervals
@@ -101,16 +100,10 @@ def write_json_atomic(path: str | Path, payload: Any, *, force: bool = False) ->
         raise OutputExistsError(f"{target} is a folder; give a file name such as results.json")
     if target.exists() and not force:
         raise OutputExistsError(f"{target} already exists; pass --force (force=True) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+    with atomic_output_file(target, force=force) as temporary:  # a recognisable temporary, removed if killed
+        with open(temporary, "w", encoding="utf-8") as stream:
             json.dump(payload, stream, indent=2, ensure_ascii=False, default=str)
             stream.write("\n")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return target
 
 

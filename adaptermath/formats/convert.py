@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..adapter import Adapter, LoraModuleInfo, load_adapter
 from ..errors import AdapterMathError
+from ..io.output_safety import check_output_location
 from .compat import OUTPUT_FORMATS, module_naming
 from .config import lora_config
 from .writers import (
@@ -80,8 +81,7 @@ def convert(input: str | Path | Adapter, output: str | Path, *, to: str, force: 
         raise AdapterMathError(f"--to must be one of {', '.join(OUTPUT_FORMATS)}, got {to!r}")
     adapter = input if isinstance(input, Adapter) else load_adapter(input, allow_pickle=allow_pickle)
     output = Path(output).expanduser()
-    if output.resolve() == adapter.path.resolve() or output.resolve() == adapter.weights_file.resolve():
-        raise AdapterMathError(f"output {output} is the input; choose another output")
+    check_output_location(output, [adapter.path, adapter.weights_file])
     if to != "peft" and output.suffix != ".safetensors":
         raise AdapterMathError(f"a {to} file is one .safetensors file; name the output *.safetensors (got {output.name})")
     what = adapter.source or str(adapter.path)
@@ -113,10 +113,12 @@ def convert(input: str | Path | Adapter, output: str | Path, *, to: str, force: 
         else:
             config = lora_config({m.name: ranks[m.source_name] for m in plan}, {"base_model_name_or_path": adapter.base_model})
         write_peft_folder(output, plan, adapter_factors(adapter, names), force=force, config=lambda: config, metadata=meta,
-                          extras=((k, adapter.extra_tensor(k)) for k in adapter.extra_keys), extra_keys=adapter.extra_keys)
+                          extras=((k, adapter.extra_tensor(k)) for k in adapter.extra_keys), extra_keys=adapter.extra_keys,
+                          protected=[adapter.path, adapter.weights_file])
     else:
         write_lora_file(output, plan, adapter_factors(adapter, names), force=force, metadata=meta,
-                        kohya_alpha=kohya_alpha if to == "kohya" else None, ranks=lambda: ranks)
+                        kohya_alpha=kohya_alpha if to == "kohya" else None, ranks=lambda: ranks,
+                        protected=[adapter.path, adapter.weights_file])
     result = ConversionResult(
         input=what, output=str(output), from_format=adapter.format, to_format=to, modules=len(plan),
         renamed={m.source_name: m.name for m in plan if m.name != m.source_name},

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -208,7 +208,8 @@ def _format_for(output: Path, requested: str | None, embedding: Embedding) -> st
     return fmt
 
 
-def save_embedding(embedding: Embedding, output: str | Path, *, format: str | None = None, force: bool = False) -> Path:
+def save_embedding(embedding: Embedding, output: str | Path, *, format: str | None = None, force: bool = False,
+                   protected: Iterable[str | Path | None] = ()) -> Path:
     """Write ``embedding`` atomically in ``format`` (default: its own), keeping its token name.
 
     The token is stored where the format has a place for it (the A1111 ``.pt`` ``name``, the
@@ -217,7 +218,7 @@ def save_embedding(embedding: Embedding, output: str | Path, *, format: str | No
     """
     output = Path(output).expanduser()
     fmt = _format_for(output, format, embedding)
-    with atomic_output_file(output, force=force) as tmp:
+    with atomic_output_file(output, force=force, protected=protected) as tmp:
         if fmt == "a1111-pt":
             tensor = embedding.vectors[SINGLE_SLOT]
             data: dict[str, Any] = {"string_to_token": {"*": 265}, **embedding.extra, "name": embedding.token,
@@ -259,7 +260,7 @@ def compose_embedding_files(expression: str, operands: Mapping[str, str | Path],
     """
     result = compose_embeddings(expression, operands, variables=variables, token=token, normalize=normalize,
                                 allow_pickle=allow_pickle)
-    written = save_embedding(result, output, force=force)
+    written = save_embedding(result, output, force=force, protected=list(operands.values()))
     assert result.provenance is not None
     return {
         "output": str(written),

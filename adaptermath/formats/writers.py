@@ -33,7 +33,7 @@ import torch
 
 from ..adapter import _ST_DTYPES, KEY_PREFIX, Adapter, LoraModuleInfo
 from ..errors import AdapterMathError, CompositionError
-from ..io import SafetensorsStreamWriter, atomic_output_dir, atomic_output_file
+from ..io import SafetensorsStreamWriter, atomic_output_dir, atomic_output_file, check_output_location
 from .kohya import ALPHA_SUFFIX, DOWN_SUFFIX, UP_SUFFIX, dotted_to_kohya, kohya_to_dotted
 from .lora_file import DIFFUSERS_METADATA_KEY, DIFFUSERS_SUFFIXES
 
@@ -269,17 +269,19 @@ def _write_factors(writer: SafetensorsStreamWriter, plan: list[OutputModule], fa
 def write_lora_file(output: Path, plan: list[OutputModule], factors: Iterable[Factors], *, force: bool,
                     metadata: Mapping[str, str] | Callable[[], Mapping[str, str]],
                     kohya_alpha: KohyaAlpha | None = None,
-                    ranks: Callable[[], Mapping[str, tuple[int, float]]] | None = None) -> Path:
+                    ranks: Callable[[], Mapping[str, tuple[int, float]]] | None = None,
+                    protected: Iterable[str | Path | None] = ()) -> Path:
     """Write one kohya/diffusers ``.safetensors`` file atomically, one module at a time.
 
     ``factors`` yields (A, B) per module of ``plan``, in order. With ``kohya_alpha`` each module's α
     (from ``ranks()``, called after the factors) becomes a scalar tensor where the layout stores one. ``metadata``
     may be a callable, evaluated after the tensors (the data is then written to a scratch file
-    and copied once behind the final header).
+    and copied once behind the final header). ``protected`` (the inputs) must not be replaced
+    (:func:`adaptermath.io.check_output_location`).
     """
     alpha_keys = [m.alpha_key for m in plan if m.alpha_key and kohya_alpha is not None and kohya_alpha.stores(m.name)]
     keys = [k for m in plan for k in (m.a_key, m.b_key)] + alpha_keys
-    with atomic_output_file(output, force=force) as tmp:
+    with atomic_output_file(output, force=force, protected=protected) as tmp:
         scratch = tmp.with_name(tmp.name + ".data") if callable(metadata) else tmp
         try:
             with SafetensorsStreamWriter(scratch, keys, metadata=None if callable(metadata) else dict(metadata)) as writer:
@@ -305,12 +307,16 @@ def write_lora_file(output: Path, plan: list[OutputModule], factors: Iterable[Fa
 def write_peft_folder(output: Path, plan: list[OutputModule], factors: Iterable[Factors], *, force: bool,
                       config: Callable[[], Mapping[str, Any]], metadata: Mapping[str, str],
                       extras: Iterable[tuple[str, torch.Tensor]] = (), extra_keys: Iterable[str] = (),
-                      provenance: Callable[[], Mapping[str, Any]] | None = None) -> Path:
-    """Write a PEFT LoRA folder atomically: streamed weights, then config (and provenance) after them."""
+                      provenance: Callable[[], Mapping[str, Any]] | None = None,
+                      protected: Iterable[str | Path | None] = ()) -> Path:
+    """Write a PEFT LoRA folder atomically: streamed weights, then config (and provenance) after them.
+
+    ``protected`` (the inputs) must not be replaced (:func:`adaptermath.io.check_output_location`).
+    """
     from ..compose import PROVENANCE_NAME, write_json
 
     extra_keys = list(extra_keys)
-    with atomic_output_dir(output, force=force) as tmp:
+    with atomic_output_dir(output, force=force, protected=protected) as tmp:
         keys = [k for m in plan for k in (m.a_key, m.b_key)] + [KEY_PREFIX + k for k in extra_keys]
         with SafetensorsStreamWriter(tmp / "adapter_model.safetensors", keys, metadata=dict(metadata)) as writer:
             _write_factors(writer, plan, factors)
@@ -369,9 +375,8 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
     fmt = resolve_output_format(composed.adapters, fmt)
     output = Path(output).expanduser()
     first = composed.first
-    for name, adapter in composed.adapters.items():
-        if output.resolve() == adapter.path.resolve():
-            raise CompositionError(f"output {output} is operand {name!r}; choose another output")
+    protected = [adapter.path for adapter in composed.adapters.values()]
+    check_output_location(output, protected)
     check_writable(composed.kind, first.config, list(composed.extra_keys), fmt, "the result")
     naming = module_naming(first)
     infos = {name: composed.first_info(name) for name in composed.module_names}
@@ -416,7 +421,7 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
         # ``extras`` is filled when the factors are drained, before write_peft_folder iterates it.
         return write_peft_folder(output, plan, factors(), force=force, config=peft_config, metadata=meta,
                                  extras=extras, extra_keys=list(composed.extra_keys),
-                                 provenance=lambda: composed.provenance(recipe, output))
+                                 provenance=lambda: composed.provenance(recipe, output), protected=protected)
     kohya_alpha = None
     if fmt == "kohya":
         kohya_alpha = kohya_alpha_of(first) if first.format == "kohya" else KohyaAlpha(composed.output_dtype)
@@ -427,4 +432,5 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
         meta[PROVENANCE_KEY] = json.dumps(composed.provenance(recipe, output), sort_keys=True, ensure_ascii=False)
         return meta
 
-    return write_lora_file(output, plan, factors(), force=force, metadata=final_metadata, kohya_alpha=kohya_alpha, ranks=ranks)
+    return write_lora_file(output, plan, factors(), force=force, metadata=final_metadata, kohya_alpha=kohya_alpha, ranks=ranks,
+                           protected=protected)

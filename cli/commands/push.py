@@ -24,6 +24,9 @@ from ..common import console, err_console, json_option, print_json
 @click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing to it.")
 @click.option("--commit-message", "-m", metavar="TEXT", help="Commit title (default: 'adaptermath: <expression>').")
 @click.option("--dry-run", is_flag=True, help="Show the files and the model card that would be pushed; upload nothing.")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="Also upload files matching GLOB (e.g. '*.txt', 'extras/**'); by default only the adapter's own "
+                   "files (adapter_config.json, weights, adaptermath.json, README.md) go up. Repeat.")
 @click.option(
     "--token-env",
     metavar="VAR",
@@ -38,6 +41,7 @@ def push_command(
     create_pr: bool,
     commit_message: str | None,
     dry_run: bool,
+    include: tuple[str, ...],
     token_env: str | None,
     as_json: bool,
 ) -> None:
@@ -74,6 +78,7 @@ def push_command(
         commit_message=commit_message,
         dry_run=dry_run,
         token=token,
+        include=include,
     )
     if as_json:
         print_json(result.to_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -101,35 +102,46 @@ def _show_result(result: "RunResult") -> None:
 @click.argument("recipe", metavar="RECIPE")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a recipe field before validation (dotted: options.rank=8, variables.λ=0.2). Repeat.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the adapter here (relative to the working directory) instead of the recipe's output.")
 @click.option("--force", is_flag=True, default=None, help="Replace the output if it exists (overrides the recipe's force).")
+@click.option("--allow-outside", is_flag=True,
+              help="Let a recipe write its output (and sweep results) outside the recipe's own folder.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Allow pickled inputs (adapter_model.bin, read with weights_only); a recipe's own allow_pickle is not enough.")
 @click.option("--dry-run", is_flag=True, help="Validate, check the inputs and print the plan; write nothing.")
 @json_option
-def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry_run: bool, as_json: bool) -> None:
+def run_command(recipe: str, overrides: tuple[str, ...], output: Path | None, force: bool | None, allow_outside: bool,
+                allow_pickle: bool, dry_run: bool, as_json: bool) -> None:
     """Build the adapter a recipe describes (see docs/recipes.md).
 
     RECIPE is a YAML recipe, an output's adaptermath.json, or an output folder: every adapter
     adaptermath writes records the recipe that rebuilds it byte for byte, with paths relative to
-    the output folder. Relative paths in a recipe are relative to the recipe's folder. A recipe
+    the output folder. Relative paths in a recipe are relative to the recipe's folder. A recorded
+    recipe rebuilds into its own folder (or -o); its file never decides force or allow_pickle. A
+    recipe writes outside its own folder only with --allow-outside, -o or --set output=. A recipe
     can sweep variables on validation data first, evaluate the result (metrics go into its
     adaptermath.json) and push it to the Hub.
 
     \b
     Examples:
-      adaptermath run recipes/merge.yaml
+      adaptermath run recipes/merge.yaml --allow-outside
       adaptermath run recipes/analogy.yaml --set variables.λ=0.2 --set output=../demo/recipes/analogy-0.2
-      adaptermath run recipes/negate.yaml --dry-run
+      adaptermath run recipes/negate.yaml --dry-run --allow-outside
       adaptermath run demo/merged --force                 # rebuild an output in place
       adaptermath run demo/merged/adaptermath.json --set output=../merged-again
     """
-    from adaptermath.recipe import load_recipe, plan_recipe, recipe_to_dict, recipe_to_yaml, run_recipe
+    from adaptermath.recipe import load_recipe, plan_recipe, recipe_to_dict, recipe_to_yaml, run_recipe, with_output
 
     loaded = load_recipe(recipe, overrides)
+    if output is not None:
+        loaded = with_output(loaded, output)
     if loaded.sweep is not None or loaded.evaluation:
         from ..task_options import quiet_transformers
 
         quiet_transformers()
     if dry_run:
-        plan = plan_recipe(loaded)
+        plan = plan_recipe(loaded, allow_pickle=allow_pickle, allow_outside=allow_outside)
         if as_json:
             print_json({"plan": plan, "recipe": recipe_to_dict(loaded)})
         else:
@@ -146,7 +158,8 @@ def run_command(recipe: str, overrides: tuple[str, ...], force: bool | None, dry
             if not as_json:
                 err_console.print(f"[dim]{escape(message)}[/]", highlight=False)
 
-        result = run_recipe(loaded, force=force, progress=advance, log=log)
+        result = run_recipe(loaded, force=force, progress=advance, log=log, allow_pickle=allow_pickle,
+                            allow_outside=allow_outside)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -125,6 +125,8 @@ def _seeds(text: str | None) -> list[int] | None:
               help="Also write the adapter at the chosen point to DIR (as compose would, with its adaptermath.json).")
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
 @engine_options
+@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Refuse a grid with more points than this (checked before any list is built).")
 @json_option
 def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str, task: str,
                   grids: tuple[str, ...], val: str, test: str | None, metric: str | None, direction: str | None,
@@ -135,7 +137,8 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
                   max_length: int | None, stride: int | None, num_samples: int | None, max_new_tokens: int | None,
                   seed: int | None, scorer: str | None, threshold: float | None, batch_size: int, device: str,
                   dtype: str | None, output: Path, force: bool, save_best: Path | None, allow_pickle: bool,
-                  select: str, confidence: float, seed_list: str | None, engine: Any, as_json: bool) -> None:
+                  select: str, confidence: float, seed_list: str | None, engine: Any, max_points: int,
+                  as_json: bool) -> None:
     """Sweep the free variables of EXPRESSION; pick the best point on --val, score it on --test.
 
     The base model is loaded once. For each grid point the adapter is composed in memory and its
@@ -182,7 +185,7 @@ def sweep_command(expression: str, adapters: tuple[str, ...], base: str, gguf_fi
         max_rank=max_rank, baselines=not no_baselines, gguf_file=gguf_file,
         model_type=model_type, device=device, dtype=dtype, text_field=text_field, limit=limit,
         allow_pickle=allow_pickle, batch_size=batch_size, select=select, confidence=confidence, engine=engine,
-        **evaluator_options,
+        max_points=max_points, **evaluator_options,
     )
     seeds = _seeds(seed_list)
     with Live(_table(records, variables, chosen_metric), console=err_console, transient=False,
