@@ -39,6 +39,7 @@ from .compose import ComposedAdapter, compose, write_json
 from .errors import AdapterMathError, CompositionError
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .io.atomic import check_output_path
+from .io.output_safety import check_output_location
 from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
 
 PROVENANCE_NAME = "adaptermath.json"
@@ -177,24 +178,6 @@ class BakeResult:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def output_inside_input_problem(output: str | Path, inputs: Mapping[str, str | Path]) -> str | None:
-    """A one-line reason when ``output`` is, or lies inside, one of the named input folders (else None).
-
-    Writing there would replace or mix with the input the output is computed from.
-    """
-    out = Path(os.path.abspath(os.path.expanduser(str(output))))
-    out_real = Path(os.path.realpath(out))
-    for label, folder in inputs.items():
-        if str(folder).startswith("hf://"):
-            continue
-        root = Path(os.path.abspath(os.path.expanduser(str(folder))))
-        root_real = Path(os.path.realpath(root))
-        for candidate, base in ((out, root), (out_real, root_real)):
-            if candidate == base or base in candidate.parents:
-                return f"output {output} lies inside the {label} folder {folder}; write the model elsewhere"
-    return None
 
 
 def base_name_matches(adapter_base: str, base_ref: str, folder: ModelFolder) -> bool:
@@ -468,9 +451,7 @@ def bake(
         expression = BARE_OPERAND
     base_ref = str(base)
     output = Path(output).expanduser()
-    problem = output_inside_input_problem(output, {"base": base_ref, **{f"adapter {n!r}": p for n, p in operands.items()}})
-    if problem:
-        raise BakeError(problem)
+    check_output_location(output, [base_ref, *operands.values()], what="base model or adapter")
     check_output_path(output, force)  # before any work; checked again when the output is renamed into place
     composed = compose(expression, operands, variables=variables, space=space, negate_factor=negate_factor,
                        normalize=normalize, heads=heads, dtype="float32", allow_pickle=allow_pickle, method=method,

@@ -201,12 +201,10 @@ def extract(
             pattern = re.compile(modules)
         except re.error as exc:
             raise ExtractError(f"--modules {modules!r} is not a regular expression ({exc})") from None
-    from .bake import output_inside_input_problem
+    from .io.output_safety import check_output_location
 
     output = Path(output).expanduser()
-    problem = output_inside_input_problem(output, {"base": str(base), "fine-tuned": str(finetuned)})
-    if problem:
-        raise ExtractError(problem)
+    check_output_location(output, [str(base), str(finetuned)], what="base or fine-tuned model")
     check_output_path(output, force)
     base_ref, ft_ref = str(base), str(finetuned)
     with open_model_folder(base_ref, allow_pickle=allow_pickle) as base_folder, \

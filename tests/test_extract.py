@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import adaptermath as am
 from adaptermath.cli.main import main
+from adaptermath.errors import AdapterMathError
 from adaptermath.extract import ExtractError
 from tiny_adapters import load_base, lora, make_adapter
 
@@ -92,7 +93,7 @@ def test_extract_modules_pattern_and_errors(tiny, tmp_path):
         am.extract(base, tmp_path / "ft", tmp_path / "y")
     with pytest.raises(ExtractError, match="does not differ"):
         am.extract(base, base, tmp_path / "y", rank=2)
-    with pytest.raises(ExtractError, match="inside"):
+    with pytest.raises(AdapterMathError, match="inside"):
         am.extract(base, tmp_path / "ft", tmp_path / "ft" / "x", rank=2)
     assert not (tmp_path / "y").exists()
 
