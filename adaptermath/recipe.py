@@ -47,7 +47,7 @@ PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",
               "force", "evaluation", "sweep", "search", "push", "control", "bake")
 OPTION_FIELDS = ("negate_factor", "normalize", "rank", "energy", "max_rank", "heads", "dtype", "diagnostic_threshold",
-                 "allow_pickle", "control_seed")
+                 "allow_pickle", "control_seed", "base_mismatch")
 CONTROLS = ("random",)
 EVALUATION_FOLDER = "evaluation"  # inside the output: each evaluation's summary and per-example records
 EVALUATION_FIELDS = ("name", "task", "base", "data", "split", "data_config", "limit", "text_field", "model_type",
@@ -97,6 +97,7 @@ class RecipeOptions:
     diagnostic_threshold: float = 0.25
     allow_pickle: bool = False
     control_seed: int = 0  # seed of random(x) controls
+    base_mismatch: str = "error"  # "ok": operands of different base models allowed (recorded only then)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         "space": recipe.space,
         "method": recipe.method,
         "method_options": dict(recipe.method_options),
-        "options": asdict(recipe.options),
+        "options": _options_dict(recipe.options),
         "output": recipe.output,
         "force": recipe.force,
         "evaluation": [spec.to_dict() for spec in recipe.evaluation],
@@ -636,6 +637,8 @@ def _validate(data: dict[str, Any], check: _Checker, folder: Path, source: str) 
                                     lambda v: check.number(("options", "diagnostic_threshold"), v, minimum=0.0)),
         allow_pickle=option("allow_pickle", lambda v: check.flag(("options", "allow_pickle"), v)),
         control_seed=option("control_seed", lambda v: check.integer(("options", "control_seed"), v, minimum=0)),
+        base_mismatch=option("base_mismatch",
+                             lambda v: check.text(("options", "base_mismatch"), v, choices=("error", "ok"))),
     )
 
     output = attempt(lambda: check.text(("output",), data["output"]))
@@ -1080,6 +1083,7 @@ def recorded_recipe(composed: "ComposedAdapter", output: str | Path | None = Non
             diagnostic_threshold=float(options.diagnostic_threshold),
             allow_pickle=any(adapter.weights_file.suffix == ".bin" for adapter in composed.adapters.values()),
             control_seed=int(options.control_seed),
+            base_mismatch=options.base_mismatch,
         ),
         evaluation=tuple(_recorded_evaluation(spec, Path(folder), target) for spec in evaluation),
     )
@@ -1170,6 +1174,15 @@ def resolved_inputs(recipe: Recipe) -> dict[str, str]:
     return {name: resolve_input(ref, recipe.folder) for name, ref in recipe.inputs.items()}
 
 
+def _options_dict(options: RecipeOptions) -> dict[str, Any]:
+    """The options as plain data; ``base_mismatch`` only when it allows a mismatch, so that the
+    records of every other output keep their bytes."""
+    data = asdict(options)
+    if data["base_mismatch"] == "error":
+        del data["base_mismatch"]
+    return data
+
+
 def _compose(recipe: Recipe, variables: Mapping[str, float]) -> "ComposedAdapter":
     from .compose import compose
 
@@ -1179,7 +1192,7 @@ def _compose(recipe: Recipe, variables: Mapping[str, float]) -> "ComposedAdapter
         negate_factor=options.negate_factor, normalize=options.normalize, rank=options.rank, heads=options.heads,
         dtype=options.dtype, diagnostic_threshold=options.diagnostic_threshold, allow_pickle=options.allow_pickle,
         method=recipe.method, method_options=dict(recipe.method_options), energy=options.energy,
-        max_rank=options.max_rank, control_seed=options.control_seed,
+        max_rank=options.max_rank, control_seed=options.control_seed, base_mismatch=options.base_mismatch,
     )
 
 

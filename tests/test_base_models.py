@@ -68,3 +68,21 @@ def test_a_real_mismatch_is_refused_unless_overridden(tiny, tmp_path: Path) -> N
     allowed = runner.invoke(main, [*args, "--base-mismatch", "ok"])
     assert allowed.exit_code == 0, allowed.output
     assert "warning:" in allowed.stderr and "different base models" in allowed.stderr
+
+
+def test_an_output_made_with_base_mismatch_ok_rebuilds_from_its_record(tiny, tmp_path: Path) -> None:
+    a = _with_base(tiny["lora_a"], tmp_path / "a", "owner/model-one")
+    b = _with_base(tiny["lora_b"], tmp_path / "b", "owner/model-two")
+    out = tmp_path / "out"
+    made = CliRunner().invoke(main, ["compose", "a + b", "-a", f"a={a}", "-a", f"b={b}", "--space", "delta",
+                                     "--base-mismatch", "ok", "-o", str(out)])
+    assert made.exit_code == 0, made.output
+    record = json.loads((out / "adaptermath.json").read_text())
+    assert record["recipe"]["options"]["base_mismatch"] == "ok"
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    rebuilt = CliRunner().invoke(main, ["run", str(out), "--force"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    # an output made without the override records nothing about it
+    plain = am.compose("a", {"a": a}, space="delta").save(tmp_path / "plain")
+    assert "base_mismatch" not in json.loads((plain / "adaptermath.json").read_text())["recipe"]["options"]
