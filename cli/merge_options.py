@@ -45,3 +45,24 @@ def method_options(density: float | None, drop: float | None, seed: int | None, 
         except ValueError:
             options[name] = text
     return options
+
+
+def compose_flags(func: F) -> F:
+    """The compose options of commands that compose at many points (sweep, search): ``--space``,
+    ``--negate-factor``, ``--normalize``, ``--rank``, ``--heads``, the method flags, ``--energy``
+    and ``--max-rank``."""
+    decorators = [
+        click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
+            help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic (see compose)."),
+        click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
+            help="Param space: which LoRA factor carries a negative coefficient."),
+        click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point (trial)."),
+        click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank."),
+        click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand."),
+        method_flags,
+        click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖²."),
+        click.option("--max-rank", type=int, default=None, help="Cap every output rank."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func

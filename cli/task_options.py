@@ -3,9 +3,13 @@ shell escapes in templates, and quiet transformers logging."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+import click
 
 from adaptermath.errors import AdapterMathError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def unescape(text: str | None) -> str | None:
@@ -57,3 +61,23 @@ def task_options(task: str, given: dict[str, Any]) -> dict[str, Any]:
             raise AdapterMathError(f"{flags[name]} does not apply to --task {task}")
         options[name] = value
     return options
+
+
+def evaluator_flags(func: F) -> F:
+    """The data and evaluator options of sweep and search (each adds its own sampling-seed option)."""
+    decorators = [
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split."),
+        click.option("--text-field", default="text", show_default=True, help="Field holding the text or prompt."),
+        click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]"),
+        click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations."),
+        click.option("--template", default=None, help="Prompt template with {text}."),
+        click.option("--max-length", type=click.IntRange(min=2), default=None, help="Perplexity window / classification truncation."),
+        click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride."),
+        click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate."),
+        click.option("--scorer", default=None, help="Toxicity scorer."),
+        click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func

@@ -13,9 +13,9 @@ from adaptermath.choices import MODEL_TYPES, SAMPLERS, SWEEP_TASKS
 from adaptermath.cli.main import main
 
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json, progress
-from ..merge_options import method_flags, method_options
+from ..merge_options import compose_flags, method_options
 from .sweep import print_test_evidence
-from ..task_options import quiet_transformers, task_options, unescape
+from ..task_options import evaluator_flags, quiet_transformers, task_options, unescape
 
 
 @main.command("search", cls=ExpressionCommand)
@@ -54,28 +54,9 @@ from ..task_options import quiet_transformers, task_options, unescape
 @click.option("--no-baselines", is_flag=True, help="Skip the zero-point and operand-alone test baselines.")
 @click.option("--confidence", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Level of the intervals on every metric and on the test differences.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
-              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic.")
-@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
-              help="Param space: which LoRA factor carries a negative coefficient.")
-@click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every trial.")
-@click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
-@click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
-@method_flags
-@click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
-@click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
-@click.option("--text-field", default="text", show_default=True, help="Field holding the text.")
-@click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
-@click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations.")
-@click.option("--template", default=None, help="Prompt template with {text}.")
-@click.option("--max-length", type=click.IntRange(min=2), default=None, help="Perplexity window / classification truncation.")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate.")
+@compose_flags
+@evaluator_flags
 @click.option("--eval-seed", type=int, default=None, help="Toxicity: sampling seed of the continuations.")
-@click.option("--scorer", default=None, help="Toxicity scorer.")
-@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Examples per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @dtype_option("Base model dtype; auto keeps the checkpoint's.  [default: float32]")

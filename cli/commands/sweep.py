@@ -16,8 +16,8 @@ from adaptermath.cli.main import main
 
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json
 from ..engine_options import engine_options
-from ..merge_options import method_flags, method_options
-from ..task_options import quiet_transformers, task_options, unescape
+from ..merge_options import compose_flags, method_options
+from ..task_options import evaluator_flags, quiet_transformers, task_options, unescape
 
 if TYPE_CHECKING:
     from adaptermath.sweep import SweepRecord
@@ -91,29 +91,10 @@ def _seeds(text: str | None) -> list[int] | None:
 @click.option("--seeds", "seed_list", default=None, metavar="S1,S2,...",
               help="Repeat the whole protocol once per seed (sampling, random() controls, bootstrap) in DIR/seed-N/; "
                    "report mean ± std across seeds.")
-@click.option("--space", type=click.Choice(["param", "delta"]), default="param", show_default=True,
-              help="param: the paper's operators on raw factors; delta: exact ΔW arithmetic (see compose).")
-@click.option("--negate-factor", type=click.Choice(["A", "B"]), default="B", show_default=True,
-              help="Param space: which LoRA factor carries a negative coefficient.")
-@click.option("--normalize", is_flag=True, help="Scale coefficients so that Σ|cᵢ| = 1 at every point.")
-@click.option("--rank", type=int, default=None, help="Delta space: compress each module to this rank.")
-@click.option("--heads", default=None, metavar="NAME", help="Take modules_to_save tensors from this operand.")
-@method_flags
-@click.option("--energy", type=float, default=None, help="Keep per module the singular values holding this share of ‖ΔW‖².")
-@click.option("--max-rank", type=int, default=None, help="Cap every output rank.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N records of each split.")
-@click.option("--text-field", default="text", show_default=True, help="Field holding the text or prompt.")
-@click.option("--label-field", default=None, help="Field holding the gold label.  [default: label]")
-@click.option("--labels", default=None, metavar="A,B,...", help="Classification: the label verbalisations.")
-@click.option("--template", default=None, help="Prompt template with {text}.")
-@click.option("--max-length", type=click.IntRange(min=2), default=None, help="Perplexity window / classification truncation.")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Perplexity: sliding-window stride.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Toxicity: continuations per prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Toxicity: tokens to generate.")
+@compose_flags
+@evaluator_flags
 @click.option("--seed", type=int, default=None,
               help="Toxicity: seed of the sampled continuations [0] (a dare drop seed is --method-option seed=N).")
-@click.option("--scorer", default=None, help="Toxicity scorer.")
-@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None, help="Toxicity threshold.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences per forward pass (windows for perplexity, rows for generation).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
