@@ -879,6 +879,7 @@ def search(
     allow_pickle: bool = False,
     on_trial: Callable[[Any], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    engine: Any = None,
     **task_options: Any,
 ) -> SearchResult:
     """Search ``variables`` (``["λ=-1:1", "μ=0.01:1,log"]``) of ``expression`` on ``val`` with
@@ -894,8 +895,11 @@ def search(
     On ``test`` every evaluation keeps its per-example records (``output/examples/``) and a
     ``confidence`` interval on each metric, and the chosen trial is compared with each baseline on
     the same examples (``result.comparisons``), as in a sweep. The compose and evaluator options
-    are those of :func:`adaptermath.sweep.sweep`.
+    are those of :func:`adaptermath.sweep.sweep`. ``engine`` (an
+    :class:`~adaptermath.evaluation.engine.EngineSpec`) scores trials on an inference engine with
+    runtime adapter loading, as in a sweep (docs/engines.md); a launched server serves one worker.
     """
+    from .evaluation.engine import check_engine_task, engine_spec
     from .evaluation.run import _check_options
     from .evaluation.statistics import check_confidence
 
@@ -903,6 +907,11 @@ def search(
         raise AdapterMathError(f"search task must be one of {', '.join(DEFAULT_METRICS)}, got {task!r}")
     _check_options(task, task_options)
     check_confidence(confidence)
+    spec = engine_spec(engine)
+    check_engine_task(spec, task)
+    if spec.launch and workers > 1:
+        raise AdapterMathError("--engine-launch starts one server for one worker: start vLLM yourself and give "
+                               "every worker its --engine-url, or use --workers 1")
     goals = [o if isinstance(o, Objective) else parse_objective(o) for o in objectives] or [
         Objective(DEFAULT_METRICS[task][0], DEFAULT_METRICS[task][1])]
     limits = [c if isinstance(c, Constraint) else parse_constraint(c) for c in constraints]
@@ -925,7 +934,7 @@ def search(
     first = plan.sweep_plan(adapters).composed(plan.reference_point())  # checks the composition early
     scorer = ModelScorer.for_adapter(first, base=base, task=task, val=val, test=test, model_type=model_type,
                                      gguf_file=gguf_file, device=device, dtype=dtype, text_field=text_field,
-                                     limit=limit, task_options=task_options)
+                                     limit=limit, task_options=task_options, engine=spec)
     data = scorer.fingerprint()
     data.pop("test")  # test data only reports the choice: trials do not depend on it
     fingerprint = {
@@ -935,9 +944,14 @@ def search(
         "compose": compose_options,
         **data,
     }
-    result = run_search(plan, scorer, settings, fingerprint=fingerprint, force=force, test=test is not None,
-                        baselines=baselines, pick=pick, on_trial=on_trial, on_progress=on_progress, output=folder,
-                        confidence=confidence)
+    if spec.name != "transformers":  # transformers fingerprints stay as they were, so old studies resume
+        fingerprint["engine"] = spec.name
+    try:
+        result = run_search(plan, scorer, settings, fingerprint=fingerprint, force=force, test=test is not None,
+                            baselines=baselines, pick=pick, on_trial=on_trial, on_progress=on_progress, output=folder,
+                            confidence=confidence)
+    finally:
+        scorer.close()
     if folder is not None:
         write_search_outputs(result, folder)
         if write_adapter and result.chosen is not None:

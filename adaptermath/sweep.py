@@ -679,8 +679,12 @@ class ModelScorer:
             yield session.attach, evaluate
 
     def start(self) -> tuple[Callable[[Any], Any], Evaluator]:
-        """:meth:`open` for the life of this process (a search worker's): the session stays open."""
+        """:meth:`open` until :meth:`close` (a search's): the session stays open between trials."""
         return self._session.enter_context(self.open())
+
+    def close(self) -> None:
+        """Close what :meth:`start` opened (a launched server is stopped); a no-op otherwise."""
+        self._session.close()
 
     def fingerprint(self) -> dict[str, Any]:
         """What the scores depend on besides the adapter: task, options, base model, data."""

@@ -287,6 +287,22 @@ def test_sweep_cli_runs_on_the_engine(files, tmp_path, length_scorer):
     assert server.paths().count("/v1/load_lora_adapter") == 2 == server.paths().count("/v1/unload_lora_adapter")
 
 
+def test_search_cli_runs_on_the_engine(files, tmp_path, length_scorer):
+    pytest.importorskip("optuna", reason="pip install 'adaptermath[search]'")
+    with FakeVllm(str(files["base"])) as server:
+        code, out, err = run_cli(
+            "search", "x + λ*y", "-a", f"x={files['x']}", "-a", f"y={files['y']}", "--base", files["base"],
+            "--task", "toxicity", "--var", "λ=0:1", "--trials", "2", "--seed", "0", "--val", files["prompts"],
+            "--scorer", length_scorer, "--max-new-tokens", "2", "--engine", "vllm", "--engine-url", server.url,
+            "-o", tmp_path / "search", "--json")
+        assert code == 0, err
+        assert json.loads(out)["trials"] == 2
+        loads = server.paths().count("/v1/load_lora_adapter")
+        assert loads >= 2 and loads == server.paths().count("/v1/unload_lora_adapter")
+    study = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert study["expression"] == "x + λ*y"
+
+
 # --- --engine-launch: a stand-in vLLM module started as a process group ----------------------
 
 

@@ -12,6 +12,7 @@ from adaptermath.errors import AdapterMathError
 from adaptermath.choices import MODEL_TYPES, SAMPLERS, SWEEP_TASKS
 from adaptermath.cli.main import main
 
+from ..engine_options import engine_options
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json, progress
 from ..merge_options import compose_flags, method_options
 from .sweep import print_test_evidence
@@ -64,6 +65,7 @@ from ..task_options import evaluator_flags, quiet_transformers, task_options, un
               help="Folder for study.db (resumable), search.json, trials.csv, plots and the chosen adapter (DIR/adapter).")
 @click.option("--force", is_flag=True, help="Delete the study and start over.")
 @click.option("--allow-pickle", is_flag=True, help="Allow reading adapter_model.bin (pickle) with weights_only loading.")
+@engine_options
 @json_option
 def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_file: str | None, model_type: str,
                    task: str, val: str, test: str | None, variables: tuple[str, ...], trials: int, sampler: str,
@@ -76,7 +78,7 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
                    template: str | None, max_length: int | None, stride: int | None, num_samples: int | None,
                    max_new_tokens: int | None, eval_seed: int | None, scorer: str | None, threshold: float | None,
                    batch_size: int, device: str, dtype: str | None, output: Path, force: bool, allow_pickle: bool,
-                   as_json: bool) -> None:
+                   engine: Any, as_json: bool) -> None:
     """Search the free variables of EXPRESSION with Optuna; choose on --val, score on --test.
 
     Each trial composes the adapter at a point the sampler proposes and swaps it into the live
@@ -125,7 +127,7 @@ def search_command(expression: str, adapters: tuple[str, ...], base: str, gguf_f
             normalize=normalize, rank=rank, heads=heads, method=method, method_options=method_options(density, drop, None, method_option_values),
             energy=energy, max_rank=max_rank, gguf_file=gguf_file, model_type=model_type, device=device, dtype=dtype,
             text_field=text_field, limit=limit, allow_pickle=allow_pickle, on_progress=on_progress, batch_size=batch_size,
-            **evaluator_options,
+            engine=engine, **evaluator_options,
         )
     summary = result.to_dict()
     adapter = output / "adapter" if result.chosen is not None else None
