@@ -77,6 +77,9 @@ class FakeScorer:
 
         return attach, evaluate
 
+    def close(self) -> None:
+        """Nothing to stop: :meth:`start` launched no server (ModelScorer's protocol)."""
+
     def fingerprint(self) -> dict[str, Any]:
         """What :func:`adaptermath.search.search` records of a ModelScorer (tests that stand this in for it)."""
         return {"task": "classification", "fake": True, "records": self.records, "test": None}
