@@ -1354,6 +1354,25 @@ def _record_evaluation(output: Path, entries: list[dict[str, Any]]) -> None:
         write_json(tmp, record)
 
 
+def _results_folder(recipe: Recipe, section: str, path: str, output: Path) -> Path:
+    """The results folder of a recipe's ``sweep`` or ``search``: outside ``output`` (which is replaced)."""
+    results = Path(resolve_path(path, recipe.folder))
+    if _inside(results, output):
+        raise RecipeError(f"{recipe.source}: field '{section}.results' ({results}) must lie outside the output folder "
+                          f"{output}, which is replaced when the adapter is written")
+    if results.exists() and not results.is_dir():
+        raise RecipeError(f"{recipe.source}: field '{section}.results': {results} exists and is not a folder")
+    return results
+
+
+def _evaluation_data(recipe: Recipe, spec: Any) -> tuple[str, str, str | None]:
+    """A sweep's or search's base model, validation and (optional) test data, resolved beside the recipe."""
+    base, _ = resolve_resource(spec.base, recipe.folder)
+    val, _ = resolve_resource(spec.val, recipe.folder)
+    test = resolve_resource(spec.test, recipe.folder)[0] if spec.test else None
+    return base, val, test
+
+
 def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
     """Run the recipe's sweep (:func:`adaptermath.sweep.sweep`) and write its results folder."""
     from .methods import get_method
@@ -1361,20 +1380,13 @@ def _run_sweep(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any:
 
     spec = recipe.sweep
     assert spec is not None
-    results = Path(resolve_path(spec.results, recipe.folder))
-    if _inside(results, output):
-        raise RecipeError(f"{recipe.source}: field 'sweep.results' ({results}) must lie outside the output folder {output}, "
-                          "which is replaced when the adapter is written")
-    if results.exists() and not results.is_dir():
-        raise RecipeError(f"{recipe.source}: field 'sweep.results': {results} exists and is not a folder")
+    results = _results_folder(recipe, "sweep", spec.results, output)
     grid = {name: list(values) for name, values in spec.grid.items()}
     method_variables = get_method(recipe.method).variable_names(recipe.method_options)
     for name in [*_free_variables(recipe), *method_variables]:  # a variable fixed under `variables`: a one-value grid
         if name not in grid and name in recipe.variables:
             grid[name] = [recipe.variables[name]]
-    base, _ = resolve_resource(spec.base, recipe.folder)
-    val, _ = resolve_resource(spec.val, recipe.folder)
-    test = resolve_resource(spec.test, recipe.folder)[0] if spec.test else None
+    base, val, test = _evaluation_data(recipe, spec)
     options = recipe.options
     say(f"sweeping {', '.join(f'{n} over {len(v)} values' for n, v in spec.grid.items())} ({spec.task} on {val})")
 
@@ -1416,15 +1428,8 @@ def _run_search(recipe: Recipe, output: Path, say: Callable[[str], None]) -> Any
 
     spec = recipe.search
     assert spec is not None
-    results = Path(resolve_path(spec.results, recipe.folder))
-    if _inside(results, output):
-        raise RecipeError(f"{recipe.source}: field 'search.results' ({results}) must lie outside the output folder {output}, "
-                          "which is replaced when the adapter is written")
-    if results.exists() and not results.is_dir():
-        raise RecipeError(f"{recipe.source}: field 'search.results': {results} exists and is not a folder")
-    base, _ = resolve_resource(spec.base, recipe.folder)
-    val, _ = resolve_resource(spec.val, recipe.folder)
-    test = resolve_resource(spec.test, recipe.folder)[0] if spec.test else None
+    results = _results_folder(recipe, "search", spec.results, output)
+    base, val, test = _evaluation_data(recipe, spec)
     options = recipe.options
     say(f"searching {', '.join(f'{n} in {r}' for n, r in spec.variables.items())} with {spec.sampler} "
         f"({spec.trials} trials, {spec.task} on {val})")

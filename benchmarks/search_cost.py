@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from perturbed_adapters import perturbed_adapters
 
 
 ADJECTIVES = {"positive": ["moving", "funny", "gripping", "beautiful", "clever", "warm"],
@@ -52,8 +53,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     import adaptermath as am
     from adaptermath.evaluation import attach_adapter, clear_model_cache, evaluate_classification, load_base_model
@@ -61,21 +60,11 @@ def main() -> None:
 
     base = smollm2_model_dir()
     work = Path(tempfile.mkdtemp(prefix="search-cost-"))
-    init = am.init_adapter(base, work / "init", kind="lora", target_modules=["q_proj", "v_proj"], r=8, lora_alpha=16, seed=0)
-    names = ["cls", "tgt", "src"]
-    for seed, name in enumerate(names, start=1):
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(init), is_trainable=True)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for pname, param in model.named_parameters():
-                if param.requires_grad:
-                    param.add_((0.002 if "lora_A" in pname else 0.02) * torch.randn(param.shape, generator=generator))
-        model.save_pretrained(work / name)
+    operands = perturbed_adapters(base, work)
     rows = [review(i) for i in range(args.examples)]
     data = work / "val.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     options = dict(labels="negative,positive", template="Review: {text}\nSentiment:")
-    operands = {n: work / n for n in names}
     clear_model_cache()
 
     def clocks() -> tuple[float, float]:
