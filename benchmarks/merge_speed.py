@@ -147,7 +147,7 @@ def worker(spec: dict[str, Any]) -> None:
         expression = " + ".join(names)
         operands = dict(zip(names, map(str, inputs)))
         kwargs: dict[str, Any] = {
-            "am-linear": {}, "am-cat": {"space": "delta"}, "am-svd": {"space": "delta", "rank": spec["rank"]},
+            "am-linear": {"space": "param"}, "am-cat": {"space": "delta"}, "am-svd": {"space": "delta", "rank": spec["rank"]},
             "am-ties": {"method": "ties", "method_options": {"density": DENSITY}, "rank": spec["rank"]},
         }[kind]
         result = am.compose(expression, operands, **kwargs)

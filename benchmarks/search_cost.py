@@ -78,11 +78,11 @@ def main() -> None:
     loaded = load_base_model(base)
     load = since(started)
 
-    model = attach_adapter(loaded.model, am.compose("cls + 0.3*tgt - 0.1*src", operands))
+    model = attach_adapter(loaded.model, am.compose("cls + 0.3*tgt - 0.1*src", operands, space="delta"))
     evaluate_classification(model, loaded.tokenizer, str(data), **options)  # warm-up
     started = clocks()
     for index in range(args.repeats):
-        model = attach_adapter(model, am.compose(f"cls + {0.1 + 0.1 * index}*tgt - 0.2*src", operands))
+        model = attach_adapter(model, am.compose(f"cls + {0.1 + 0.1 * index}*tgt - 0.2*src", operands, space="delta"))
         evaluate_classification(model, loaded.tokenizer, str(data), **options)
     evaluation = tuple(t / args.repeats for t in since(started))
 
@@ -90,7 +90,7 @@ def main() -> None:
     started = clocks()
     result = am.search("cls + λ*tgt - μ*src", operands, base=base, task="classification",
                        variables=["λ=0:0.5", "μ=0:0.5"], val=str(data), trials=args.trials, seed=0,
-                       output=work / "search", **options)
+                       output=work / "search", space="delta", **options)
     searched = since(started)
 
     import optuna

@@ -52,18 +52,19 @@ def main() -> None:
     loaded = load_base_model(base)
     load_s = time.perf_counter() - started
 
-    composed = am.compose("cls + 0.3*(tgt - src)", operands)
+    composed = am.compose("cls + 0.3*(tgt - src)", operands, space="delta")
     model = attach_adapter(loaded.model, composed)
     evaluate_classification(model, loaded.tokenizer, str(data), **options)  # warm-up
     started = time.perf_counter()
-    model = attach_adapter(model, am.compose("cls + 0.2*(tgt - src)", operands))
+    model = attach_adapter(model, am.compose("cls + 0.2*(tgt - src)", operands, space="delta"))
     evaluate_classification(model, loaded.tokenizer, str(data), **options)
     eval_s = time.perf_counter() - started
 
     clear_model_cache()
     grid = [round(0.5 * i / max(args.points - 1, 1), 6) for i in range(args.points)]
     started = time.perf_counter()
-    am.sweep("cls + λ*(tgt - src)", operands, base=base, task="classification", grid={"λ": grid}, val=str(data), **options)
+    am.sweep("cls + λ*(tgt - src)", operands, base=base, task="classification", grid={"λ": grid}, val=str(data), space="delta",
+             **options)
     sweep_s = time.perf_counter() - started
 
     expected = load_s + args.points * eval_s
