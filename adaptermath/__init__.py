@@ -13,11 +13,11 @@ comparison of two runs), :func:`report` (re-render a results folder),
 (other formats: :mod:`adaptermath.formats`).
 """
 
-__version__ = "0.1.0"
-
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from .version import __version__
 
 # Public names, imported on first use (``import adaptermath`` stays light: no torch until needed).
 _LAZY = {
@@ -40,8 +40,8 @@ _LAZY = {
     "Ia3Module": "modules",
     "LoraModule": "modules",
     "negate": "negation",
-    "load_recipe": "recipe",
-    "run_recipe": "recipe",
+    "load_recipe": "recipe.validate",
+    "run_recipe": "recipe.run",
     "report": "report",
     "search": "search",
     "sweep": "sweep",
@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     from .inspection import inspect_adapter
     from .modules import Ia3Module, LoraModule
     from .negation import negate
-    from .recipe import load_recipe, run_recipe
+    from .recipe.run import run_recipe
+    from .recipe.validate import load_recipe
     from .report import report
     from .search import search
     from .sweep import sweep

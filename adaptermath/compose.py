@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
 from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
@@ -43,11 +42,12 @@ from .formats.compat import check_composable, uses_format_writer
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .methods import get_method, module_generator
 from .modules import Ia3Module, LoraModule
+from .provenance import PROVENANCE_NAME, recorded_recipe, write_json
+from .version import __version__
 
 SPACES = ("param", "delta")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-PROVENANCE_NAME = "adaptermath.json"
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DEFAULT_DIAGNOSTIC_THRESHOLD = 0.25
 
@@ -474,11 +474,9 @@ class ComposedAdapter:
         """The ``adaptermath.json`` record: how this adapter was made, with each input's sha256.
 
         ``recipe`` defaults to the one that rebuilds this adapter into ``output``
-        (:func:`adaptermath.recipe.recorded_recipe`).
+        (:func:`adaptermath.provenance.recorded_recipe`).
         """
         if recipe is None:
-            from .recipe import recorded_recipe
-
             recipe = recorded_recipe(self, output)
         return {
             "format": "adaptermath.provenance/1",
@@ -581,15 +579,6 @@ def _torch_threads(count: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as strict JSON (a NaN or Infinity, which JSON cannot hold, is an error)."""
-    try:
-        text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise CompositionError(f"{path.name}: a value is NaN or infinite, which JSON cannot hold; nothing was written") from None
-    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _clean_number(value: float) -> int | float:

@@ -313,7 +313,7 @@ def write_peft_folder(output: Path, plan: list[OutputModule], factors: Iterable[
 
     ``protected`` (the inputs) must not be replaced (:func:`adaptermath.io.check_output_location`).
     """
-    from ..compose import PROVENANCE_NAME, write_json
+    from ..provenance import PROVENANCE_NAME, write_json
 
     extra_keys = list(extra_keys)
     with atomic_output_dir(output, force=force, protected=protected) as tmp:
