@@ -33,8 +33,8 @@ _LAZY = {
     "diff": "evaluation.evidence",
     "LinearCombination": "expression",
     "parse_expression": "expression",
-    "convert": "formats",
-    "detect_format": "formats",
+    "convert": "formats.convert",
+    "detect_format": "formats.detect",
     "init_adapter": "init_adapter",
     "inspect_adapter": "inspection",
     "Ia3Module": "modules",
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from .evaluation import evaluate
     from .evaluation.evidence import diff
     from .expression import LinearCombination, parse_expression
-    from .formats import convert, detect_format
+    from .formats.convert import convert
+    from .formats.detect import detect_format
     from .init_adapter import init_adapter
     from .inspection import inspect_adapter
     from .modules import Ia3Module, LoraModule
