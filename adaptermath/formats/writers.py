@@ -1,6 +1,7 @@
 """Writing LoRA modules as a PEFT folder, a kohya file or a diffusers file.
 
-:func:`adaptermath.formats.convert` and ``ComposedAdapter.save(format=...)`` share this module.
+:func:`adaptermath.formats.convert` and ``ComposedAdapter.save(format=...)`` share this module (a
+composed adapter's own PEFT folder is written by :mod:`adaptermath.formats.peft_writer`).
 Every module is a pair of LoRA factors in their stored shapes — A (r, in[, kh, kw]) and
 B (out, r[, 1, 1]) — plus α (s = α/r); the formats differ only in names and where α lives:
 

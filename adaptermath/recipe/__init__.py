@@ -27,7 +27,6 @@ from ..facade import make_lazy
 # Public names -> the module (in this package) that defines them.
 _LAZY = {
     "RECIPE_VERSION": "schema",
-    "PROVENANCE_FILE": "schema",
     "PROVENANCE_FORMAT_PREFIX": "schema",
     "TOP_FIELDS": "schema",
     "OPTION_FIELDS": "schema",

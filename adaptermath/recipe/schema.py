@@ -9,9 +9,7 @@ from typing import Any
 
 import yaml
 
-
 RECIPE_VERSION = 1
-PROVENANCE_FILE = "adaptermath.json"
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
 TOP_FIELDS = ("version", "inputs", "expression", "variables", "space", "method", "method_options", "options", "output",

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterMathError, RecipeError
+from ..provenance import PROVENANCE_NAME
 from .checker import _Checker, _describe
 from .schema import (
-    CONTROLS, FieldPath, OPTION_FIELDS, PROVENANCE_FILE, PROVENANCE_FORMAT_PREFIX, Recipe, RECIPE_VERSION,
+    CONTROLS, FieldPath, OPTION_FIELDS, PROVENANCE_FORMAT_PREFIX, Recipe, RECIPE_VERSION,
     RecipeOptions, SPACES, TOP_FIELDS,
 )
 from .sections import (
@@ -212,10 +213,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     source = str(path)
     target = Path(path).expanduser()
     if target.is_dir():
-        if not (target / PROVENANCE_FILE).is_file():
-            raise RecipeError(f"{source} is a folder without {PROVENANCE_FILE}; give a recipe file or an adaptermath output folder")
-        target = target / PROVENANCE_FILE
-        source = str(Path(source) / PROVENANCE_FILE)
+        if not (target / PROVENANCE_NAME).is_file():
+            raise RecipeError(f"{source} is a folder without {PROVENANCE_NAME}; give a recipe file or an adaptermath output folder")
+        target = target / PROVENANCE_NAME
+        source = str(Path(source) / PROVENANCE_NAME)
     if not target.is_file():
         raise RecipeError(f"{source}: no such recipe file")
     try:
