@@ -13,10 +13,9 @@ comparison of two runs), :func:`report` (re-render a results folder),
 (other formats: :mod:`adaptermath.formats`).
 """
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .facade import make_lazy
 from .version import __version__
 
 # Public names, imported on first use (``import adaptermath`` stays light: no torch until needed).
@@ -70,32 +69,7 @@ if TYPE_CHECKING:
     from .sweep import sweep
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access (PEP 562)."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'adaptermath' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """``adaptermath.compose``, ``.sweep``, ``.bake`` and the other same-named names are functions, as when they were
-    imported eagerly: importing the submodule of the same name must not rebind the attribute."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+make_lazy(__name__)
 
 
 __all__ = [

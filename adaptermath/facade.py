@@ -14,8 +14,9 @@ from typing import Any
 
 
 class LazyPackage(types.ModuleType):
-    """A package module whose ``_LAZY`` names are imported on first access; importing a submodule
-    that has the name of one of them (``formats.convert``) does not rebind that name."""
+    """A package module whose ``_LAZY`` names are imported on first access. ``adaptermath.compose``,
+    ``.sweep``, ``formats.convert`` and the other names that are also submodule names stay the
+    functions: importing the submodule of the same name does not rebind them."""
 
     def __getattr__(self, name: str) -> Any:
         table = self.__dict__.get("_LAZY", {})
