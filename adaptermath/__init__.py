@@ -13,11 +13,10 @@ comparison of two runs), :func:`report` (re-render a results folder),
 (other formats: :mod:`adaptermath.formats`).
 """
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from .facade import make_lazy
+from .version import __version__
 
 # Public names, imported on first use (``import adaptermath`` stays light: no torch until needed).
 _LAZY = {
@@ -33,15 +32,15 @@ _LAZY = {
     "diff": "evaluation.evidence",
     "LinearCombination": "expression",
     "parse_expression": "expression",
-    "convert": "formats",
-    "detect_format": "formats",
+    "convert": "formats.convert",
+    "detect_format": "formats.detect",
     "init_adapter": "init_adapter",
     "inspect_adapter": "inspection",
     "Ia3Module": "modules",
     "LoraModule": "modules",
     "negate": "negation",
-    "load_recipe": "recipe",
-    "run_recipe": "recipe",
+    "load_recipe": "recipe.validate",
+    "run_recipe": "recipe.run",
     "report": "report",
     "search": "search",
     "sweep": "sweep",
@@ -57,43 +56,20 @@ if TYPE_CHECKING:
     from .evaluation import evaluate
     from .evaluation.evidence import diff
     from .expression import LinearCombination, parse_expression
-    from .formats import convert, detect_format
+    from .formats.convert import convert
+    from .formats.detect import detect_format
     from .init_adapter import init_adapter
     from .inspection import inspect_adapter
     from .modules import Ia3Module, LoraModule
     from .negation import negate
-    from .recipe import load_recipe, run_recipe
+    from .recipe.run import run_recipe
+    from .recipe.validate import load_recipe
     from .report import report
     from .search import search
     from .sweep import sweep
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access (PEP 562)."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'adaptermath' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """``adaptermath.compose``, ``.sweep``, ``.bake`` and the other same-named names are functions, as when they were
-    imported eagerly: importing the submodule of the same name must not rebind the attribute."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+make_lazy(__name__)
 
 
 __all__ = [

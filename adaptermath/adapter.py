@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Mapping
 
 import torch
 
+from .adapter_data import Adapter
 from .errors import AdapterLoadError, UnsupportedAdapterError
-from .modules import AdapterModule, Ia3Module, LoraModule
-
-CONFIG_NAME = "adapter_config.json"
-SAFETENSORS_NAME = "adapter_model.safetensors"
-PICKLE_NAME = "adapter_model.bin"
-KEY_PREFIX = "base_model.model."
+from .io.tensor_source import PickleSource, SafetensorsSource, TensorSource
+from .module_info import (
+    CONFIG_NAME, KEY_PREFIX, PICKLE_NAME, SAFETENSORS_NAME, Ia3ModuleInfo, LoraModuleInfo, ModuleInfo, lora_rank_and_alpha,
+    lora_scaling, natural_key,
+)
 
 # Suffixes of the tensors that make up one LoRA module, by layer kind: (A suffix, B suffix).
 LORA_SUFFIXES: dict[str, tuple[str, str]] = {
@@ -58,342 +57,6 @@ _UNSUPPORTED_TYPES = {
     "PREFIX_TUNING": "prefix tuning",
     "P_TUNING": "p-tuning",
 }
-
-
-def natural_key(text: str) -> tuple[Any, ...]:
-    """Sort key that orders ``layers.2`` before ``layers.10``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
-
-
-def pattern_key(patterns: Mapping[str, Any], module_name: str) -> str | None:
-    """The first key of ``rank_pattern``/``alpha_pattern`` that matches ``module_name``.
-
-    Same rule as PEFT: a key matches when ``re.match(rf"(.*\\.)?({key})$", module_name)``.
-    """
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_name):
-            return key
-    return None
-
-
-def lora_rank_and_alpha(config: Mapping[str, Any], module_name: str, alpha_key: str = "lora_alpha") -> tuple[int, float]:
-    """(r, α) of a module from ``r``/``lora_alpha`` (``alpha`` for LoHa/LoKr) and the rank/alpha patterns."""
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
-    key = pattern_key(rank_pattern, module_name)
-    r = _config_rank(rank_pattern[key], f"rank_pattern[{key!r}]") if key is not None else _config_rank(config.get("r", 8), "r")
-    key = pattern_key(alpha_pattern, module_name)
-    if key is not None:
-        alpha = _config_alpha(alpha_pattern[key], f"alpha_pattern[{key!r}]")
-    else:
-        alpha = _config_alpha(config.get(alpha_key, 8), alpha_key)
-    return r, alpha
-
-
-def _config_rank(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-        raise AdapterLoadError(f"{CONFIG_NAME}: {field_name} must be a positive whole number, got {value!r}")
-    return int(value)
-
-
-def _config_alpha(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value == 0:
-        raise AdapterLoadError(f"{CONFIG_NAME}: {field_name} must be a finite, non-zero number, got {value!r}")
-    return float(value)
-
-
-def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
-    """s = α/r, or α/√r with rsLoRA."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
-
-
-class _TensorSource(Protocol):
-    def keys(self) -> list[str]: ...
-    def shape(self, key: str) -> tuple[int, ...]: ...
-    def dtype(self, key: str) -> torch.dtype: ...
-    def get(self, key: str) -> torch.Tensor: ...
-
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-class _SafetensorsSource:
-    """Lazy access to a safetensors file: the header through ``safe_open`` (which validates the
-    file), each tensor by a positioned read (:mod:`adaptermath.io.safetensors_read`), so pages
-    already used do not stay resident while a large model is streamed."""
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        from .io.safetensors_read import SafetensorsTensorReader
-
-        self.path = path
-        try:
-            self._file = safe_open(str(path), framework="pt", device="cpu")
-            self._keys = list(self._file.keys())
-            self._meta = {k: self._file.get_slice(k) for k in self._keys}
-            self._reader = SafetensorsTensorReader(path)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AdapterLoadError(f"{path}: not a readable safetensors file ({reason})") from None
-
-    def keys(self) -> list[str]:
-        return self._keys
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._meta[key].get_shape())
-
-    def dtype(self, key: str) -> torch.dtype:
-        name = self._meta[key].get_dtype()
-        if name not in _ST_DTYPES:
-            raise UnsupportedAdapterError(f"{self.path}: tensor {key} has unsupported dtype {name}")
-        return _ST_DTYPES[name]
-
-    def get(self, key: str) -> torch.Tensor:
-        try:
-            return self._reader.read_bytes(key).view(self.dtype(key)).reshape(self.shape(key))
-        except Exception as exc:
-            raise AdapterLoadError(f"{self.path}: cannot read tensor {key} ({exc})") from None
-
-    def metadata(self) -> dict[str, str]:
-        return dict(self._file.metadata() or {})
-
-
-class _PickleSource:
-    """A ``adapter_model.bin`` state dict, loaded with ``torch.load(weights_only=True)``."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise AdapterLoadError(f"{path}: cannot read pickled state dict ({str(exc).splitlines()[0]})") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise AdapterLoadError(f"{path}: does not hold a state dict of tensors")
-        self._state: dict[str, torch.Tensor] = state
-
-    def keys(self) -> list[str]:
-        return list(self._state)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._state[key].shape)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self._state[key].dtype
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._state[key]
-
-    def metadata(self) -> dict[str, str]:
-        return {}
-
-
-@dataclass(frozen=True)
-class LoraModuleInfo:
-    """Shapes and scaling of one LoRA module, known without reading its tensors."""
-
-    name: str
-    layer: str  # "linear" | "embedding"
-    a_key: str
-    b_key: str
-    a_shape: tuple[int, ...]
-    b_shape: tuple[int, ...]
-    rank: int
-    alpha: float
-    scaling: float
-    # Set when the module is stored in another parametrisation (LoHa, LoKr) and re-emitted
-    # exactly as LoRA factors on read (adaptermath.formats.reemit): a_key/b_key then name the
-    # output's LoRA tensors and source_keys the stored ones, as (PEFT tensor name, key) pairs.
-    source_format: str = ""
-    source_keys: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self.a_shape[1:])
-
-    @property
-    def out_features(self) -> int:
-        return self.b_shape[0]
-
-
-@dataclass(frozen=True)
-class Ia3ModuleInfo:
-    """Shape and role of one (IA)^3 module, known without reading its tensor."""
-
-    name: str
-    key: str
-    shape: tuple[int, ...]
-    is_feedforward: bool
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-
-ModuleInfo = LoraModuleInfo | Ia3ModuleInfo
-
-
-@dataclass
-class Adapter:
-    """A PEFT adapter on disk: its config, module layout and lazily read tensors.
-
-    ``kind`` is ``"lora"`` or ``"ia3"``; ``modules`` maps each target module's name (its path in
-    the base model, e.g. ``model.layers.0.self_attn.q_proj``) to its shapes; ``extra_keys`` are
-    the other tensors (``modules_to_save`` copies such as a classification head), by key without
-    the ``base_model.model.`` prefix.
-    """
-
-    path: Path
-    config: dict[str, Any]
-    kind: str
-    modules: dict[str, ModuleInfo]
-    extra_keys: list[str]
-    weights_file: Path
-    source: str = ""
-    revision: str | None = None
-    commit_sha: str | None = None
-    _tensors: _TensorSource | None = field(default=None, repr=False)
-    _key_map: dict[str, str] = field(default_factory=dict, repr=False)
-    _hashes: dict[str, str] | None = field(default=None, repr=False)
-    # What is on disk (adaptermath.formats): "peft-lora" | "peft-ia3" | "peft-loha" | "peft-lokr" |
-    # "kohya" | "diffusers". LoHa/LoKr and Stable-Diffusion LoRA files present themselves to the
-    # algebra as LoRA (``kind`` "lora", ``config`` a LoRA config); ``source_config`` is the
-    # file's own config when it differs (LoHa/LoKr).
-    format: str = "peft-lora"
-    source_config: dict[str, Any] | None = None
-
-    # ----------------------------------------------------------------- properties
-    @property
-    def base_model(self) -> str | None:
-        return self.config.get("base_model_name_or_path")
-
-    @property
-    def peft_type(self) -> str:
-        return str(self.config.get("peft_type", "")).upper()
-
-    @property
-    def module_names(self) -> list[str]:
-        return list(self.modules)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the module tensors (the most common one)."""
-        counts: dict[torch.dtype, int] = {}
-        for info in self.modules.values():
-            for key in _info_keys(info):
-                dt = self._source.dtype(self._key_map[key])
-                counts[dt] = counts.get(dt, 0) + 1
-        return max(counts, key=lambda d: counts[d]) if counts else torch.float32
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(math.prod(self._source.shape(k)) for k in self._source.keys())
-
-    @property
-    def _source(self) -> _TensorSource:
-        assert self._tensors is not None
-        return self._tensors
-
-    def _full_key(self, key: str) -> str:
-        if key not in self._key_map:
-            raise AdapterLoadError(f"{self.source or self.path}: no tensor named {key}")
-        return self._key_map[key]
-
-    # ----------------------------------------------------------------- tensors
-    def tensor(self, key: str) -> torch.Tensor:
-        """Read one tensor by key (without the ``base_model.model.`` prefix); checks it is finite."""
-        full = self._full_key(key)
-        tensor = self._source.get(full)
-        if tensor.is_floating_point() and not _all_finite(tensor):
-            raise AdapterLoadError(f"{self.source or self.path}: tensor {full} contains NaN or Inf values")
-        return tensor
-
-    def module(self, name: str) -> AdapterModule:
-        """Read one target module's tensors."""
-        info = self.modules.get(name)
-        if info is None:
-            raise AdapterLoadError(f"{self.source or self.path}: no target module named {name!r}")
-        if isinstance(info, LoraModuleInfo) and info.source_format:
-            from .formats.reemit import reemit_module
-
-            return reemit_module(info, self.tensor)
-        if isinstance(info, LoraModuleInfo):
-            a = self.tensor(info.a_key)
-            b = self.tensor(info.b_key)
-            if info.layer == "embedding":
-                a2, b2 = a, b  # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r)
-            else:
-                a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-            return LoraModule(name, a2, b2, info.scaling, tuple(a.shape), tuple(b.shape))
-        tensor = self.tensor(info.key)
-        return Ia3Module(name, tensor.reshape(-1), info.is_feedforward, tuple(tensor.shape))
-
-    def iter_modules(self) -> Iterator[AdapterModule]:
-        for name in self.modules:
-            yield self.module(name)
-
-    def extra_tensor(self, key: str) -> torch.Tensor:
-        return self.tensor(key)
-
-    def norms(self) -> dict[str, float]:
-        """Frobenius norm of each module's update: ‖s·B·A‖ for LoRA (from r×r Grams), ‖l−1‖ for (IA)^3."""
-        from .algebra.lowrank import lowrank_frobenius_norm
-
-        out: dict[str, float] = {}
-        for module in self.iter_modules():
-            if isinstance(module, LoraModule):
-                out[module.name] = lowrank_frobenius_norm(module.scaling * module.B.float(), module.A.float())
-            else:
-                out[module.name] = float(module.deviation().norm())
-        return out
-
-    # ----------------------------------------------------------------- files
-    def files(self) -> dict[str, Path]:
-        if self.path == self.weights_file:  # a single-file format (kohya / diffusers LoRA file)
-            return {self.weights_file.name: self.weights_file}
-        return {CONFIG_NAME: self.path / CONFIG_NAME, self.weights_file.name: self.weights_file}
-
-    def file_hashes(self) -> dict[str, str]:
-        """sha256 of the config and weights files (computed once; large files remembered by identity
-        across runs, see :mod:`adaptermath.io.hash_cache`)."""
-        if self._hashes is None:
-            from .io.hash_cache import cached_sha256
-
-            self._hashes = {name: cached_sha256(path) for name, path in self.files().items()}
-        return self._hashes
-
-    @property
-    def license(self) -> str | None:
-        """The ``license`` declared in the adapter's README.md front matter (Hub model cards), if any."""
-        from .modelcard import read_card_license
-
-        return read_card_license(self.path / "README.md")
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files().values())
-
-    def metadata(self) -> dict[str, str]:
-        return self._source.metadata()  # type: ignore[attr-defined]
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or Inf entry. One reduction: the sum is finite unless an entry is not (or the sum
-    overflows — then each entry is checked)."""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
-
-
-def _info_keys(info: ModuleInfo) -> list[str]:
-    if isinstance(info, LoraModuleInfo):
-        return [key for _, key in info.source_keys] if info.source_keys else [info.a_key, info.b_key]
-    return [info.key]
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def load_adapter(ref: str | Path, *, allow_pickle: bool = False) -> Adapter:
@@ -533,23 +196,23 @@ def _check_config_types(config: Mapping[str, Any], source: str) -> None:
         raise fail("base_model_name_or_path", "text or null")
 
 
-def _open_weights(path: Path, source: str, allow_pickle: bool) -> tuple[Path, _TensorSource]:
+def _open_weights(path: Path, source: str, allow_pickle: bool) -> tuple[Path, TensorSource]:
     safetensors_path = path / SAFETENSORS_NAME
     pickle_path = path / PICKLE_NAME
     if safetensors_path.is_file():
-        return safetensors_path, _SafetensorsSource(safetensors_path)
+        return safetensors_path, SafetensorsSource(safetensors_path)
     if pickle_path.is_file():
         if not allow_pickle:
             raise AdapterLoadError(
                 f"{source}: only {PICKLE_NAME} (pickle) is present; pickles can run code when loaded — "
                 "pass --allow-pickle (allow_pickle=True) to read it with weights_only=True"
             )
-        return pickle_path, _PickleSource(pickle_path)
+        return pickle_path, PickleSource(pickle_path)
     raise AdapterLoadError(f"{source}: {SAFETENSORS_NAME} is missing")
 
 
 def _layout(
-    config: Mapping[str, Any], prefixed: Mapping[str, str], tensors: _TensorSource, source: str
+    config: Mapping[str, Any], prefixed: Mapping[str, str], tensors: TensorSource, source: str
 ) -> tuple[str, dict[str, ModuleInfo], list[str]]:
     peft_type = str(config["peft_type"]).upper()
     keys = sorted(prefixed, key=natural_key)
@@ -642,7 +305,7 @@ def _ia3_layout(config, keys, prefixed, tensors, source) -> tuple[dict[str, Modu
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check_float(tensors: _TensorSource, key: str, source: str) -> None:
+def _check_float(tensors: TensorSource, key: str, source: str) -> None:
     """Adapter factors are floating point; integer or boolean data would be read as its bits."""
     dtype = tensors.dtype(key)
     if dtype not in _FLOAT_DTYPES:

@@ -35,14 +35,15 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .adapter import KEY_PREFIX, Ia3ModuleInfo, LoraModuleInfo, lora_rank_and_alpha, lora_scaling
-from .compose import ComposedAdapter, compose, write_json
+from .compose import ComposedAdapter, compose
 from .errors import AdapterMathError, CompositionError
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .io.atomic import check_output_path
 from .io.output_safety import check_output_location
 from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
+from .provenance import PROVENANCE_NAME, recorded_recipe, write_json
+from .recipe.paths import _relative_to
 
-PROVENANCE_NAME = "adaptermath.json"
 BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
 BASE_LAYER = ".base_layer."
@@ -366,8 +367,6 @@ def _base_provenance(folder: ModelFolder, base_ref: str) -> dict[str, Any]:
 
 def bake_recipe(composed: ComposedAdapter, base_ref: str, output: Path, base_mismatch: str) -> dict[str, Any]:
     """The recipe that rebuilds this baked model: the compose recipe plus a ``bake`` section."""
-    from .recipe import _relative_to, recorded_recipe
-
     recipe = recorded_recipe(composed, output)
     base = base_ref if base_ref.startswith("hf://") else _relative_to(base_ref, output)
     recipe["bake"] = {"base": base, "base_mismatch": base_mismatch}

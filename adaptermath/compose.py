@@ -22,15 +22,12 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from . import __version__
 from .adapter import KEY_PREFIX, Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter, lora_rank_and_alpha, natural_key
 from .algebra.lowrank import param_vs_delta_deviation
 from .algebra.operators import combine_heads, delta_space_lora, ia3_combine, param_space_lora
@@ -40,14 +37,14 @@ from .errors import AdapterMathError, CompositionError
 from .controls import control_record, random_like
 from .expression import LinearCombination, control_name, control_target, is_control, parse_expression
 from .formats.compat import check_composable, uses_format_writer
-from .io import SafetensorsStreamWriter, atomic_output_dir
 from .methods import get_method, module_generator
 from .modules import Ia3Module, LoraModule
+from .provenance import recorded_recipe
+from .version import __version__
 
 SPACES = ("param", "delta")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-PROVENANCE_NAME = "adaptermath.json"
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DEFAULT_DIAGNOSTIC_THRESHOLD = 0.25
 
@@ -474,11 +471,9 @@ class ComposedAdapter:
         """The ``adaptermath.json`` record: how this adapter was made, with each input's sha256.
 
         ``recipe`` defaults to the one that rebuilds this adapter into ``output``
-        (:func:`adaptermath.recipe.recorded_recipe`).
+        (:func:`adaptermath.provenance.recorded_recipe`).
         """
         if recipe is None:
-            from .recipe import recorded_recipe
-
             recipe = recorded_recipe(self, output)
         return {
             "format": "adaptermath.provenance/1",
@@ -529,7 +524,7 @@ class ComposedAdapter:
 
     def save(self, output: str | Path, *, force: bool = False, progress: ProgressCallback | None = None,
              recipe: Mapping[str, Any] | None = None, format: str | None = None) -> Path:
-        """Write a PEFT adapter folder atomically: config, safetensors (streamed), provenance.
+        """Write the result: a PEFT adapter folder (:mod:`adaptermath.formats.peft_writer`), atomically.
 
         ``format`` ("peft" | "kohya" | "diffusers"; default: the first operand's) picks the output
         format; kohya/diffusers results are single ``.safetensors`` files keeping the first
@@ -539,25 +534,9 @@ class ComposedAdapter:
             from .formats.writers import save_composed_file
 
             return save_composed_file(self, output, format, force=force, progress=progress, recipe=recipe)
-        output = Path(output).expanduser()
-        if output.suffix.lower() in (".safetensors", ".bin", ".pt", ".ckpt"):
-            raise CompositionError(
-                f"output {output} names a file, but the result is a PEFT adapter folder; give a folder name, "
-                "or --format kohya/diffusers to write a single LoRA file")
-        protected = [adapter.path for adapter in self.adapters.values()]
-        with atomic_output_dir(output, force=force, protected=protected) as tmp, ThreadPoolExecutor(max_workers=1) as hasher:
-            # The inputs' sha256 (for the provenance) is computed on another core while tensors stream.
-            hashes = [hasher.submit(adapter.file_hashes) for adapter in self.adapters.values()]
-            keys = self.tensor_keys()
-            with _torch_threads(1 if self.streams_small_tensors else None), \
-                    SafetensorsStreamWriter(tmp / "adapter_model.safetensors", keys, metadata={"format": "pt"}) as writer:
-                for key, tensor in self.iter_tensors(progress):
-                    writer.add(key, tensor)
-            for done in hashes:
-                done.result()
-            write_json(tmp / "adapter_config.json", self.config)
-            write_json(tmp / PROVENANCE_NAME, self.provenance(recipe, output))
-        return output
+        from .formats.peft_writer import write_composed_folder
+
+        return write_composed_folder(self, output, force=force, progress=progress, recipe=recipe)
 
 
 def _non_finite(key: str, dtype: torch.dtype) -> CompositionError:
@@ -568,28 +547,6 @@ def _non_finite(key: str, dtype: torch.dtype) -> CompositionError:
                                 "write the result with --dtype fp32 (dtype='fp32') or use smaller coefficients")
     return CompositionError(f"tensor {name} of the result contains NaN or Inf; the coefficients are too large — "
                             "nothing was written")
-
-
-@contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """Run a block with ``count`` torch threads (None: leave the setting alone), then restore it."""
-    previous = torch.get_num_threads()
-    if count is not None and count != previous:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as strict JSON (a NaN or Infinity, which JSON cannot hold, is an error)."""
-    try:
-        text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise CompositionError(f"{path.name}: a value is NaN or infinite, which JSON cannot hold; nothing was written") from None
-    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _clean_number(value: float) -> int | float:

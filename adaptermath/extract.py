@@ -27,18 +27,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
 from .adapter import CONFIG_NAME, KEY_PREFIX, SAFETENSORS_NAME
 from .algebra.truncation import RankPolicy, dense_to_lora
-from .compose import write_json
 from .errors import AdapterMathError
 from .formats.config import lora_config
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .io.atomic import check_output_path
 from .methods import module_generator
 from .model_folder import ModelFolder, open_model_folder
+from .provenance import PROVENANCE_NAME, write_json
+from .version import __version__
 
-PROVENANCE_NAME = "adaptermath.json"
 FULL_SVD_SHARE = 0.25
 TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
               ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from adaptermath import __version__
+from adaptermath.version import __version__
 from adaptermath.errors import HubError
 from adaptermath.modelcard import (
     ADAPTER_CONFIG_FILE,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter import Adapter, Ia3ModuleInfo, LoraModuleInfo, load_adapter
-from .compose import PROVENANCE_NAME
+from .provenance import PROVENANCE_NAME
 from .formats.detect import describe_format
 
 

@@ -775,9 +775,9 @@ def score_test(plan: SweepPlan, scoring: _LazyScoring, chosen: TrialRow, *, base
 def write_trial_adapter(result: SearchResult, output: str | Path, *, trial: int | None = None, force: bool = False) -> Path:
     """Write the chosen (or the given) trial as a PEFT adapter whose ``adaptermath.json`` holds
     the recipe that rebuilds it byte for byte and a ``search`` record (study, trial, values)."""
-    from .compose import PROVENANCE_NAME, compose, write_json
+    from .compose import compose
     from .io.atomic import atomic_output_file
-    from .recipe import recorded_recipe
+    from .provenance import PROVENANCE_NAME, recorded_recipe, write_json
 
     row = result.trial(trial) if trial is not None else result.chosen
     if row is None:

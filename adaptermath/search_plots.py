@@ -6,13 +6,36 @@ Needs matplotlib (``pip install 'adaptermath[search]'``); each function raises a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import AdapterMathError
 
-if TYPE_CHECKING:
-    from .search import SearchResult
+
+class PlottedSearch(Protocol):
+    """What the plots read of a search's result (:class:`adaptermath.search.SearchResult`)."""
+
+    @property
+    def trials(self) -> Sequence[Any]: ...  # TrialRow: number, values, feasible
+
+    @property
+    def objectives(self) -> Sequence[Any]: ...  # Objective: metric, direction
+
+    @property
+    def chosen(self) -> Any: ...  # the chosen TrialRow, or None
+
+    @property
+    def front(self) -> Sequence[int]: ...
+
+    @property
+    def importances(self) -> Mapping[str, float] | None: ...
+
+    @property
+    def settings(self) -> Any: ...  # SearchSettings: constraints, l1, sampler
+
+    @property
+    def plan(self) -> Any: ...  # SearchPlan: expression
 
 
 def _pyplot() -> Any:
@@ -34,7 +57,7 @@ def _save(plt: Any, figure: Any, path: str | Path) -> Path:
     return target
 
 
-def plot_history(result: "SearchResult", path: str | Path) -> Path | None:
+def plot_history(result: PlottedSearch, path: str | Path) -> Path | None:
     """Each objective's value per trial, and the best so far (single objective), in trial order."""
     if not result.trials:
         return None
@@ -68,7 +91,7 @@ def plot_history(result: "SearchResult", path: str | Path) -> Path | None:
     return _save(plt, figure, path)
 
 
-def plot_importances(result: "SearchResult", path: str | Path) -> Path | None:
+def plot_importances(result: PlottedSearch, path: str | Path) -> Path | None:
     """Horizontal bars of the PED-ANOVA importances (None when they could not be computed)."""
     if not result.importances:
         return None
@@ -82,7 +105,7 @@ def plot_importances(result: "SearchResult", path: str | Path) -> Path | None:
     return _save(plt, figure, path)
 
 
-def plot_pareto(result: "SearchResult", path: str | Path) -> Path | None:
+def plot_pareto(result: PlottedSearch, path: str | Path) -> Path | None:
     """The first two objectives of every trial (infeasible ones as crosses); the Pareto front of the
     feasible trials joined and the chosen trial ringed."""
     if len(result.objectives) < 2 or not result.trials:

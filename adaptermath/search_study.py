@@ -12,16 +12,29 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import AdapterMathError
 
-if TYPE_CHECKING:
-    from .search import SearchSettings
-
 FINGERPRINT_ATTR = "adaptermath.fingerprint"
+
+
+class StudySettings(Protocol):
+    """What opening a study reads of a search's settings (:class:`adaptermath.search.SearchSettings`)."""
+
+    @property
+    def study(self) -> str: ...
+
+    @property
+    def storage(self) -> str | None: ...
+
+    @property
+    def objectives(self) -> Sequence[Any]: ...  # adaptermath.search.Objective: direction, to_spec()
+
+    @property
+    def l1(self) -> float: ...
 
 
 class StudyStorageError(AdapterMathError):
@@ -102,7 +115,7 @@ def describe_difference(stored: Mapping[str, Any], current: Mapping[str, Any], p
     return None
 
 
-def open_study(storage: Any, settings: SearchSettings, fingerprint: Mapping[str, Any], *, force: bool = False,
+def open_study(storage: Any, settings: StudySettings, fingerprint: Mapping[str, Any], *, force: bool = False,
                sampler: Any = None) -> Any:
     """Create or load the study; a study holding another search's fingerprint (``fingerprint`` plus
     the objectives and L1 weight) is refused, in one line naming the first difference, unless

@@ -654,7 +654,8 @@ class ModelScorer:
         """Open the engine on the base model (loaded once); yield ``attach(composed) -> model`` and
         ``evaluate(model, split) -> Evaluated``. ``adapter_configs`` size a launched server."""
         from .evaluation import load_corpus, load_records
-        from .evaluation.engine import engine_spec, open_engine
+        from .evaluation.engine import engine_spec
+        from .evaluation.sessions import open_engine
         from .evaluation.run import TASKS
 
         splits: dict[str, Any] = {}

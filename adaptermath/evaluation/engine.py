@@ -4,7 +4,8 @@ An *engine session* owns the base model for a run and hands the evaluators a mod
 per adapter:
 
 * ``transformers`` (the default): the base model is loaded here (:func:`load_base_model`) and each
-  adapter is attached with PEFT (:func:`attach_adapter`); the evaluators get a live ``PeftModel``.
+  adapter is attached with PEFT (:func:`attach_adapter`); the evaluators get a live ``PeftModel``
+  (:mod:`adaptermath.evaluation.sessions` opens either kind: :func:`open_engine`).
 * ``vllm``: an OpenAI-compatible vLLM server holds the base model. Each adapter is written as a
   PEFT folder the server can read, loaded at run time under a unique name, and unloaded again;
   the evaluators get a :class:`ServedModel` that sends their prompts to the server (see
@@ -21,7 +22,7 @@ This module imports neither torch nor transformers at module level.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,50 +180,3 @@ class EngineSession(ABC):
 
     def close(self) -> None:
         """Release what the session holds (a launched server, loaded adapters, temporary folders)."""
-
-
-class TransformersSession(EngineSession):
-    """Today's path: the base model loaded in this process, adapters attached with PEFT in place."""
-
-    def __init__(self, base: str, **load_options: Any) -> None:
-        from .models import load_base_model
-
-        self.loaded = load_base_model(base, **load_options)
-        self.tokenizer = self.loaded.tokenizer
-        self.device_label = str(self.loaded.device)
-        self.model = self.loaded.model
-
-    def bare(self) -> Any:
-        return self.model
-
-    def attach(self, adapter: Any) -> Any:
-        from .models import attach_adapter
-
-        self.model = attach_adapter(self.model, adapter)
-        return self.model
-
-
-def open_engine(
-    spec: EngineSpec,
-    base: str,
-    *,
-    kind: str = "auto",
-    device: str = "auto",
-    dtype: str | None = None,
-    gguf_file: str | None = None,
-    num_labels: int | None = None,
-    adapter_configs: Sequence[Mapping[str, Any]] = (),
-) -> EngineSession:
-    """A session on ``spec``'s engine for ``base``.
-
-    ``adapter_configs`` are the configs of adapters the run will load: a launched vLLM server is
-    started with a ``--max-lora-rank`` that fits the largest of them.
-    """
-    if spec.name == "transformers":
-        return TransformersSession(
-            base, device=device, dtype=dtype, task=kind, gguf_file=gguf_file, num_labels=num_labels
-        )
-    from .vllm_engine import VllmSession
-
-    return VllmSession(spec, base, kind=kind, device=device, dtype=dtype, gguf_file=gguf_file,
-                       adapter_configs=adapter_configs)

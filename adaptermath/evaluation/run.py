@@ -23,10 +23,11 @@ from .data import load_corpus, load_records
 from .evidence import intervals_to_dict, metric_intervals
 from .examples import EXAMPLES_FILE, SUMMARY_FILE, examples_path, write_examples
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
-from .engine import EngineSpec, check_engine_task, engine_spec, open_engine
+from .engine import EngineSpec, check_engine_task, engine_spec
 from .generate import generate_samples
 from .models import ModelKind, kind_of_adapter_config, read_adapter
 from .perplexity import corpus_perplexity
+from .sessions import open_engine
 from .toxicity import evaluate_toxicity
 
 TASKS: dict[str, Callable[..., Any]] = {

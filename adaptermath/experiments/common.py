@@ -228,7 +228,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from adaptermath import __version__
+    from adaptermath.version import __version__
 
     return {
         "python": sys.version.split()[0],

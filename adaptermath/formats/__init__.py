@@ -7,25 +7,31 @@
   format back (:mod:`.writers`), and :func:`convert` rewrites a LoRA in another format.
 * **Textual-inversion embeddings** have their own small API (:mod:`.textual_inversion`).
 * :func:`detect_format` says what a path is.
+
+The readers here (:mod:`.kohya`, :mod:`.loha`, :mod:`.lokr`, :mod:`.lora_file`, :mod:`.reemit`,
+:mod:`.textual_inversion`, :mod:`.detect`) sit in a lower layer than the writers (:mod:`.compat`,
+:mod:`.writers`, :mod:`.peft_writer`, :mod:`.convert`; docs/architecture.md), so this package's
+names are imported on first use: reading one format never loads the writers.
 """
 
-from .convert import ConversionResult, convert, read_module_names
-from .detect import FormatInfo, describe_format, detect_format
-from .loha import loha_to_lora
-from .lokr import lokr_to_lora
-from .textual_inversion import Embedding, compose_embeddings, load_embedding, save_embedding
+from ..facade import make_lazy
 
-__all__ = [
-    "ConversionResult",
-    "Embedding",
-    "FormatInfo",
-    "compose_embeddings",
-    "convert",
-    "describe_format",
-    "detect_format",
-    "load_embedding",
-    "loha_to_lora",
-    "lokr_to_lora",
-    "read_module_names",
-    "save_embedding",
-]
+# Public names -> the module (in this package) that defines them.
+_LAZY = {
+    "ConversionResult": "convert",
+    "convert": "convert",
+    "read_module_names": "convert",
+    "FormatInfo": "detect",
+    "describe_format": "detect",
+    "detect_format": "detect",
+    "loha_to_lora": "loha",
+    "lokr_to_lora": "lokr",
+    "Embedding": "textual_inversion",
+    "compose_embeddings": "textual_inversion",
+    "load_embedding": "textual_inversion",
+    "save_embedding": "textual_inversion",
+}
+
+__all__ = sorted(_LAZY)
+
+make_lazy(__name__)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..adapter import CONFIG_NAME, KEY_PREFIX, PICKLE_NAME, SAFETENSORS_NAME
+from ..module_info import CONFIG_NAME, KEY_PREFIX, PICKLE_NAME, SAFETENSORS_NAME
 from .kohya import is_kohya_key
 from .lora_file import DIFFUSERS_SUFFIXES
 
@@ -121,3 +121,8 @@ def detect_format(path: str | Path, *, allow_pickle: bool = False) -> FormatInfo
             return _info("unknown", "a pickle that holds no embedding")
         return _info("ti-" + embedding.format)
     return _info("unknown")
+
+
+def is_embedding_file(path: str | Path, *, allow_pickle: bool = False) -> bool:
+    """True when ``path`` is a textual-inversion embedding file (by its header, or by unpickling with ``allow_pickle``)."""
+    return detect_format(path, allow_pickle=allow_pickle).kind == "embedding"

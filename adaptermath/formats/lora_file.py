@@ -24,8 +24,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..adapter import KEY_PREFIX, Adapter, LoraModuleInfo, _SafetensorsSource, natural_key, pattern_key
+from ..adapter_data import Adapter
 from ..errors import AdapterLoadError, UnsupportedAdapterError
+from ..io.tensor_source import SafetensorsSource
+from ..module_info import KEY_PREFIX, LoraModuleInfo, natural_key, pattern_key
 from .config import lora_config
 from .kohya import ALPHA_SUFFIX, DOWN_SUFFIX, UNSUPPORTED_SUFFIXES, UP_SUFFIX, is_kohya_key
 
@@ -67,7 +69,7 @@ def load_lora_file(path: str | Path, *, source: str | None = None) -> Adapter:
     """Open a kohya or diffusers Stable-Diffusion LoRA ``.safetensors`` file as a LoRA Adapter."""
     path = Path(path)
     source = source or str(path)
-    tensors = _SafetensorsSource(path)
+    tensors = SafetensorsSource(path)
     keys = sorted(tensors.keys(), key=natural_key)
     style = key_style(keys, source)
     if style == "kohya":

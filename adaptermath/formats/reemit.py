@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..adapter import LoraModuleInfo, ModuleInfo, lora_rank_and_alpha, natural_key
 from ..errors import AdapterLoadError, UnsupportedAdapterError
+from ..module_info import LoraModuleInfo, ModuleInfo, lora_rank_and_alpha, natural_key
 from ..modules import LoraModule
 from .config import lora_config
 from .loha import LOHA_FACTORS, LOHA_TUCKER, check_loha_shapes, loha_to_lora

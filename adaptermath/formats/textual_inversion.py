@@ -244,13 +244,6 @@ def save_embedding(embedding: Embedding, output: str | Path, *, format: str | No
     return output
 
 
-def is_embedding_file(path: str | Path, *, allow_pickle: bool = False) -> bool:
-    """True when ``path`` is a textual-inversion embedding file (by its header, or by unpickling with ``allow_pickle``)."""
-    from .detect import detect_format
-
-    return detect_format(path, allow_pickle=allow_pickle).kind == "embedding"
-
-
 def compose_embedding_files(expression: str, operands: Mapping[str, str | Path], output: str | Path, *,
                             variables: Mapping[str, float] | None = None, token: str | None = None,
                             normalize: bool = False, force: bool = False, allow_pickle: bool = False) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Writing LoRA modules as a PEFT folder, a kohya file or a diffusers file.
 
-:func:`adaptermath.formats.convert` and ``ComposedAdapter.save(format=...)`` share this module.
+:func:`adaptermath.formats.convert` and ``ComposedAdapter.save(format=...)`` share this module (a
+composed adapter's own PEFT folder is written by :mod:`adaptermath.formats.peft_writer`).
 Every module is a pair of LoRA factors in their stored shapes — A (r, in[, kh, kw]) and
 B (out, r[, 1, 1]) — plus α (s = α/r); the formats differ only in names and where α lives:
 
@@ -31,9 +32,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from ..adapter import _ST_DTYPES, KEY_PREFIX, Adapter, LoraModuleInfo
+from ..adapter_data import Adapter
 from ..errors import AdapterMathError, CompositionError
 from ..io import SafetensorsStreamWriter, atomic_output_dir, atomic_output_file, check_output_location
+from ..io.tensor_source import ST_DTYPES
+from ..module_info import KEY_PREFIX, LoraModuleInfo
 from .kohya import ALPHA_SUFFIX, DOWN_SUFFIX, UP_SUFFIX, dotted_to_kohya, kohya_to_dotted
 from .lora_file import DIFFUSERS_METADATA_KEY, DIFFUSERS_SUFFIXES
 
@@ -41,7 +44,7 @@ CONVERT_RECORD_KEY = "adaptermath.convert"
 PROVENANCE_KEY = "adaptermath.provenance"
 # kohya's hashes of the tensor data: wrong as soon as the tensors change (compose drops them).
 KOHYA_HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
-_DTYPE_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
+_DTYPE_NAMES = {dtype: name for name, dtype in ST_DTYPES.items()}
 Factors = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -91,7 +94,7 @@ class KohyaAlpha:
     def from_record(record: Any, default_dtype: torch.dtype) -> "KohyaAlpha":
         if record is None:
             return KohyaAlpha(default_dtype, none=True)
-        return KohyaAlpha(_ST_DTYPES.get(str(record.get("dtype")), default_dtype), tuple(record.get("shape") or ()),
+        return KohyaAlpha(ST_DTYPES.get(str(record.get("dtype")), default_dtype), tuple(record.get("shape") or ()),
                           frozenset(record.get("missing") or ()))
 
 
@@ -313,7 +316,7 @@ def write_peft_folder(output: Path, plan: list[OutputModule], factors: Iterable[
 
     ``protected`` (the inputs) must not be replaced (:func:`adaptermath.io.check_output_location`).
     """
-    from ..compose import PROVENANCE_NAME, write_json
+    from ..provenance import PROVENANCE_NAME, write_json
 
     extra_keys = list(extra_keys)
     with atomic_output_dir(output, force=force, protected=protected) as tmp:
@@ -398,7 +401,7 @@ def save_composed_file(composed: Any, output: str | Path, fmt: str | None, *, fo
 
     def ranks() -> dict[str, tuple[int, float]]:
         if not out_ranks:
-            from ..adapter import lora_rank_and_alpha
+            from ..module_info import lora_rank_and_alpha
 
             cfg = composed.config
             use_rslora = bool(cfg.get("use_rslora", False))

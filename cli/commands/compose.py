@@ -123,7 +123,7 @@ def compose_command(expression: str, adapters: tuple[str, ...], output: Path, sp
 
 
 def _all_embeddings(operands: dict[str, str], allow_pickle: bool) -> bool:
-    from adaptermath.formats.textual_inversion import is_embedding_file
+    from adaptermath.formats.detect import is_embedding_file
 
     return bool(operands) and all(not p.startswith("hf://") and is_embedding_file(p, allow_pickle=allow_pickle)
                                   for p in operands.values())

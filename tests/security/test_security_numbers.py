@@ -77,7 +77,7 @@ def test_bad_lora_alpha_is_refused_and_never_written(tmp_path, alpha):
 
 
 def test_written_json_is_strict():
-    from adaptermath.compose import write_json
+    from adaptermath.provenance import write_json
 
     with pytest.raises(CompositionError, match="NaN or infinite"):
         write_json(Path("never.json"), {"lora_alpha": float("nan")})
