@@ -100,8 +100,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 1) -> dict
     """Train the PEMs, run the grid and the searches (each resumable in ``workdir``); return run.json's content."""
     import torch
 
-    import adaptermath as am
-    from adaptermath.sweep import write_sweep_outputs
+    from adaptermath.search import search
+    from adaptermath.sweep import sweep, write_sweep_outputs
     from adaptermath.experiments.assets import smollm2_model_dir
     from adaptermath.experiments.domain_transfer import domain_splits
 
@@ -121,18 +121,18 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 1) -> dict
                  "max_length": int(settings["eval"]["max_length"])}
     common.log(f"grid: {points} values per axis over {box} ({points ** len(box)} evaluations)")
     with common.timed(timings, "grid"):
-        grid = am.sweep(settings["expression"], operands, base=base, task="classification",
-                        grid={n: grid_values(lo, hi, points) for n, (lo, hi) in box.items()}, val=val, test=test,
-                        space=settings["space"], results=workdir / GRID_FOLDER / "results.jsonl", **evaluator)
+        grid = sweep(settings["expression"], operands, base=base, task="classification",
+                     grid={n: grid_values(lo, hi, points) for n, (lo, hi) in box.items()}, val=val, test=test,
+                     space=settings["space"], results=workdir / GRID_FOLDER / "results.jsonl", **evaluator)
         write_sweep_outputs(grid, workdir / GRID_FOLDER)
     trials = search_trials(points, len(box))
     for seed in settings["search_seeds"]:
         common.log(f"search seed {seed}: {trials} {settings['sampler']} trials")
         with common.timed(timings, f"search seed {seed}"):
-            am.search(settings["expression"], operands, base=base, task="classification",
-                      variables=[f"{n}={lo}:{hi}" for n, (lo, hi) in box.items()], val=val, test=test, trials=trials,
-                      sampler=settings["sampler"], seed=int(seed), output=workdir / seed_folder(int(seed)),
-                      write_adapter=False, space=settings["space"], **evaluator)
+            search(settings["expression"], operands, base=base, task="classification",
+                   variables=[f"{n}={lo}:{hi}" for n, (lo, hi) in box.items()], val=val, test=test, trials=trials,
+                   sampler=settings["sampler"], seed=int(seed), output=workdir / seed_folder(int(seed)),
+                   write_adapter=False, space=settings["space"], **evaluator)
     return {
         "experiment": NAME,
         "settings": {k: v for k, v in settings.items() if k != "config_path"},
