@@ -130,15 +130,8 @@ def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables:
         direction=check.text(path + ("direction",), value.get("direction"), optional=True, choices=("max", "min")),
         baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
         restart=check.flag(path + ("restart",), value.get("restart", False)),
-        limit=check.integer(path + ("limit",), value.get("limit"), minimum=1, optional=True),
-        text_field=check.text(path + ("text_field",), value.get("text_field", "text")),
-        model_type=check.text(path + ("model_type",), value.get("model_type", "auto"), choices=MODEL_TYPES),
-        gguf_file=check.text(path + ("gguf_file",), value.get("gguf_file"), optional=True),
-        device=check.text(path + ("device",), value.get("device", "auto")),
-        dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
-        options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
+        **_scoring_fields(check, path, task, value),
         select=check.text(path + ("select",), value.get("select", "best"), choices=("best", "one-se")),
-        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
         seeds=_validate_seeds(check, path + ("seeds",), value.get("seeds")),
     )
 
@@ -211,6 +204,14 @@ def _validate_search(check: _Checker, value: Any, free: Sequence[str], method: s
         workers=check.integer(path + ("workers",), value.get("workers", 1), minimum=1),
         restart=check.flag(path + ("restart",), value.get("restart", False)),
         baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
+        **_scoring_fields(check, path, task, value),
+    )
+
+
+def _scoring_fields(check: _Checker, path: FieldPath, task: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """The model and evaluator fields a sweep and a search share (limit, text_field, model_type,
+    gguf_file, device, dtype, options, confidence), checked."""
+    return dict(
         limit=check.integer(path + ("limit",), value.get("limit"), minimum=1, optional=True),
         text_field=check.text(path + ("text_field",), value.get("text_field", "text")),
         model_type=check.text(path + ("model_type",), value.get("model_type", "auto"), choices=MODEL_TYPES),
