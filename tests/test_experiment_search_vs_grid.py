@@ -54,6 +54,13 @@ def test_the_page_reads_its_numbers_from_the_data(tmp_path: Path) -> None:
                                                                    len(record["settings"]["box"]))
 
 
+def test_render_without_data_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as raised:
+        search_vs_grid.main(["--render", "--docs", str(tmp_path)])
+    assert str(raised.value).startswith("error: ") and "run.json" in str(raised.value)
+    assert "\n" not in str(raised.value) and not (tmp_path / search_vs_grid.PAGE_NAME).exists()
+
+
 @pytest.mark.slow
 def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) -> None:
     from adaptermath.experiments import assets

@@ -328,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         record = common.keep_work_timings(workdir / "run.json", record)  # a resumed run keeps the working run's times
         common.write_json_atomic(workdir / "run.json", record)
         collect(workdir, docs / DATA_FOLDER, record)
+    if not (docs / DATA_FOLDER / "run.json").is_file():
+        raise SystemExit(f"error: {docs / DATA_FOLDER} holds no run.json; run the experiment first (without --render)")
     page = common.write_text_atomic(docs / PAGE_NAME, render_page(docs / DATA_FOLDER))
     common.log(f"page: {page}")
 

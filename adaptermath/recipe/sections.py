@@ -69,13 +69,7 @@ def _validate_evaluation(check: _Checker, value: Any) -> tuple[EvaluationSpec, .
             data=check.text(path + ("data",), item["data"]),
             split=check.text(path + ("split",), item.get("split", "test")),
             data_config=check.text(path + ("data_config",), item.get("data_config"), optional=True),
-            limit=check.integer(path + ("limit",), item.get("limit"), minimum=1, optional=True),
-            text_field=check.text(path + ("text_field",), item.get("text_field", "text")),
-            model_type=check.text(path + ("model_type",), item.get("model_type", "auto"), choices=MODEL_TYPES),
-            gguf_file=check.text(path + ("gguf_file",), item.get("gguf_file"), optional=True),
-            device=check.text(path + ("device",), item.get("device", "auto")),
-            dtype=check.text(path + ("dtype",), item.get("dtype"), optional=True, choices=MODEL_DTYPES),
-            options=_check_evaluator_options(check, path + ("options",), task, item.get("options")),
+            **_model_fields(check, path, task, item),
         ))
     return tuple(specs)
 
@@ -130,7 +124,8 @@ def _validate_sweep(check: _Checker, value: Any, free: Sequence[str], variables:
         direction=check.text(path + ("direction",), value.get("direction"), optional=True, choices=("max", "min")),
         baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
         restart=check.flag(path + ("restart",), value.get("restart", False)),
-        **_scoring_fields(check, path, task, value),
+        **_model_fields(check, path, task, value),
+        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
         select=check.text(path + ("select",), value.get("select", "best"), choices=("best", "one-se")),
         seeds=_validate_seeds(check, path + ("seeds",), value.get("seeds")),
     )
@@ -204,13 +199,14 @@ def _validate_search(check: _Checker, value: Any, free: Sequence[str], method: s
         workers=check.integer(path + ("workers",), value.get("workers", 1), minimum=1),
         restart=check.flag(path + ("restart",), value.get("restart", False)),
         baselines=check.flag(path + ("baselines",), value.get("baselines", True)),
-        **_scoring_fields(check, path, task, value),
+        **_model_fields(check, path, task, value),
+        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
     )
 
 
-def _scoring_fields(check: _Checker, path: FieldPath, task: str, value: Mapping[str, Any]) -> dict[str, Any]:
-    """The model and evaluator fields a sweep and a search share (limit, text_field, model_type,
-    gguf_file, device, dtype, options, confidence), checked."""
+def _model_fields(check: _Checker, path: FieldPath, task: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """The model and evaluator fields an evaluation, a sweep and a search share (limit, text_field,
+    model_type, gguf_file, device, dtype, options), checked."""
     return dict(
         limit=check.integer(path + ("limit",), value.get("limit"), minimum=1, optional=True),
         text_field=check.text(path + ("text_field",), value.get("text_field", "text")),
@@ -219,7 +215,6 @@ def _scoring_fields(check: _Checker, path: FieldPath, task: str, value: Mapping[
         device=check.text(path + ("device",), value.get("device", "auto")),
         dtype=check.text(path + ("dtype",), value.get("dtype"), optional=True, choices=MODEL_DTYPES),
         options=_check_evaluator_options(check, path + ("options",), task, value.get("options")),
-        confidence=check.number(path + ("confidence",), value.get("confidence", 0.95), above=0.0, maximum=0.999999),
     )
 
 
