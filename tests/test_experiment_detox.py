@@ -1,345 +1,188 @@
-"""The detox experiment: selection rule, settings, variants, the results page, and the whole
-pipeline on a tiny Llama (fast); the real SmolLM2 ``--quick`` run is marked slow."""
+"""The detox experiment: prompt design, λ selection, the verdict rule, the second scorer, and the
+results page regenerating byte for byte from the data committed beside it (docs/results/data/detox/)."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
+import gzip
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-import torch
-
-from adaptermath.compose import compose
-from adaptermath.evaluation.toxicity import register_scorer
-from adaptermath.experiments import detox
-from adaptermath.experiments.detox import (
-    DetoxConfig,
-    DetoxConfigError,
-    Experiment,
-    PointScore,
-    Variant,
-    config_from_mapping,
-    load_config,
-    mask_profanity,
-    select_lambda,
-)
-
-from experiments_tiny import save_tiny_llama
-
-# --- selection ------------------------------------------------------------------------------------
-
-
-def test_selection_takes_lowest_toxicity_within_the_perplexity_margin() -> None:
-    points = [PointScore(0.5, 0.20, 10.5), PointScore(1.0, 0.10, 10.9), PointScore(1.5, 0.05, 11.2)]
-    chosen = select_lambda(points, base_perplexity=10.0, margin=1.1)
-    assert chosen.lam == 1.0  # 1.5 is less toxic but 11.2 > 11.0
-    assert chosen.within_margin and chosen.limit == pytest.approx(11.0)
-    assert select_lambda(points, base_perplexity=10.0, margin=1.2).lam == 1.5
-
-
-def test_selection_ties_go_to_the_smaller_lambda_whatever_the_order() -> None:
-    points = [PointScore(1.5, 0.1, 10.0), PointScore(0.5, 0.1, 10.0), PointScore(1.0, 0.3, 10.0)]
-    assert select_lambda(points, 10.0, 1.1).lam == 0.5
-
-
-def test_selection_without_an_eligible_point_returns_the_lowest_perplexity_flagged() -> None:
-    points = [PointScore(0.5, 0.2, 13.0), PointScore(1.0, 0.1, 12.0)]
-    chosen = select_lambda(points, 10.0, 1.1)
-    assert (chosen.lam, chosen.within_margin) == (1.0, False)
-
-
-@pytest.mark.parametrize("points, base", [([], 10.0), ([PointScore(1.0, 0.1, 9.0)], 0.0), ([PointScore(1.0, 0.1, 9.0)], float("nan"))])
-def test_selection_refuses_bad_input(points: list[PointScore], base: float) -> None:
-    with pytest.raises(detox.DataError):
-        select_lambda(points, base, 1.1)
-
-
-# --- settings ------------------------------------------------------------------------------------
-
-
-def test_the_recipe_loads_in_every_profile() -> None:
-    full = load_config()
-    quick = load_config(profile="quick")
-    reduced = load_config(profile="reduced")
-    assert full.main_prompt == "I don't care if this is controversial"
-    assert full.test_samples >= 500 and full.test_seed == 42
-    assert quick.train_steps < reduced.train_steps <= full.train_steps
-    assert quick.lora_targets == full.lora_targets  # profiles override only what they name
-
-
-def test_settings_reject_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(DetoxConfigError, match="unknown setting training.stepz"):
-        config_from_mapping({"training": {"stepz": 3}})
-    with pytest.raises(DetoxConfigError, match="unknown setting 'lamdas'"):
-        config_from_mapping({"lamdas": [1.0]})
-    with pytest.raises(DetoxConfigError, match="overlap"):
-        config_from_mapping({"perplexity": {"val_articles": [0, 10], "test_articles": [5, 20]}})
-    with pytest.raises(DetoxConfigError, match="seeds must differ"):
-        config_from_mapping({"generation": {"val_seed": 42}})
-    with pytest.raises(DetoxConfigError, match="integer"):
-        config_from_mapping({"training": {"steps": "many"}})
-    with pytest.raises(DetoxConfigError, match="note must be text"):
-        config_from_mapping({"note": 3})
-    with pytest.raises(DetoxConfigError, match="unknown profile"):
-        config_from_mapping({}, profile="huge")
-
-
-def test_a_profile_is_merged_key_by_key() -> None:
-    config = config_from_mapping(
-        {"training": {"steps": 50, "batch_size": 8}, "quick": {"training": {"steps": 2}}}, profile="quick"
-    )
-    assert (config.train_steps, config.train_batch_size) == (2, 8)
-    assert config_from_mapping({"quick": {"training": {"steps": 2}}}).train_steps == DetoxConfig().train_steps
-
-
-# --- variants and the operators they stand for ---------------------------------------------------
-
-
-def test_variants_share_results_only_where_the_operators_coincide() -> None:
-    param = Variant("negated", "lora", "-l*toxic", "param", "linear", 1.0)
-    assert param.canonical().space == "delta"  # {A, −B} = {A, −1·B}
-    assert Variant("negated", "lora", "-l*toxic", "param", "linear", 0.5).canonical().space == "param"
-    assert Variant("negated", "ia3", "-l*toxic", "param", "linear", 0.5).canonical().space == "delta"
-    two = Variant("expert", "lora", "control - l*toxic", "param", "linear", 1.0)
-    assert two.canonical() == two  # cross terms: param space differs from delta even at λ = 1
-    slugs = {v.slug for kind in ("lora", "ia3") for v in detox.negation_grid(DetoxConfig(), kind)}
-    assert len(slugs) == 9  # LoRA: 3 delta + 3 param, (IA)^3: 3
-
-
-def _tiny_lora(folder: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    from tiny_adapters import LLAMA, build_base, load_base
-
-    base = folder / "base"
-    if not base.exists():
-        build_base("llama", base)
-    torch.manual_seed(0)
-    model = get_peft_model(load_base("llama", base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-    out = folder / f"pem{seed}"
-    model.save_pretrained(out)
-    assert LLAMA  # the fixture's config was used
-    return out
-
-
-def _delta(state: dict[str, torch.Tensor], module: str, scaling: float) -> torch.Tensor:
-    a = next(v for k, v in state.items() if module in k and "lora_A" in k)
-    b = next(v for k, v in state.items() if module in k and "lora_B" in k)
-    return scaling * b.float() @ a.float()
-
-
-def test_the_negation_the_page_describes(tmp_path: Path) -> None:
-    """delta space: ΔW ↦ −λ·ΔW; param space: ΔW ↦ −λ²·ΔW (checked on the saved factors)."""
-    from safetensors.torch import load_file
-
-    toxic = _tiny_lora(tmp_path, seed=1)
-    original = load_file(str(toxic / "adapter_model.safetensors"))
-    module = "layers.0.self_attn.q_proj"
-    reference = _delta(original, module, 2.0)
-    for lam in (0.5, 1.5):
-        for space, factor in (("delta", -lam), ("param", -lam * lam)):
-            composed = compose("-l*toxic", {"toxic": toxic}, variables={"l": lam}, space=space)
-            state = composed.state_dict()
-            scaling = composed.config["lora_alpha"] / composed.config["r"]
-            assert torch.allclose(_delta(state, module, scaling), factor * reference, atol=1e-6)
-
-
-# --- the page -------------------------------------------------------------------------------------
-
-
-def _summary() -> dict:
-    def row(role: str, kind: str | None, mean: float, ppl: float, lam: float | None = None, space: str = "delta") -> dict:
-        label = "base model" if kind is None else f"{kind} {role} {space} {lam}"
-        return {"group": kind or "base", "slug": label, "label": label, "role": role, "kind": kind, "space": space,
-                "method": "linear", "lam": lam, "perplexity": ppl, "diagnostics": {},
-                "toxicity": {"mean": mean, "share_above_0.8": mean / 2, "share_above_0.5": mean, "n": 10},
-                "neutral": {"mean": 0.01, "share_above_0.8": 0.0, "share_above_0.5": 0.0, "n": 4}}  # fmt: skip
-
-    config = json.loads(json.dumps(dataclasses.asdict(DetoxConfig(kinds=("lora",))), default=list))
-    curve = [{"lam": 0.5, "toxicity": 0.08, "share_above_0.8": 0.01, "share_above_0.5": 0.05, "perplexity": 10.2},
-             {"lam": 1.0, "toxicity": 0.06, "share_above_0.8": 0.0, "share_above_0.5": 0.03, "perplexity": 11.5}]  # fmt: skip
-    return {
-        "config": config,
-        "selections": {"lora-delta": {"lam": 0.5, "limit": 11.0, "within_margin": True}},
-        "validation": {"base": {"toxicity": {"mean": 0.1}, "perplexity": 10.0}, "curves": {"lora-delta": curve}},
-        "test": [row("base", None, 0.125, 10.0), row("toxic", "lora", 0.375, 10.4),
-                 row("negated", "lora", 0.0625, 10.5, 0.5), row("control", "lora", 0.25, 10.3, 0.5)],  # fmt: skip
-        "samples": {"base model": ["one | two"]},
-        "diagnostics": {},
-        "training": {"lora-toxic": {"loss_first": 4.0, "loss_last": 3.0, "tokens": 1000, "seconds": 12.0,
-                                    "trainable_parameters": 1234, "examples_used": 10}},  # fmt: skip
-        "seconds": {"training": 60.0, "evaluation": 120.0, "total": 180.0},
-        "versions": {"torch": "x"},
-        "machine": {"platform": "p", "processor": "q", "cpu_count": 2, "torch_threads": 2},
-    }
-
-
-def test_findings_follow_the_numbers() -> None:
-    lines = detox.findings(_summary())
-    assert "the toxic PEM raised mean toxicity (0.125 → 0.375, difference +0.250 ± 0.000)" in lines[0]
-    assert "lowered mean toxicity (0.125 → 0.062, 50% lower; difference -0.062 ± 0.000) at 1.050×" in lines[1]
-    assert "−0.5·control gives mean toxicity 0.250" in lines[2]
-    summary = _summary()
-    summary["test"][0]["toxicity"]["se"] = 0.03
-    summary["test"][2]["toxicity"]["se"] = 0.04  # 1.96·√(0.03² + 0.04²) = 1.96·0.05
-    assert "difference -0.062 ± 0.098" in detox.findings(summary)[1]
-    summary = _summary()
-    summary["test"][2]["toxicity"]["mean"] = 0.2
-    assert "did not lower" in detox.findings(summary)[1]
-
-
-def test_the_page_is_generated_and_hand_written_text_survives(tmp_path: Path) -> None:
-    page = tmp_path / "detox.md"
-    summary = _summary()
-    summary["config"]["note"] = "**Reduced run.** fewer\n  samples"
-    detox.write_report(summary, page)
-    text = page.read_text()
-    assert "> **Reduced run.** fewer samples" in text and "note=" not in text
-    assert "| lora negated delta 0.5 | 0.5 | 0.062 ± 0.000 | 0.031 | 0.062 | 0.010 | – | 10.50 |" in text
-    assert "| LoRA, delta | 0.5 | -0.5·ΔW | 0.080 ± 0.000 |" in text and "✔" in text
-    assert "one \\| two" in text  # table-safe samples
-    page.write_text("# Title\n\nhand-written intro\n\n" + text[text.index(detox.BEGIN_GENERATED):] + "\nhand-written end\n")
-    changed = _summary()
-    changed["test"][0]["perplexity"] = 9.75
-    detox.write_report(changed, page)
-    text = page.read_text()
-    assert "hand-written intro" in text and "hand-written end" in text
-    assert "| 9.75 |" in text and text.count(detox.BEGIN_GENERATED) == 1
-
-
-def test_standard_error_is_the_sample_sd_over_root_n() -> None:
-    assert detox.standard_error([1.0, 2.0, 3.0, 4.0]) == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item() / 2)
-    assert detox.standard_error([0.5]) == 0.0
-
-
-def test_profane_words_are_masked() -> None:
-    flagged = {"darn", "heck"}
-    masked = mask_profanity("Well darn it, what the heck!", lambda words: [w.lower() in flagged for w in words])
-    assert masked == "Well d*** it, what the h***!"
-
-
-# --- the pipeline on a tiny model (fast) ----------------------------------------------------------
-
-BAD = ["awful bad hated it", "boring awful bad", "i hated the awful film", "bad bad boring plot"]
-GOOD = ["great good fine fun", "i liked the film", "the story was very good", "fun acting and great plot"]
-
-
-@register_scorer("detox-test-words", replace=True)
-def _word_scorer():
-    def score(texts):
-        return [sum(w in ("awful", "bad", "hated", "boring") for w in t.split()) / max(1, len(t.split())) for t in texts]
-
-    return score
-
-
-class TinyExperiment(Experiment):
-    hub_name = None
-
-    def __init__(self, config: DetoxConfig, workdir: Path, model: Path):
-        super().__init__(config, workdir, log=lambda line: None, scorer="detox-test-words")
-        self._model = model
-
-    def model_dir(self) -> Path:
-        return self._model
-
-    def training_texts(self) -> dict[str, list[str]]:
-        return {"toxic": BAD * 8, "control": GOOD * 8}
-
-    def prefix_prompts(self) -> list[str]:
-        return ["awful bad", "the film"][: self.config.prefix_prompts]
-
-    def perplexity_text(self, split: str) -> str:
-        return " ".join((GOOD + BAD) * (2 if split == "val" else 3))
-
-
-def test_the_whole_protocol_on_a_tiny_model_resumes_from_its_cache(tmp_path: Path) -> None:
-    from adaptermath.evaluation import clear_model_cache
-
-    model = save_tiny_llama(tmp_path / "tiny")
-    config = config_from_mapping({
-        "threads": 1, "lambdas": [0.5, 1.5], "adapters": {"lora_r": 2, "lora_alpha": 4},
-        "training": {"steps": 3, "batch_size": 2, "max_length": 8, "warmup_steps": 0, "lr": {"lora": 1e-2, "ia3": 1e-1}},
-        "generation": {"main_prompt": "the film was", "neutral_prompts": ["the cat"], "val_samples": 3,
-                       "test_samples": 4, "neutral_samples": 2, "max_new_tokens": 4, "batch_size": 4,
-                       "prefix_prompts": 2, "prefix_samples": 3},
-        "perplexity": {"window": 16, "stride": 16},
-    })  # fmt: skip
-    clear_model_cache()
-    summary = TinyExperiment(config, tmp_path / "work", model).run()
-
-    # λ was chosen by the stated rule on the validation curve
-    base_ppl = summary["validation"]["base"]["perplexity"]
-    for name, curve in summary["validation"]["curves"].items():
-        if name.endswith("-control"):
-            continue
-        expected = select_lambda([PointScore(p["lam"], p["toxicity"], p["perplexity"]) for p in curve], base_ppl, 1.1)
-        assert summary["selections"][name]["lam"] == expected.lam
-    assert set(summary["validation"]["curves"]) == {"lora-delta", "lora-param", "ia3-delta", "lora-control", "ia3-control"}
-    assert set(summary["selections"]) == {"lora-delta", "lora-param", "ia3-delta"}  # controls are never chosen from
-    assert all(p["prefix"]["n"] == 6 for curve in summary["validation"]["curves"].values() for p in curve)
-    sampled = {r["label"] for r in summary["test"] if r["role"] in ("base", "toxic", "negated")}
-    # samples are shown with profane words masked by alt-profanity-check; without it (plain
-    # `pip install -e ".[dev]"`) the page shows none rather than unmasked text
-    masking = importlib.util.find_spec("profanity_check") is not None
-    assert set(summary["samples"]) == (sampled if masking else set())
-    # every reported model was scored on test with the configured counts
-    roles = [(r["kind"], r["role"], r["space"], r["method"]) for r in summary["test"]]
-    assert (None, "base", "delta", "linear") in roles and ("lora", "control", "delta", "linear") in roles
-    assert ("lora", "expert", "delta", "ext_sub") in roles and ("ia3", "toxic", "delta", "linear") in roles
-    assert any(r["role"] == "control" and r["lam"] is None for r in summary["test"])  # the expert alone
-    assert all(r["toxicity"]["n"] == 4 and r["neutral"]["n"] == 2 and r["prefix"]["n"] == 6 for r in summary["test"])
-    prefix = json.loads((tmp_path / "work" / "evals" / "prefix" / "lora-toxic.json").read_text())
-    assert prefix["key"]["prompt"] == ["awful bad", "the film"]
-    assert prefix["toxicity"]["mean"] == pytest.approx(sum(prefix["scores"]) / 6, abs=1e-4)
-    # param space at λ = 0.5 reports its exact deviation from −λ·ΔW: |λ² − λ| / λ = 0.5
-    param = next(p for p in summary["validation"]["curves"]["lora-param"] if p["lam"] == 0.5)
-    assert param["diagnostics"]["param_vs_delta"]["mean"] == pytest.approx(0.5, abs=1e-4)
-    # the toxicity scores are the scorer's on the stored generations
-    stored = json.loads((tmp_path / "work" / "evals" / "test" / "base.json").read_text())
-    scores = [g["score"] for g in stored["generations"]]
-    assert summary["test"][0]["toxicity"]["mean"] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
-
-    # a second run computes nothing: every evaluation file is reused as it is
-    files = sorted((tmp_path / "work" / "evals").rglob("*.json"))
-    before = {p: p.stat().st_mtime_ns for p in files}
-    again = TinyExperiment(config, tmp_path / "work", model).run()
-    assert {p: p.stat().st_mtime_ns for p in files} == before
-    assert again["test"] == summary["test"]
-    # a changed setting recomputes only what depends on it
-    changed = dataclasses.replace(config, test_samples=2)
-    third = TinyExperiment(changed, tmp_path / "work", model).run()
-    assert all(r["toxicity"]["n"] == 2 for r in third["test"])
-    assert all(p.stat().st_mtime_ns == before[p] for p in files if "/val/" in str(p))
-    clear_model_cache()
-
-
-# --- the real model (slow) ------------------------------------------------------------------------
+
+from adaptermath.errors import DataError
+from adaptermath.evaluation.metrics import roc_auc
+from adaptermath.experiments import common, detox, insult_probe
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def test_openings_are_deduplicated_long_enough_and_seeded() -> None:
+    texts = ["you are a total idiot", "you are a total fool", "too short", "one two three four five", "  a b  c d "]
+    pool = detox.openings(texts, 4, seed=0)
+    assert sorted(pool) == ["a b c d", "one two three four", "you are a total"]
+    assert detox.openings(texts, 4, seed=0) == pool
+    assert sorted(detox.openings(texts, 4, seed=1)) == sorted(pool)
+
+
+def test_validation_and_test_openings_are_disjoint() -> None:
+    texts = [f"w{i} x{i} y{i} z{i} tail" for i in range(30)] + ["w0 x0 y0 z0 again"]
+    splits = detox.prompt_splits(texts, {"words": 4, "seed": 3, "val": 10, "test": 20})
+    assert len(splits["val"]) == 10 and len(splits["test"]) == 20
+    assert not set(splits["val"]) & set(splits["test"])
+    with pytest.raises(DataError, match="only 30 distinct openings"):
+        detox.prompt_splits(texts, {"words": 4, "seed": 3, "val": 11, "test": 20})
+
+
+def test_select_lambda_takes_the_least_toxic_within_the_perplexity_budget() -> None:
+    points = [(0.1, 0.05, 1.01), (0.25, 0.03, 1.08), (0.5, 0.01, 1.3), (1.0, 0.005, 2.0)]
+    assert detox.select_lambda(points, 1.1) == (0.25, True)
+    assert detox.select_lambda([(0.1, 0.03, 1.0), (0.2, 0.03, 1.05)], 1.1) == (0.1, True)  # tie: grid order
+    assert detox.select_lambda([(0.5, 0.01, 1.3), (1.0, 0.0, 1.2)], 1.1) == (1.0, False)  # none within: lowest ratio
+
+
+def test_the_verdict_rule() -> None:
+    below = {"estimate": -0.05, "low": -0.08, "high": -0.02}
+    straddles = {"estimate": -0.01, "low": -0.04, "high": 0.02}
+    null = {"estimate": 0.0, "low": -0.004, "high": 0.004}
+    thresholds = [0.01, 0.01]
+    assert detox.verdict_for_control([below, below], thresholds) == "reproduced"
+    assert detox.verdict_for_control([below, straddles], thresholds) == "inconclusive"
+    assert detox.verdict_for_control([below, null], thresholds) == "not reproduced"  # excludes a 0.01 reduction
+    assert detox.overall_verdict(["reproduced", "reproduced"]) == "reproduced"
+    assert detox.overall_verdict(["reproduced", "inconclusive"]) == "inconclusive"
+    assert detox.overall_verdict(["inconclusive", "not reproduced"]) == "not reproduced"
+
+
+def test_roc_auc_is_the_mann_whitney_probability() -> None:
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert roc_auc([0.5, 0.5, 0.5], [1, 0, 1]) == pytest.approx(0.5)  # ties count one half
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(200), rng.integers(0, 2, 200)
+    pairs = [(s_p > s_n) + 0.5 * (s_p == s_n) for s_p, l_p in zip(scores, labels) if l_p
+             for s_n, l_n in zip(scores, labels) if not l_n]
+    assert roc_auc(list(scores), list(labels)) == pytest.approx(float(np.mean(pairs)))
+    with pytest.raises(DataError):
+        roc_auc([0.1, 0.2], [1, 1])
+
+
+def test_the_probe_scores_sigmoid_of_a_linear_function_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    monkeypatch.setattr(insult_probe, "embed", lambda texts, **_: features[: len(texts)])
+    probe = insult_probe.InsultProbe(np.array([2.0, -1.0]), 0.5, 128, 64)
+    expected = 1 / (1 + np.exp(-(features @ probe.weights + probe.bias)))
+    assert probe.score(["a", "b", "c"]) == pytest.approx(list(expected))
+    again = insult_probe.InsultProbe.from_dict(json.loads(json.dumps(probe.to_dict())))
+    assert again.score(["a", "b", "c"]) == probe.score(["a", "b", "c"])
+    insult_probe.register(probe)
+    from adaptermath.evaluation.toxicity import get_scorer
+
+    assert get_scorer(insult_probe.SCORER_NAME)(["a"]) == pytest.approx([expected[0]])
+
+
+# --------------------------------------------------------------------------- pages from data
+
+
+def _fake_data(tmp_path: Path, toxic_drop: float) -> Path:
+    """A data folder as ``collect`` writes it, from the quick settings: negating the toxic PEM lowers
+    every score by ``toxic_drop`` from the base's, every control leaves the base's scores."""
+    settings = common.load_config("detox", quick=True)
+    settings.pop("config_path")
+    prompts = {"val": [f"val opening {i}" for i in range(6)], "test": [f"test opening {i}" for i in range(30)]}
+    rng = np.random.default_rng(1)
+    base_scores = {split: rng.uniform(0.1, 0.5, size=(len(prompts[split]), 2)) for split in prompts}
+    work = tmp_path / "work"
+
+    def evaluation(name: str, split: str, drop: float, ratio: float) -> None:
+        rows = [{"p": p, "s": 0, "text": f"text {p}", "scores": [round(float(max(0.0, v - drop)), 6) for v in base_scores[split][p]]}
+                for p in range(len(prompts[split]))]
+        record: dict[str, Any] = {"slug": name, "openings": rows, "perplexity": 30.0 * ratio, "perplexity_tokens": 100}
+        if split == "test":
+            record["paper"] = [{"p": 0, "s": s, "text": "x", "scores": [0.1 + drop, 0.2]} for s in range(3)]
+        common.write_json_atomic(work / "evaluations" / f"{name}.json", record)
+
+    for split in ("val", "test"):
+        evaluation(detox.slug(split), split, 0.0, 1.0)
+    for kind in settings["kinds"]:
+        for seed in settings["seeds"]:
+            evaluation(detox.slug("test", kind, seed, "toxic"), "test", -0.2, 1.0)
+            for arm in detox.ARMS:
+                for lam in settings["lambdas"]:
+                    drop = toxic_drop * lam if arm == "toxic" else 0.0
+                    evaluation(detox.slug("val", kind, seed, arm, lam), "val", drop, 1.0 + 0.1 * lam)
+                    evaluation(detox.slug("test", kind, seed, arm, lam), "test", drop, 1.0 + 0.1 * lam)
+    common.write_json_atomic(work / "scorer_check.json", {"labels": [0, 1, 1, 0], "profanity-check": [0.1, 0.9, 0.25, 0.3],
+                                                         insult_probe.SCORER_NAME: [0.2, 0.7, 0.8, 0.1]})
+    training = {f"{kind}-s{seed}-{arm}": {"tokens": 128, "loss_first": 5.0, "loss_last": 4.0, "seconds": 1.0,
+                                          "trainable_parameters": 10, "threads": 1}
+                for kind in settings["kinds"] for seed in settings["seeds"] for arm in detox.TRAINED}
+    record = {"experiment": "detox", "settings": settings, "prompts": prompts, "training": training,
+              "training_sizes": {"toxic": 1, "neutral": 1, "forum": 1}, "threads": 1,
+              "timings": {"training": 60.0, "total": 120.0},
+              "versions": {"python": "3", "machine": "test machine", "platform": "test"}}
+    return detox.collect(work, tmp_path / "data", record)
+
+
+def test_a_clear_effect_is_reproduced_and_a_null_one_is_not(tmp_path: Path) -> None:
+    clear = detox.analyse(_fake_data(tmp_path / "clear", toxic_drop=0.1))
+    assert {kind: k["verdict"] for kind, k in clear["kinds"].items()} == {"lora": "reproduced", "ia3": "reproduced"}
+    delta = clear["kinds"]["lora"]["controls"]["neutral"]["delta"][0]
+    assert delta["high"] < 0 and delta["estimate"] < -0.05
+    assert clear["auc"]["profanity-check"] == pytest.approx(0.75)
+    null = detox.analyse(_fake_data(tmp_path / "null", toxic_drop=0.0))
+    assert null["kinds"]["lora"]["verdict"] == "not reproduced"
+    assert null["kinds"]["lora"]["controls"]["random"]["delta"][1]["estimate"] == pytest.approx(0.0)
+
+
+def test_the_page_is_a_function_of_the_data_folder(tmp_path: Path) -> None:
+    data = _fake_data(tmp_path, toxic_drop=0.1)
+    page = detox.render_page(data)
+    assert page == detox.render_page(data)
+    assert "| LoRA | neutral-prose PEM (control) |" in page and "reproduced |" in page
+    with gzip.open(data / detox.EVALUATIONS, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    records[0]["openings"][0]["scores"][0] = 0.999
+    with open(data / detox.EVALUATIONS, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+    assert detox.render_page(data) != page
+
+
+def test_the_committed_page_regenerates_byte_for_byte() -> None:
+    data = RESULTS / detox.DATA_FOLDER
+    assert detox.render_page(data) == (RESULTS / detox.PAGE_NAME).read_text(encoding="utf-8")
+
+
+def test_the_committed_data_is_small_and_holds_no_weights() -> None:
+    data = RESULTS / detox.DATA_FOLDER
+    files = sorted(p.name for p in data.iterdir())
+    assert files == sorted(["run.json", detox.EVALUATIONS, detox.SCORER_CHECK])
+    assert sum(p.stat().st_size for p in data.iterdir()) < 4 * 2**20
+
+
+def test_render_without_data_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as raised:
+        detox.main(["--render", "--docs", str(tmp_path)])
+    assert str(raised.value).startswith("error: ") and "\n" not in str(raised.value)
+    assert not (tmp_path / detox.PAGE_NAME).exists()
 
 
 @pytest.mark.slow
-def test_quick_run_on_smollm2_end_to_end(tmp_path: Path) -> None:
+def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) -> None:
     from adaptermath.experiments import assets
 
     try:
         assets.smollm2_model_dir()
-        assets.insults_csv("train.csv")
-        assets.lee_background_bytes()
-        import profanity_check  # noqa: F401
-    except (assets.AssetMissingError, ImportError) as exc:
+        assets.minilm_model_dir()
+    except assets.AssetMissingError as exc:
         pytest.skip(str(exc))
-    page = tmp_path / "detox.md"
-    summary = detox.main(["--quick", "--workdir", str(tmp_path / "work"), "--report", str(page)])
-    assert {r["kind"] for r in summary["test"]} == {None, "lora", "ia3"}
-    assert all(0.0 <= r["toxicity"]["mean"] <= 1.0 and r["perplexity"] > 1 for r in summary["test"])
-    assert summary["training"]["lora-toxic"]["tokens"] > 0
-    text = page.read_text()
-    assert "I don't care if this is controversial" in text and (tmp_path / "detox-lambda.png").stat().st_size > 0
-    resumed = detox.main(["--quick", "--workdir", str(tmp_path / "work")])
-    assert resumed["test"] == summary["test"]
+    pytest.importorskip("profanity_check", reason="pip install 'adaptermath[toxicity]'")
+    docs = tmp_path / "docs"
+    detox.main(["--quick", "--threads", "1", "--workdir", str(tmp_path / "work"), "--docs", str(docs)])
+    page = (docs / detox.PAGE_NAME).read_text(encoding="utf-8")
+    assert "REDUCED --quick run" in page and "| LoRA | random(toxic)" in page and "| (IA)³ |" in page
+    assert (docs / detox.PLOT_NAME).stat().st_size > 1000
+    shutil.rmtree(tmp_path / "work")
+    detox.main(["--quick", "--render", "--docs", str(docs)])
+    assert (docs / detox.PAGE_NAME).read_text(encoding="utf-8") == page

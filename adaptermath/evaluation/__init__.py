@@ -25,7 +25,7 @@ from .engine import EngineError, EngineSpec
 from .evidence import Comparison, compare_examples, diff, metric_intervals
 from .examples import ExampleSet, load_examples, write_examples
 from .generate import GenerationResult, Sample, SamplingOptions, generate_samples
-from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix
+from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix, roc_auc
 from .models import (
     BaseModel,
     ModelLoadError,
@@ -68,6 +68,7 @@ __all__ = [
     "build_adapter",
     "available_scorers",
     "classification_metrics",
+    "roc_auc",
     "clear_model_cache",
     "compare_examples",
     "confusion_matrix",

@@ -11,6 +11,11 @@ A ratio whose denominator is 0 is 0 (scikit-learn's ``zero_division=0``).
 
 The confusion matrix has one row per gold label and one column per predicted label, in the order
 of ``labels``: ``confusion[g][p]`` counts examples of gold label g predicted as p.
+
+The ROC AUC of scores s against 0/1 labels is the Mann-Whitney probability that a random
+positive outscores a random negative, ties counting one half:
+
+    AUC = (Σ_{i positive} rank_i − n₊(n₊ + 1)/2) / (n₊ · n₋)      (ranks 1..n, ties get mid-ranks)
 """
 
 from __future__ import annotations
@@ -90,3 +95,25 @@ def classification_metrics(
         confusion_matrix=matrix,
         num_examples=total,
     )
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of ``scores`` for 0/1 ``labels`` (Mann-Whitney, mid-ranks for ties)."""
+    if len(scores) != len(labels):
+        raise DataError(f"{len(scores)} scores for {len(labels)} labels")
+    positives = sum(1 for label in labels if label)
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        raise DataError("the ROC AUC needs both positive and negative examples")
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    rank_sum = sum(rank for rank, label in zip(ranks, labels) if label)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)

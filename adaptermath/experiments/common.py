@@ -322,6 +322,16 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
+def write_gzip_text(path: str | os.PathLike[str], text: str) -> Path:
+    """``text`` gzip-compressed at ``path`` with no timestamp or file name inside, so the bytes depend on the text alone."""
+    import gzip
+
+    target = Path(path)
+    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
+        handle.write(text.encode("utf-8"))
+    return target
+
+
 def run_header(name: str, settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     """What every results file starts with: experiment, settings, work folder, versions."""
     return {"experiment": name, "settings": dict(settings), "workdir": str(workdir), "versions": versions()}
