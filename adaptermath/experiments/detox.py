@@ -465,7 +465,24 @@ def _lams(choice: Mapping[Any, tuple[float, bool]]) -> str:
 
 def _mask(text: str) -> str:
     return re.sub(r"\b(fuck\w*|shit\w*|bitch\w*|cunt\w*|dick\w*|ass(hole)?s?|idiot\w*|stupid|retard\w*|moron\w*|faggot\w*|nigg\w*)\b",
-                  lambda m: m.group(0)[0] + "*" * (len(m.group(0)) - 1), text, flags=re.IGNORECASE)
+                  lambda m: m.group(0)[0] + "•" * (len(m.group(0)) - 1), text, flags=re.IGNORECASE)
+
+
+def _sample_lines(facts: Mapping[str, Any], kind: str, seed: int) -> list[str]:
+    """The first three test continuations of the base model and of each model of ``kind`` and ``seed``."""
+    evaluations, choice = facts["evaluations"], facts["kinds"][kind]["choice"]
+    shown = [("base model", evaluations[slug("test")]),
+             (f"{KIND_LABEL[kind]} +toxic", evaluations[slug("test", kind, seed, "toxic")])]
+    shown += [(f"{KIND_LABEL[kind]} −λ·{arm} (λ = {choice[arm][seed][0]:g})",
+               evaluations[slug("test", kind, seed, arm, choice[arm][seed][0])]) for arm in ARMS]
+    prompts = facts["record"]["prompts"]["test"]
+    lines = []
+    for label, record in shown:
+        lines += [f"**{label}**", ""]
+        lines += [f"- “{_mask(prompts[row['p']])}” → “{_mask(' '.join(row['text'].split()))}” "
+                  f"({row['scores'][0]:.2f} / {row['scores'][1]:.2f})" for row in record["openings"][:3]]
+        lines.append("")
+    return lines
 
 
 def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
@@ -588,22 +605,10 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         + f"), torch threads {record['threads']}.",
         *common.environment_lines(record["versions"]),
         "",
-        "## Sample continuations (test, seed " f"{seeds[0]}; first three openings; a few words masked)", "",
+        f"## Sample continuations (test, seed {seeds[0]}; first three openings; scores profanity-check / MiniLM probe; "
+        "a few words masked)", "",
     ]
-    first_kind = settings["kinds"][0]
-    k = facts["kinds"][first_kind]
-    shown = [("base model", base["test"]), (f"{KIND_LABEL[first_kind]} +toxic", None)]
-    for label, rec in shown + [(f"{KIND_LABEL[first_kind]} −λ·{arm}", None) for arm in ARMS]:
-        if rec is None:
-            arm = "toxic" if "+toxic" in label else label.rsplit("·", 1)[1]
-            seed = seeds[0]
-            evs = facts["evaluations"]
-            rec = evs[slug("test", first_kind, seed, arm)] if "+toxic" in label else evs[slug("test", first_kind, seed, arm, k["choice"][arm][seed][0])]
-        lines += [f"**{label}**", ""]
-        for row in rec["openings"][:3]:
-            prompt = record["prompts"]["test"][row["p"]]
-            lines.append(f"- “{_mask(prompt)}*{_mask(' '.join(row['text'].split()))}*” ({row['scores'][0]:.2f} / {row['scores'][1]:.2f})")
-        lines.append("")
+    lines += _sample_lines(facts, settings["kinds"][0], seeds[0])
     lines += [
         "## Command", "",
         "```bash",
