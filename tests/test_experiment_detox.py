@@ -98,7 +98,8 @@ def _fake_data(tmp_path: Path, toxic_drop: float) -> Path:
     def evaluation(name: str, split: str, drop: float, ratio: float) -> None:
         rows = [{"p": p, "s": 0, "text": f"text {p}", "scores": [round(float(max(0.0, v - drop)), 6) for v in base_scores[split][p]]}
                 for p in range(len(prompts[split]))]
-        record: dict[str, Any] = {"slug": name, "openings": rows, "perplexity": 30.0 * ratio, "perplexity_tokens": 100}
+        record: dict[str, Any] = {"slug": name, "openings": rows, "perplexity": 30.0 * ratio, "perplexity_tokens": 100,
+                                  "seconds": 2.0}
         if split == "test":
             record["paper"] = [{"p": 0, "s": s, "text": "x", "scores": [0.1 + drop, 0.2]} for s in range(3)]
         common.write_json_atomic(work / "evaluations" / f"{name}.json", record)
@@ -114,7 +115,7 @@ def _fake_data(tmp_path: Path, toxic_drop: float) -> Path:
                     evaluation(detox.slug("val", kind, seed, arm, lam), "val", drop, 1.0 + 0.1 * lam)
                     evaluation(detox.slug("test", kind, seed, arm, lam), "test", drop, 1.0 + 0.1 * lam)
     common.write_json_atomic(work / "scorer_check.json", {"labels": [0, 1, 1, 0], "profanity-check": [0.1, 0.9, 0.25, 0.3],
-                                                         insult_probe.SCORER_NAME: [0.2, 0.7, 0.8, 0.1]})
+                                                         insult_probe.SCORER_NAME: [0.2, 0.7, 0.8, 0.1], "seconds": 5.0})
     training = {f"{kind}-s{seed}-{arm}": {"tokens": 128, "loss_first": 5.0, "loss_last": 4.0, "seconds": 1.0,
                                           "trainable_parameters": 10, "threads": 1}
                 for kind in settings["kinds"] for seed in settings["seeds"] for arm in detox.TRAINED}
@@ -141,6 +142,8 @@ def test_the_page_is_a_function_of_the_data_folder(tmp_path: Path) -> None:
     page = detox.render_page(data)
     assert page == detox.render_page(data)
     assert "| LoRA | neutral-prose PEM (control) |" in page and "reproduced |" in page
+    evaluations = 2 + 2 * (1 + 2 * 4 * 2)  # base on both splits; per kind: +toxic, and 4 arms × 2 λ on both splits
+    assert f"Runtime: {(2 * 3 + 5 + 2 * evaluations) / 60:.1f} min of work" in page
     with gzip.open(data / detox.EVALUATIONS, "rt", encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle]
     records[0]["openings"][0]["scores"][0] = 0.999

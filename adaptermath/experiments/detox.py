@@ -251,6 +251,7 @@ class EvaluationStore:
             return json.loads(path.read_text(encoding="utf-8"))
         started = time.perf_counter()
         record = {"slug": name, **compute()}
+        record["seconds"] = round(time.perf_counter() - started, 1)
         common.log(f"  {name}: {time.perf_counter() - started:.0f} s, perplexity {record['perplexity']:.2f}, "
                    f"mean toxicity {mean_score(record, 0):.3f} / {mean_score(record, 1):.3f}")
         common.write_json_atomic(path, record)
@@ -263,6 +264,7 @@ def scorer_check(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     from adaptermath.experiments import insult_probe
     from adaptermath.experiments.datasets import insults
 
+    started = time.perf_counter()
     probe_settings = settings["scorers"]["probe"]
     train_rows = insults("train")[: probe_settings.get("train_limit")]
     probe = insult_probe.load_or_fit(workdir / "probe.json", train_rows, c=float(probe_settings["c"]),
@@ -275,6 +277,7 @@ def scorer_check(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     texts = [row["text"] for row in test_rows]
     check = {"labels": [row["label"] for row in test_rows],
              **{name: [round(v, 6) for v in score_texts(get_scorer(name), texts, name)] for name in SCORERS}}
+    check["seconds"] = round(time.perf_counter() - started, 1)  # fitting the probe (unless cached) and scoring
     common.write_json_atomic(path, check)
     return check
 
@@ -408,6 +411,7 @@ def analyse(data: Path) -> dict[str, Any]:
         "record": record,
         "evaluations": ev,
         "check_size": len(check["labels"]),
+        "check_seconds": check["seconds"],
         "auc": {name: roc_auc(check[name], check["labels"]) for name in SCORERS},
         "base": {"val": base_val, "test": base_test,
                  "test_mean": [interval(prompt_features([base_test], s)) for s in range(len(SCORERS))],
@@ -466,6 +470,20 @@ def _lams(choice: Mapping[Any, tuple[float, bool]]) -> str:
 def _mask(text: str) -> str:
     return re.sub(r"\b(fuck\w*|shit\w*|bitch\w*|cunt\w*|dick\w*|ass(hole)?s?|idiot\w*|stupid|retard\w*|moron\w*|faggot\w*|nigg\w*)\b",
                   lambda m: m.group(0)[0] + "•" * (len(m.group(0)) - 1), text, flags=re.IGNORECASE)
+
+
+def _runtime_line(facts: Mapping[str, Any]) -> str:
+    """Compute time as recorded by each piece of work (training records, evaluations, the scorer check), so a resumed run still adds up."""
+    record, evaluations = facts["record"], facts["evaluations"].values()
+    training = sum(r["seconds"] for r in record["training"].values())
+    stages = {"training": training, "scorers": facts["check_seconds"],
+              "validation": sum(e["seconds"] for e in evaluations if e["slug"].startswith("val-")),
+              "test": sum(e["seconds"] for e in evaluations if e["slug"].startswith("test-"))}
+    threads = sorted({r["threads"] for r in record["training"].values()} | {record["threads"]})
+    return (f"- Runtime: {sum(stages.values()) / 60:.1f} min of work in all ("
+            + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in stages.items())
+            + f"), as recorded by each training and evaluation; torch threads {', '.join(map(str, threads))} "
+            f"(evaluation: {record['threads']}).")
 
 
 def _sample_lines(facts: Mapping[str, Any], kind: str, seed: int) -> list[str]:
@@ -578,7 +596,6 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
             recs = [record["training"][f"{kind}-s{seed}-{arm}"] for seed in seeds]
             training_rows.append([KIND_LABEL[kind], arm, f"{recs[0]['trainable_parameters']:,}", f"{recs[0]['tokens']:,}",
                                   "; ".join(f"{r['loss_first']:.2f} → {r['loss_last']:.2f}" for r in recs)])
-    timings = record["timings"]
     lines += [
         "## Set-up", "",
         f"- Base: SmolLM2-135M-Instruct (float32). PEMs: LoRA {json.dumps(settings['adapters']['lora'], sort_keys=True)}; "
@@ -600,9 +617,7 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         f"base {base['val']['perplexity']:.2f} / {base['test']['perplexity']:.2f}.",
         f"- λ grid {settings['lambdas']}, seeds {seeds}, kinds {settings['kinds']}; bootstrap "
         f"{settings['verdict']['resamples']} resamples.",
-        f"- Runtime: {timings.get('total', 0) / 60:.1f} min in all ("
-        + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timings.items() if stage != "total")
-        + f"), torch threads {record['threads']}.",
+        _runtime_line(facts),
         *common.environment_lines(record["versions"]),
         "",
         f"## Sample continuations (test, seed {seeds[0]}; first three openings; scores profanity-check / MiniLM probe; "
@@ -622,6 +637,24 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+PAPER_CLAIM = ("negating a toxic PEM lowers toxicity at a small perplexity cost (GPT-2 large; Alpaca-LoRA on toxic "
+               "instructions: mean Detoxify toxicity 0.321 → 0.158)")
+
+
+def headline(data: Path) -> dict[str, str]:
+    """The row of docs/results/README.md: the paper's claim, our effect with its interval, the verdict."""
+    facts = analyse(data)
+    effects, verdicts = [], []
+    for kind, k in facts["kinds"].items():
+        worst = max(CONTROLS, key=lambda c: k["controls"][c]["delta"][0]["high"])
+        effects.append(f"{KIND_LABEL[kind]}: −λ·toxic vs base {_signed(k['test']['toxic']['vs_base'][0])}; vs the least "
+                       f"favourable control (−λ·{worst}) {_signed(k['controls'][worst]['delta'][0])}")
+        verdicts.append(f"{KIND_LABEL[kind]} {k['verdict']}")
+    return {"experiment": "Detoxification by subtraction (SmolLM2-135M, held-out insult openings, 3 seeds, 3 controls)",
+            "paper": PAPER_CLAIM, "ours": "; ".join(effects) + " (profanity-check, mean toxicity, 95% CI)",
+            "verdict": ", ".join(verdicts)}
 
 
 def plot(data: Path, path: Path) -> Path | None:
