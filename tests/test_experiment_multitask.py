@@ -14,8 +14,6 @@ import pytest
 
 from adaptermath.experiments import common, multitask
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-
 
 def test_balanced_takes_half_of_each_label_and_is_seeded() -> None:
     rows = [{"text": f"h{i}", "label": 0} for i in range(20)] + [{"text": f"s{i}", "label": 1} for i in range(3)]
@@ -155,17 +153,6 @@ def test_the_page_is_a_function_of_the_data_folder(tmp_path: Path) -> None:
     records[0]["pred"] = ("1" if first[0] == "0" else "0") + first[1:]
     common.write_gzip_text(data / multitask.EVALUATIONS, "".join(json.dumps(r) + "\n" for r in records))
     assert multitask.render_page(data) != page
-
-
-def test_the_committed_page_regenerates_byte_for_byte() -> None:
-    data = RESULTS / multitask.DATA_FOLDER
-    assert multitask.render_page(data) == (RESULTS / multitask.PAGE_NAME).read_text(encoding="utf-8")
-
-
-def test_the_committed_data_is_small_and_holds_no_weights() -> None:
-    data = RESULTS / multitask.DATA_FOLDER
-    assert sorted(p.name for p in data.iterdir()) == sorted(["run.json", multitask.EVALUATIONS])
-    assert sum(p.stat().st_size for p in data.iterdir()) < 2**20
 
 
 def test_render_without_data_is_a_one_line_error(tmp_path: Path) -> None:
