@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptermath.errors import DataError
-from adaptermath.experiments import common, distribution, domain_transfer, init_ablation, multitask
+from adaptermath.experiments import common, distribution, domain_transfer, init_ablation
 
 
 def test_merge_settings_is_recursive_and_does_not_touch_inputs():
@@ -71,7 +71,6 @@ def test_markdown_table_formats_cells():
 
 
 def test_mean_accuracy_and_diagnostic_summary():
-    assert multitask.mean_accuracy({"a": {"accuracy": 0.5}, "b": {"accuracy": 1.0}}) == 0.75
     comparison = {"mean_cosine": 0.4, "modules": [
         {"a_cosine": 1.0, "param_vs_delta": 0.1}, {"a_cosine": 0.5, "param_vs_delta": 0.3}, {"a_cosine": None}]}
     summary = init_ablation.diagnostic_summary(comparison)
@@ -111,15 +110,7 @@ def test_init_ablation_drops_pair_param_with_delta():
     assert result[0]["drop_chosen"] == pytest.approx(0.01) and result[0]["drop_half"] == pytest.approx(0.01)
 
 
-def test_multitask_and_domain_transfer_pages_from_synthetic_results():
-    settings = common.load_config("multitask")
-    row = {"kind": "ia3", "space": "param", "chosen": 0.6, "chosen_validation": 0.7,
-           "validation": [[0.0, {"sent": 0.5, "task2": 0.9}], [0.6, {"sent": 0.7, "task2": 0.7}]],
-           "test": {"merged": {"sent": 0.7, "task2": 0.6}, "sent alone": {"sent": 0.8, "task2": 0.2},
-                    "task2 alone": {"sent": 0.5, "task2": 0.9}}}
-    page = multitask.render_page({**_header(settings), "rows": [row], "sizes": {}, "labels": {"task2": list("abcdef")}}, None)
-    assert "| ia3 | param | 0.6 | sentiment | 0.800 | 0.500 | 0.700 | -0.100 |" in page
-    assert "| ia3 | param | 0.6 | trec | 0.900 | 0.200 | 0.600 | -0.300 |" in page
+def test_domain_transfer_page_from_synthetic_results():
     settings = common.load_config("domain_transfer")
     row = {"direction": "amazon→movies", "kind": "lora", "form": "lambda", "space": "delta", "variable": "λ",
            "chosen": 0.2, "chosen_validation": 0.7, "base_test": 0.6, "vanilla_test": 0.65, "test_accuracy": 0.66,
