@@ -5,8 +5,10 @@ all-MiniLM-L6-v2 with a classification head in ``modules_to_save``, Rotten Tomat
 fixed split gives the validation and test rows (the same for every seed, so seeds pair up on each
 test row); for each training seed, the training rows are cut into two equal halves with
 :func:`adaptermath.experiments.datasets.skewed_halves` (half 0 holds ``share`` of the negatives),
-and three PEMs are trained from one seeded initial adapter: ``h0``, ``h1`` and ``union`` (both
-halves, twice the steps: the same number of epochs). The merge is
+and three PEMs are trained from one seeded initial adapter: ``h0`` and ``h1``, each in rounds of
+``train.steps`` steps until it passes the non-constant check on validation
+(:func:`train_until_not_constant`), and ``union`` (both halves, ``union_factor`` × the steps of the
+longer half). The merge is
 
     merged(λ) = λ·h0 + (1 − λ)·h1
 
@@ -179,6 +181,38 @@ def _evaluation(store: common.ResultStore, name: str, compute: Any, labels: Sequ
     return store.get(name)
 
 
+def training_summary(folders: Sequence[Path]) -> dict[str, Any]:
+    """One PEM's training over its rounds (``training.json`` of each): steps, rounds, first and last loss, seconds."""
+    records = [json.loads((folder / "training.json").read_text(encoding="utf-8")) for folder in folders]
+    return {"rounds": len(records), "steps": sum(len(r["losses"]) for r in records), "tokens": sum(r["tokens"] for r in records),
+            "loss_first": records[0]["loss_first"], "loss_last": records[-1]["loss_last"],
+            "seconds": round(sum(r["seconds"] for r in records), 1), "trainable_parameters": records[0]["trainable_parameters"],
+            "threads": records[-1]["threads"]}
+
+
+def train_until_not_constant(label: str, init: Path, rows: Sequence[Mapping[str, Any]], folder: Path,
+                             settings: Mapping[str, Any], seed: int, threads: int, val_margins: Any,
+                             val_labels: Sequence[int], timings: dict[str, float]) -> list[Path]:
+    """Train a half in rounds of ``train.steps`` steps, each round continuing from the last one's adapter,
+    until it passes :func:`constant_check` on *validation* or ``train.max_rounds`` rounds are done.
+    ``val_margins(path, "rN")`` scores round N; round N shuffles with seed ``seed + 1000·(N − 1)``.
+    Returns the adapter of every round (the last is the half)."""
+    train = settings["train"]
+    start, done = init, []
+    for rounds in range(1, int(train["max_rounds"]) + 1):
+        with common.timed(timings, "training"):
+            path = common.train_head_pem(f"{label} round {rounds}", start, rows, folder.with_name(f"{folder.name}-r{rounds}"),
+                                         adapter=settings["adapter"], train=train, seed=seed + 1000 * (rounds - 1),
+                                         threads=threads)
+        with common.timed(timings, "validation"):
+            margins = val_margins(path, f"r{rounds}")
+        done.append(path)
+        if constant_check(margins, val_labels, settings["check"])["passed"]:
+            break
+        start = path
+    return done
+
+
 def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict[str, Any]:
     """Train, evaluate on validation, choose λ, evaluate on test (every step resumable); return run.json."""
     import torch
@@ -203,15 +237,21 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
         halves_sizes[str(seed)] = {name: {"rows": len(h), "negative_share": round(1 - sum(r["label"] for r in h) / len(h), 4)}
                                    for name, h in halves.items()}
         pems: dict[str, Path] = {}
+        init = common.minilm_init(workdir, adapter["kind"], adapter, seed=seed, num_labels=len(SENTIMENT_LABELS))
+        for name in ("h0", "h1"):
+            rounds = train_until_not_constant(
+                f"seed {seed} {name}", init, halves[name], workdir / "pems" / f"s{seed}-{name}", settings, seed, threads,
+                lambda path, tag: _evaluation(store, f"{slug('val', seed, name)}-{tag}",
+                                              lambda: scorer.margins(path, parts["val"]), labels["val"]),
+                labels["val"], timings)
+            pems[name] = rounds[-1]
+            store.put(slug("val", seed, name), store.get(f"{slug('val', seed, name)}-r{len(rounds)}"))
+            training[f"s{seed}-{name}"] = training_summary(rounds)
+        union_steps = int(train["steps"]) * int(train["union_factor"]) * max(training[f"s{seed}-{h}"]["rounds"] for h in ("h0", "h1"))
         with common.timed(timings, "training"):
-            init = common.minilm_init(workdir, adapter["kind"], adapter, seed=seed, num_labels=len(SENTIMENT_LABELS))
-            for name in PEMS:
-                steps = int(train["steps"]) * (int(train["union_factor"]) if name == "union" else 1)
-                pems[name] = common.train_head_pem(f"seed {seed} {name}", init, halves[name], workdir / "pems" / f"s{seed}-{name}",
-                                                   adapter=adapter, train=train, seed=seed, threads=threads, steps=steps)
-                record = json.loads((pems[name] / "training.json").read_text(encoding="utf-8"))
-                training[f"s{seed}-{name}"] = {k: record[k] for k in ("examples_used", "trainable_parameters", "tokens",
-                                                                     "loss_first", "loss_last", "seconds", "threads")}
+            pems["union"] = common.train_head_pem(f"seed {seed} union", init, halves["union"], workdir / "pems" / f"s{seed}-union",
+                                                  adapter=adapter, train=train, seed=seed, threads=threads, steps=union_steps)
+        training[f"s{seed}-union"] = training_summary([pems["union"]])
 
         def merge(lam: float) -> Any:
             return compose(EXPRESSION, {"h0": pems["h0"], "h1": pems["h1"]}, variables={"λ": lam}, space=settings["space"])
@@ -226,8 +266,6 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
                     margins = _evaluation(store, slug("val", seed, "merge", lam), lambda: scorer.margins(merge(lam), parts["val"]),
                                           labels["val"])
                 points.append((lam, accuracy(margins, labels["val"])))
-            for name in ("h0", "h1"):
-                _evaluation(store, slug("val", seed, name), lambda: scorer.margins(pems[name], parts["val"]), labels["val"])
         chosen = choose_lambda(points)
         with common.timed(timings, "test"):
             for name in PEMS:
@@ -457,7 +495,8 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         lines += [f"![validation accuracy against λ]({plot_name})", ""]
     data_settings, train, adapter = settings["data"], settings["train"], settings["adapter"]
     halves = record["halves"][str(seeds[0])]
-    training_rows = [[f"s{seed}", name, f"{record['training'][f's{seed}-{name}']['examples_used']:,}",
+    training_rows = [[f"s{seed}", name, str(record['training'][f's{seed}-{name}']['rounds']),
+                      f"{record['training'][f's{seed}-{name}']['steps']:,}",
                       f"{record['training'][f's{seed}-{name}']['loss_first']:.3f} → {record['training'][f's{seed}-{name}']['loss_last']:.3f}",
                       f"{record['training'][f's{seed}-{name}']['seconds']:.0f}"]
                      for seed in seeds for name in PEMS]
@@ -471,11 +510,13 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         f"{float(skew['share']):.0%} of the negatives (negative share {halves['h0']['negative_share']:.3f}), h1 the rest "
         f"({halves['h1']['negative_share']:.3f}).",
         f"- PEMs: {json.dumps(adapter, sort_keys=True)} on all-MiniLM-L6-v2 with a new 2-label head in `modules_to_save`; one "
-        f"seeded initial adapter per seed shared by h0, h1 and union. Training {json.dumps(train, sort_keys=True)}; the union PEM "
-        f"trains {train['union_factor']}× the steps (the same epochs).",
+        f"seeded initial adapter per seed shared by h0, h1 and union. Training {json.dumps(train, sort_keys=True)}: each half "
+        f"trains in rounds of {train['steps']} steps, each continuing from the last, until it passes the non-constant check on "
+        f"*validation* (at most {train['max_rounds']} rounds); the union PEM trains {train['union_factor']}× the steps of the "
+        f"longer half in one go.",
         f"- Merge: `{EXPRESSION}` in {settings['space']} space, λ ∈ {lambdas}; evaluation {json.dumps(settings['eval'], sort_keys=True)}.",
         "",
-        common.markdown_table(["seed", "PEM", "examples seen", "loss first → last", "seconds"], training_rows),
+        common.markdown_table(["seed", "PEM", "rounds", "steps", "loss first → last", "seconds"], training_rows),
         "",
         f"- Runtime: {timings.get('total', 0) / 60:.1f} min in all ("
         + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timings.items() if stage != "total")
