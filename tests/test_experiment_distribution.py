@@ -110,8 +110,9 @@ def _fake_data(tmp_path: Path, merge_flip: float, *, h1_constant: bool = False, 
             evaluations[distribution.slug(split, seed, "h0")] = h0[split]
             evaluations[distribution.slug(split, seed, "h1")] = ([5.0] * len(ys) if h1_constant
                                                                  else _margins(ys, 0.33 if null else 0.25, rng))
-            evaluations[distribution.slug(split, seed, "merge", 0.5)] = ([m - shift for m in h0[split]] if null
-                                                                         else _margins(ys, merge_flip, rng))
+            for space in distribution.spaces(settings):
+                evaluations[distribution.slug(split, seed, "merge", 0.5, space)] = ([m - shift for m in h0[split]] if null
+                                                                                    else _margins(ys, merge_flip, rng))
             if split == "test":
                 evaluations[distribution.slug(split, seed, "union")] = _margins(ys, 0.1, rng)
     training = {f"s{seed}-{name}": {"examples_used": 10, "trainable_parameters": 5, "tokens": 100, "loss_first": 0.7,
@@ -130,8 +131,10 @@ def _fake_data(tmp_path: Path, merge_flip: float, *, h1_constant: bool = False, 
 def test_a_clear_gain_is_reproduced_a_null_one_is_not_and_a_constant_half_blocks_the_verdict(tmp_path: Path) -> None:
     clear = distribution.analyse(_fake_data(tmp_path / "clear", merge_flip=0.05))
     assert clear["verdict"] == "reproduced" and clear["checks_passed"]
-    assert clear["delta"]["low"] > 0.1 and all(s["lambda"] == 0.5 for s in clear["seeds"].values())
-    assert clear["seeds"][0]["mcnemar"]["merge_only"] > clear["seeds"][0]["mcnemar"]["half_only"]
+    assert clear["delta"]["low"] > 0.1 and all(m["lambda"] == 0.5 for m in clear["spaces"]["param"]["seeds"].values())
+    assert set(clear["spaces"]) == {"param", "delta"} and clear["spaces"]["delta"]["verdict"] == "reproduced"
+    mcnemar = clear["spaces"]["param"]["seeds"][0]["mcnemar"]
+    assert mcnemar["merge_only"] > mcnemar["half_only"]
     null = distribution.analyse(_fake_data(tmp_path / "null", merge_flip=0.0, null=True))
     assert null["verdict"] == "not reproduced"
     assert null["delta"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
@@ -142,11 +145,12 @@ def test_a_clear_gain_is_reproduced_a_null_one_is_not_and_a_constant_half_blocks
 
 def test_the_best_tuned_half_is_the_better_on_test(tmp_path: Path) -> None:
     facts = distribution.analyse(_fake_data(tmp_path, merge_flip=0.05))
-    for s in facts["seeds"].values():
+    arm = facts["spaces"]["param"]
+    for seed, s in facts["seeds"].items():
         assert s["test"]["best tuned"] == max(s["test"]["h0 tuned"], s["test"]["h1 tuned"])
-        assert s["delta"] == pytest.approx(s["test"]["merge"] - s["test"]["best tuned"])
-    pooled = sum(s["test"]["merge"] for s in facts["seeds"].values()) / len(facts["seeds"])
-    assert facts["pooled"]["merge"]["estimate"] == pytest.approx(pooled)
+        assert arm["seeds"][seed]["delta"] == pytest.approx(arm["seeds"][seed]["test_merge"] - s["test"]["best tuned"])
+    pooled = sum(m["test_merge"] for m in arm["seeds"].values()) / len(arm["seeds"])
+    assert arm["pooled"]["estimate"] == pytest.approx(pooled)
 
 
 def test_the_page_is_a_function_of_the_data_folder(tmp_path: Path) -> None:
@@ -156,7 +160,7 @@ def test_the_page_is_a_function_of_the_data_folder(tmp_path: Path) -> None:
     assert "**reproduced**" in page and "REDUCED --quick run" in page
     with gzip.open(data / distribution.EVALUATIONS, "rt", encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle]
-    first = next(r for r in records if r["slug"] == "test-s0-merge-0.5")
+    first = next(r for r in records if r["slug"] == "test-s0-merge-param-0.5")
     first["margin"] = [-m for m in first["margin"]]
     common.write_gzip_text(data / distribution.EVALUATIONS, "".join(json.dumps(r) + "\n" for r in records))
     assert distribution.render_page(data) != page
@@ -218,17 +222,17 @@ def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) 
     work, docs = tmp_path / "work", tmp_path / "docs"
     distribution.main(["--quick", "--threads", "1", "--workdir", str(work), "--docs", str(docs)])
     page = (docs / distribution.PAGE_NAME).read_text(encoding="utf-8")
-    assert "REDUCED --quick run" in page and "| LoRA (param space) | 2 | 64 |" in page
+    assert "REDUCED --quick run" in page and "| LoRA, param space (the paper's operator; primary) | 2 | 64 |" in page
     assert (docs / distribution.PLOT_NAME).stat().st_size > 1000
     facts = distribution.analyse(docs / distribution.DATA_FOLDER)
 
     # One stored number checked independently: the merge at seed 0's chosen λ, saved, loaded with plain
     # PEFT, argmax of the logits on the test rows.
     settings = facts["record"]["settings"]
-    lam = facts["seeds"][0]["lambda"]
+    lam = facts["spaces"]["param"]["seeds"][0]["lambda"]
     rounds = {half: facts["record"]["training"][f"s0-{half}"]["rounds"] for half in ("h0", "h1")}
     merged = compose(distribution.EXPRESSION, {half: work / "pems" / f"s0-{half}-r{rounds[half]}" for half in rounds},
-                     variables={"λ": lam}, space=settings["space"])
+                     variables={"λ": lam}, space="param")
     merged.save(tmp_path / "merged")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm))
     model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(str(minilm), num_labels=2),
@@ -238,7 +242,7 @@ def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) 
         predictions = [int(model(input_ids=torch.tensor([ids[: settings["eval"]["max_length"]]])).logits.argmax(-1))
                        for ids in tokenizer([r["text"] for r in test])["input_ids"]]
     expected = sum(p == r["label"] for p, r in zip(predictions, test)) / len(test)
-    assert facts["seeds"][0]["test"]["merge"] == pytest.approx(expected, abs=1e-9)
+    assert facts["spaces"]["param"]["seeds"][0]["test_merge"] == pytest.approx(expected, abs=1e-9)
 
     shutil.rmtree(work)
     distribution.main(["--quick", "--render", "--docs", str(docs)])

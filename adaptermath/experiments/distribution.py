@@ -92,9 +92,9 @@ def halves_for_seed(train: Sequence[Mapping[str, Any]], seed: int, skew: Mapping
     return {"h0": half0, "h1": half1, "union": half0 + half1}
 
 
-def slug(split: str, seed: int, name: str, lam: float | None = None) -> str:
-    """The name of one evaluation: ``val-s0-h0``, ``test-s2-union``, ``val-s1-merge-0.4``."""
-    return f"{split}-s{seed}-{name}" if lam is None else f"{split}-s{seed}-merge-{lam:g}"
+def slug(split: str, seed: int, name: str, lam: float | None = None, space: str = "param") -> str:
+    """The name of one evaluation: ``val-s0-h0``, ``test-s2-union``, ``val-s1-merge-param-0.4``."""
+    return f"{split}-s{seed}-{name}" if lam is None else f"{split}-s{seed}-merge-{space}-{lam:g}"
 
 
 def stored_margin(value: float) -> float:
@@ -227,7 +227,7 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
     labels = {split: [int(row["label"]) for row in parts[split]] for split in ("val", "test")}
     adapter, train = settings["adapter"], settings["train"]
     store = common.ResultStore(workdir / "evaluations.json", common.settings_fingerprint(
-        {k: settings[k] for k in ("data", "skew", "adapter", "train", "eval", "space")}))
+        {k: settings[k] for k in ("data", "skew", "adapter", "train", "eval")}))
     scorer = Scorer(common.HeadEvaluator(**settings["eval"]))
     interior = [float(v) for v in settings["lambdas"] if 0 < float(v) < 1]
     training: dict[str, Any] = {}
@@ -253,26 +253,27 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
                                                   adapter=adapter, train=train, seed=seed, threads=threads, steps=union_steps)
         training[f"s{seed}-union"] = training_summary([pems["union"]])
 
-        def merge(lam: float) -> Any:
-            return compose(EXPRESSION, {"h0": pems["h0"], "h1": pems["h1"]}, variables={"λ": lam}, space=settings["space"])
+        def merge(lam: float, space: str) -> Any:
+            return compose(EXPRESSION, {"h0": pems["h0"], "h1": pems["h1"]}, variables={"λ": lam}, space=space)
 
-        with common.timed(timings, "validation"):
-            points = []
-            for lam in [float(v) for v in settings["lambdas"]]:
-                if lam in (0.0, 1.0):
-                    name, target = slug("val", seed, "h0" if lam == 1.0 else "h1"), pems["h0" if lam == 1.0 else "h1"]
-                    margins = _evaluation(store, name, lambda: scorer.margins(target, parts["val"]), labels["val"])
-                else:
-                    margins = _evaluation(store, slug("val", seed, "merge", lam), lambda: scorer.margins(merge(lam), parts["val"]),
-                                          labels["val"])
-                points.append((lam, accuracy(margins, labels["val"])))
-        chosen = choose_lambda(points)
         with common.timed(timings, "test"):
             for name in PEMS:
                 _evaluation(store, slug("test", seed, name), lambda: scorer.margins(pems[name], parts["test"]), labels["test"])
+        for space in spaces(settings):
+            with common.timed(timings, "validation"):
+                points = []
+                for lam in (float(v) for v in settings["lambdas"]):
+                    if lam in (0.0, 1.0):
+                        margins = store.get(slug("val", seed, "h0" if lam == 1.0 else "h1"))
+                    else:
+                        margins = _evaluation(store, slug("val", seed, "merge", lam, space),
+                                              lambda: scorer.margins(merge(lam, space), parts["val"]), labels["val"])
+                    points.append((lam, accuracy(margins, labels["val"])))
+            chosen = choose_lambda(points)
             if chosen in interior:
-                _evaluation(store, slug("test", seed, "merge", chosen), lambda: scorer.margins(merge(chosen), parts["test"]),
-                            labels["test"])
+                with common.timed(timings, "test"):
+                    _evaluation(store, slug("test", seed, "merge", chosen, space),
+                                lambda: scorer.margins(merge(chosen, space), parts["test"]), labels["test"])
     return {
         "experiment": NAME,
         "settings": {k: v for k, v in settings.items() if k != "config_path"},
@@ -320,6 +321,11 @@ def _correct(margins: Sequence[float], labels: Sequence[int], threshold: float =
     return [int((m > threshold) == (y == 1)) for m, y in zip(margins, labels)]
 
 
+def spaces(settings: Mapping[str, Any]) -> list[str]:
+    """The merge spaces: the primary ``space`` (the verdict's) first, then ``secondary_spaces``."""
+    return [settings["space"], *(sp for sp in settings.get("secondary_spaces", []) if sp != settings["space"])]
+
+
 def analyse(data: Path) -> dict[str, Any]:
     """Every number on the page, from the data folder alone."""
     from adaptermath.evaluation.statistics import bootstrap_interval, mcnemar_test, paired_bootstrap_interval, ratio
@@ -330,23 +336,25 @@ def analyse(data: Path) -> dict[str, Any]:
     val, test = splits["val"]["label"], splits["test"]["label"]
     conf, resamples = float(settings["verdict"]["confidence"]), int(settings["verdict"]["resamples"])
 
-    def val_margins(seed: int, lam: float) -> list[float]:
+    def margins(split: str, seed: int, lam: float, space: str) -> list[float]:
         if lam in (0.0, 1.0):
-            return ev[slug("val", seed, "h0" if lam == 1.0 else "h1")]
-        return ev[slug("val", seed, "merge", lam)]
+            return ev[slug(split, seed, "h0" if lam == 1.0 else "h1")]
+        return ev[slug(split, seed, "merge", lam, space)]
+
+    def features(columns: list[list[int]]) -> list[list[float]]:  # per test row: [Σ_seeds correct, seeds]
+        return [[float(sum(column)), float(len(seeds))] for column in zip(*columns)]
+
+    def as_dict(iv: Any) -> dict[str, float]:
+        return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
 
     per_seed: dict[int, dict[str, Any]] = {}
-    correct: dict[str, list[list[int]]] = {name: [] for name in ("merge", "best tuned", "h0", "h1", "h0 tuned", "h1 tuned", "union")}
+    correct: dict[str, list[list[int]]] = {name: [] for name in ("best tuned", "h0 tuned", "h1 tuned", "h0", "h1", "union")}
     for seed in seeds:
-        curve = [(lam, accuracy(val_margins(seed, lam), val)) for lam in lambdas]
-        lam = choose_lambda(curve)
-        merge_test = ev[slug("test", seed, "h0" if lam == 1.0 else "h1")] if lam in (0.0, 1.0) else ev[slug("test", seed, "merge", lam)]
-        s: dict[str, Any] = {"curve": curve, "lambda": lam, "val_merge": dict(curve)[lam], "checks": {}, "thresholds": {}}
-        rows = {"merge": _correct(merge_test, test), "union": _correct(ev[slug("test", seed, "union")], test)}
+        s: dict[str, Any] = {"checks": {}, "thresholds": {}}
+        rows = {"union": _correct(ev[slug("test", seed, "union")], test)}
         for half in ("h0", "h1"):
             threshold = tune_threshold(ev[slug("val", seed, half)], val)
             s["thresholds"][half] = threshold
-            s[f"val_{half}"] = accuracy(ev[slug("val", seed, half)], val)
             s[f"val_{half}_tuned"] = accuracy(ev[slug("val", seed, half)], val, threshold)
             s["checks"][half] = constant_check(ev[slug("test", seed, half)], test, settings["check"])
             rows[half] = _correct(ev[slug("test", seed, half)], test)
@@ -354,30 +362,37 @@ def analyse(data: Path) -> dict[str, Any]:
         s["best_half"] = max(("h0 tuned", "h1 tuned"), key=lambda name: (sum(rows[name]), name == "h0 tuned"))
         rows["best tuned"] = rows[s["best_half"]]
         s["test"] = {name: sum(values) / len(values) for name, values in rows.items()}
-        s["delta"] = s["test"]["merge"] - s["test"]["best tuned"]
-        b, c, p = mcnemar_test(rows["merge"], rows["best tuned"])
-        s["mcnemar"] = {"merge_only": b, "half_only": c, "p": p}
-        for name, values in rows.items():
-            correct[name].append(values)
+        for name in correct:
+            correct[name].append(rows[name])
         per_seed[seed] = s
-
-    def features(name: str) -> list[list[float]]:  # per test row: [Σ_seeds correct, seeds]
-        return [[float(sum(column)), float(len(seeds))] for column in zip(*correct[name])]
-
-    def as_dict(iv: Any) -> dict[str, float]:
-        return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
-
-    pooled = {name: as_dict(bootstrap_interval(features(name), ratio, confidence=conf, resamples=resamples, seed=0))
-              for name in correct}
-    versus = {name: as_dict(paired_bootstrap_interval(features("merge"), features(name), ratio, confidence=conf,
-                                                      resamples=resamples, seed=0)) for name in correct if name != "merge"}
-    delta = versus["best tuned"]
+    pooled = {name: as_dict(bootstrap_interval(features(columns), ratio, confidence=conf, resamples=resamples, seed=0))
+              for name, columns in correct.items()}
     checks_passed = all(s["checks"][h]["passed"] for s in per_seed.values() for h in ("h0", "h1"))
+    arms: dict[str, dict[str, Any]] = {}
+    for space in spaces(settings):
+        arm: dict[str, Any] = {"seeds": {}}
+        merged = []
+        for i, seed in enumerate(seeds):
+            curve = [(lam, accuracy(margins("val", seed, lam, space), val)) for lam in lambdas]
+            lam = choose_lambda(curve)
+            rows = _correct(margins("test", seed, lam, space), test)
+            b, c, p = mcnemar_test(rows, correct["best tuned"][i])
+            accuracy_test = sum(rows) / len(rows)
+            arm["seeds"][seed] = {"curve": curve, "lambda": lam, "val_merge": dict(curve)[lam], "test_merge": accuracy_test,
+                                  "delta": accuracy_test - per_seed[seed]["test"]["best tuned"],
+                                  "mcnemar": {"merge_only": b, "half_only": c, "p": p}}
+            merged.append(rows)
+        arm["pooled"] = as_dict(bootstrap_interval(features(merged), ratio, confidence=conf, resamples=resamples, seed=0))
+        arm["versus"] = {name: as_dict(paired_bootstrap_interval(features(merged), features(columns), ratio, confidence=conf,
+                                                                 resamples=resamples, seed=0)) for name, columns in correct.items()}
+        arm["delta"] = arm["versus"]["best tuned"]
+        arm["verdict"] = verdict(arm["delta"], checks_passed, float(settings["verdict"]["min_effect"]))
+        arms[space] = arm
+    primary = arms[settings["space"]]
     majority = max(sum(test), len(test) - sum(test)) / len(test)
-    return {"record": record, "seeds": per_seed, "pooled": pooled, "delta": delta, "versus": versus,
-            "checks_passed": checks_passed, "majority": majority, "positive_share": sum(test) / len(test),
-            "verdict": verdict(delta, checks_passed, float(settings["verdict"]["min_effect"])),
-            "sizes": {"val": len(val), "test": len(test)}}
+    return {"record": record, "seeds": per_seed, "pooled": pooled, "spaces": arms, "delta": primary["delta"],
+            "verdict": primary["verdict"], "checks_passed": checks_passed, "majority": majority,
+            "positive_share": sum(test) / len(test), "sizes": {"val": len(val), "test": len(test)}}
 
 
 def _ci(iv: Mapping[str, float]) -> str:
@@ -393,7 +408,6 @@ def _threshold(value: float) -> str:
 
 
 MODEL_LABEL = {
-    "merge": "merge λ·h0 + (1 − λ)·h1 (λ on validation)",
     "best tuned": "best tuned half (per seed, chosen on test)",
     "h0 tuned": "h0, threshold tuned on validation",
     "h1 tuned": "h1, threshold tuned on validation",
@@ -427,9 +441,13 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         common.markdown_table(
             ["PEM", "seeds", "test rows", f"merge [{conf}]", f"best tuned half [{conf}]", f"Δ merge − best tuned half [{conf}]",
              "halves not constant", "verdict"],
-            [[f"LoRA ({settings['space']} space)", str(len(seeds)), str(facts["sizes"]["test"]), _ci(facts["pooled"]["merge"]),
-              _ci(facts["pooled"]["best tuned"]), _signed(facts["delta"]), "yes" if facts["checks_passed"] else "**no**",
-              f"**{facts['verdict']}**"]]),
+            [[f"LoRA, {space} space" + (" (the paper's operator; primary)" if space == settings["space"] else " (secondary)"),
+              str(len(seeds)), str(facts["sizes"]["test"]), _ci(arm["pooled"]), _ci(facts["pooled"]["best tuned"]),
+              _signed(arm["delta"]), "yes" if facts["checks_passed"] else "**no**", f"**{arm['verdict']}**"]
+             for space, arm in facts["spaces"].items()]),
+        "",
+        f"**Verdict: {facts['verdict']}** (the primary row, {settings['space']} space). Parameter space combines A and B "
+        "separately (the paper's operator); delta space interpolates ΔW = BA exactly.",
         "",
         f"Rule (fixed in the recipe before the run): Δ is the test accuracy of the merge minus that of the better of the "
         f"two threshold-tuned halves (better *on test*, per seed, which favours the baseline), seeds pooled per test row, "
@@ -441,10 +459,11 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         "## Test accuracy (seeds pooled)",
         "",
         common.markdown_table(
-            ["model", f"accuracy [{conf}]", f"merge minus this [{conf}]"],
-            [[MODEL_LABEL[name], _ci(facts["pooled"][name]),
-              _signed(facts["versus"][name]) if name in facts["versus"] else "–"]
-             for name in ("merge", "best tuned", "h0 tuned", "h1 tuned", "h0", "h1", "union")]),
+            ["model", f"accuracy [{conf}]", *(f"{space}-space merge minus this [{conf}]" for space in facts["spaces"])],
+            [*([f"merge, {space} space (λ on validation)", _ci(arm["pooled"]), *("–" for _ in facts["spaces"])]
+               for space, arm in facts["spaces"].items()),
+             *([MODEL_LABEL[name], _ci(facts["pooled"][name]), *(_signed(arm["versus"][name]) for arm in facts["spaces"].values())]
+               for name in ("best tuned", "h0 tuned", "h1 tuned", "h0", "h1", "union"))]),
         "",
         f"Majority rate of the test rows: {facts['majority']:.3f} (positive share {facts['positive_share']:.3f}). Intervals: "
         "percentile bootstrap over test rows, each row carrying its correct count over the seeds.",
@@ -456,17 +475,22 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     for seed in seeds:
         s = facts["seeds"][seed]
         t = s["test"]
-        seed_rows.append([str(seed), f"{s['lambda']:g}", f"{t['h0']:.3f}", f"{t['h1']:.3f}",
-                          f"{t['h0 tuned']:.3f} ({_threshold(s['thresholds']['h0'])})",
-                          f"{t['h1 tuned']:.3f} ({_threshold(s['thresholds']['h1'])})", f"{t['merge']:.3f}", f"{t['union']:.3f}",
-                          f"{s['delta']:+.3f}",
-                          f"{s['mcnemar']['merge_only']} / {s['mcnemar']['half_only']}, p = {s['mcnemar']['p']:.2g}"])
+        seed_rows.append([str(seed), f"{t['h0']:.3f}", f"{t['h1']:.3f}", f"{t['h0 tuned']:.3f} ({_threshold(s['thresholds']['h0'])})",
+                          f"{t['h1 tuned']:.3f} ({_threshold(s['thresholds']['h1'])})", f"{t['union']:.3f}"])
+    merge_rows = []
+    for space, arm in facts["spaces"].items():
+        for seed in seeds:
+            m = arm["seeds"][seed]
+            merge_rows.append([space, str(seed), f"{m['lambda']:g}", f"{m['test_merge']:.3f}", f"{m['delta']:+.3f}",
+                               f"{m['mcnemar']['merge_only']} / {m['mcnemar']['half_only']}, p = {m['mcnemar']['p']:.2g}"])
     lines += [
-        common.markdown_table(["seed", "λ", "h0", "h1", "h0 tuned (t)", "h1 tuned (t)", "merge", "union", "Δ vs best tuned",
-                               "McNemar: merge-only / half-only right, p"], seed_rows),
+        common.markdown_table(["seed", "h0", "h1", "h0 tuned (t)", "h1 tuned (t)", "union"], seed_rows),
         "",
         "Test accuracy. A tuned half predicts positive iff logit(positive) − logit(negative) > t, with t chosen on "
         "validation.",
+        "",
+        common.markdown_table(["space", "seed", "λ", "merge", "Δ vs best tuned half", "McNemar: merge-only / half-only right, p"],
+                              merge_rows),
         "",
         "## Non-constant check (halves as trained, test)",
         "",
@@ -483,8 +507,9 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     ]
     lambdas = [float(v) for v in settings["lambdas"]]
     lines += [
-        common.markdown_table(["λ (weight of h0)", *(f"seed {seed}" for seed in seeds)],
-                              [[f"{lam:g}", *(f"{dict(facts['seeds'][seed]['curve'])[lam]:.3f}" for seed in seeds)] for lam in lambdas]),
+        common.markdown_table(["λ (weight of h0)", *(f"{space}, seed {seed}" for space in facts["spaces"] for seed in seeds)],
+                              [[f"{lam:g}", *(f"{dict(arm['seeds'][seed]['curve'])[lam]:.3f}"
+                                              for arm in facts["spaces"].values() for seed in seeds)] for lam in lambdas]),
         "",
         "λ = 1 is h0 and λ = 0 is h1 as trained. Tuned halves on validation (h0 / h1): "
         + "; ".join(f"seed {seed} {facts['seeds'][seed]['val_h0_tuned']:.3f} / {facts['seeds'][seed]['val_h1_tuned']:.3f}"
@@ -514,7 +539,7 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         f"trains in rounds of {train['steps']} steps, each continuing from the last, until it passes the non-constant check on "
         f"*validation* (at most {train['max_rounds']} rounds); the union PEM trains {train['union_factor']}× the steps of the "
         f"longer half in one go.",
-        f"- Merge: `{EXPRESSION}` in {settings['space']} space, λ ∈ {lambdas}; evaluation {json.dumps(settings['eval'], sort_keys=True)}.",
+        f"- Merge: `{EXPRESSION}` in {' and '.join(facts['spaces'])} space, λ ∈ {lambdas}; evaluation {json.dumps(settings['eval'], sort_keys=True)}.",
         "",
         common.markdown_table(["seed", "PEM", "rounds", "steps", "loss first → last", "seconds"], training_rows),
         "",
@@ -540,7 +565,7 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
 
 
 def plot(data: Path, path: Path) -> Path | None:
-    """Validation accuracy against λ, one line per seed, each seed's better tuned half dashed."""
+    """Validation accuracy against λ, one line per space and seed, each seed's better tuned half dashed."""
     try:
         import matplotlib
 
@@ -550,11 +575,16 @@ def plot(data: Path, path: Path) -> Path | None:
         return None
     facts = analyse(data)
     figure, axis = plt.subplots(figsize=(6, 4))
+    styles = ["-", ":", "-."]
+    for index, (space, arm) in enumerate(facts["spaces"].items()):
+        for seed, m in arm["seeds"].items():
+            color = f"C{seed % 10}"
+            axis.plot([p[0] for p in m["curve"]], [p[1] for p in m["curve"]], marker="o", color=color,
+                      linestyle=styles[index % len(styles)], label=f"merge {space}, seed {seed}")
+            axis.scatter([m["lambda"]], [m["val_merge"]], s=110, facecolors="none", edgecolors=color, zorder=3)
     for seed, s in facts["seeds"].items():
-        line = axis.plot([p[0] for p in s["curve"]], [p[1] for p in s["curve"]], marker="o", label=f"merge, seed {seed}")[0]
-        axis.axhline(max(s["val_h0_tuned"], s["val_h1_tuned"]), color=line.get_color(), linestyle="--", linewidth=1,
+        axis.axhline(max(s["val_h0_tuned"], s["val_h1_tuned"]), color=f"C{seed % 10}", linestyle="--", linewidth=1,
                      label=f"best tuned half, seed {seed}")
-        axis.scatter([s["lambda"]], [s["val_merge"]], s=110, facecolors="none", edgecolors=line.get_color(), zorder=3)
     axis.set_xlabel("λ (weight of h0)")
     axis.set_ylabel("validation accuracy")
     axis.set_title(EXPRESSION)
