@@ -227,7 +227,7 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
     labels = {split: [int(row["label"]) for row in parts[split]] for split in ("val", "test")}
     adapter, train = settings["adapter"], settings["train"]
     store = common.ResultStore(workdir / "evaluations.json", common.settings_fingerprint(
-        {k: settings[k] for k in ("data", "skew", "adapter", "train", "eval")}))
+        {k: settings[k] for k in ("data", "skew", "adapter", "train", "eval", "check")}))
     scorer = Scorer(common.HeadEvaluator(**settings["eval"]))
     interior = [float(v) for v in settings["lambdas"] if 0 < float(v) < 1]
     training: dict[str, Any] = {}
