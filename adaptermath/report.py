@@ -12,8 +12,11 @@ A results folder is
 * a folder of eval summaries (``NAME.json`` written by ``adaptermath eval -o``): one table of
   every metric with its interval;
 * an experiment's work folder (``results.json`` of ``python -m adaptermath.experiments.NAME`` for
-  distribution, domain_transfer, init_ablation): its results page and λ plot
-  (``NAME-lambda.png``), rendered by the experiment's own ``render_page`` and ``plot``.
+  domain_transfer, init_ablation): its results page and λ plot
+  (``NAME-lambda.png``), rendered by the experiment's own ``render_page`` and ``plot``;
+* an experiment's data folder (``run.json`` of an experiment in ``DATA_EXPERIMENTS``, as committed
+  under ``docs/results/data/NAME/``): its page and plot, rendered by the experiment's own
+  ``render_page(folder, plot_name)`` and ``plot(folder, path)`` (plot file ``PLOT_NAME``).
 
 The page is written to ``report.md``. Rendering is a pure function of the JSON files (numbers
 formatted at fixed precision, plots without dates), so it gives the same bytes every time;
@@ -31,7 +34,8 @@ from typing import Any
 from .errors import AdapterMathError
 
 REPORT_FILE = "report.md"
-EXPERIMENTS = ("distribution", "domain_transfer", "init_ablation")
+EXPERIMENTS = ("domain_transfer", "init_ablation")
+DATA_EXPERIMENTS = ("detox", "distribution", "multitask")
 
 
 class ReportMismatchError(AdapterMathError):
@@ -116,6 +120,12 @@ def _render(folder: Path, into: Path) -> Report:
         name = document.get("experiment") if isinstance(document, dict) else None
         if name in EXPERIMENTS:
             return _render_experiment(folder, into, str(name), document)
+    run_path = folder / "run.json"
+    if run_path.is_file():
+        document = _read_json(run_path)
+        name = document.get("experiment") if isinstance(document, dict) else None
+        if name in DATA_EXPERIMENTS:
+            return _render_experiment_data(folder, into, str(name))
     runs = {}
     for path in sorted(folder.glob("*.json")):
         payload = _read_json(path)
@@ -144,6 +154,24 @@ def _render_experiment(folder: Path, into: Path, name: str, document: dict[str, 
             plot_name = Path(plotted).name
             files.append(plot_name)
     markdown = module.render_page(document, plot_name)
+    (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
+    return Report(folder, f"experiment:{name}", markdown, files, note)
+
+
+def _render_experiment_data(folder: Path, into: Path, name: str) -> Report:
+    """An experiment's page and plot from its data folder (the experiment's own pure renderers)."""
+    import importlib
+
+    module = importlib.import_module(f"adaptermath.experiments.{name}")
+    files, note, plot_name = [REPORT_FILE], None, None
+    try:
+        plotted = module.plot(folder, into / module.PLOT_NAME)
+    except (AdapterMathError, ImportError) as exc:
+        plotted, note = None, str(exc)
+    if plotted is not None:
+        plot_name = Path(plotted).name
+        files.append(plot_name)
+    markdown = module.render_page(folder, plot_name)
     (into / REPORT_FILE).write_text(markdown, encoding="utf-8")
     return Report(folder, f"experiment:{name}", markdown, files, note)
 

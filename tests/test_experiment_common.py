@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptermath.errors import DataError
-from adaptermath.experiments import common, distribution, domain_transfer, init_ablation
+from adaptermath.experiments import common, domain_transfer, init_ablation
 
 
 def test_merge_settings_is_recursive_and_does_not_touch_inputs():
@@ -80,20 +80,6 @@ def test_mean_accuracy_and_diagnostic_summary():
 
 def _header(settings: dict) -> dict:
     return {"settings": settings, "versions": common.versions(), "timings": {"total": 1.0}, "complete": True}
-
-
-def test_distribution_page_from_synthetic_results():
-    settings = common.load_config("distribution")
-    row = {"kind": "lora", "space": "param", "chosen": 0.4, "chosen_validation": 0.8, "test_h0": 0.7,
-           "test_h1": 0.72, "test_merged": 0.75, "test_union": 0.78, "param_vs_delta_at_half": {"max": 0.01},
-           "validation": [[0.0, 0.7], [0.4, 0.8]]}
-    sizes = {"train": {"rows": 10, "negative_share": 0.4}}
-    page = distribution.render_page({**_header(settings), "rows": [row], "sizes": sizes}, "p.png")
-    assert "| lora | param | 0.4 | 0.800 | 0.700 | 0.720 | 0.750 | +0.030 | 0.780 | 0.010 |" in page
-    assert "beat the better single half in 1 of 1" in page and "![validation accuracy against λ](p.png)" in page
-    assert "PARTIAL" not in page
-    partial = distribution.render_page({**_header(settings), "rows": [row], "sizes": sizes, "complete": False}, None)
-    assert "PARTIAL" in partial
 
 
 def test_init_ablation_drops_pair_param_with_delta():

@@ -140,20 +140,7 @@ def test_sweep_cli_seeds_records_report_and_diff(word_model, tmp_path: Path, mon
     assert json.loads(across.stdout)["num_units"] == 12
 
 
-def test_report_renders_an_experiment_work_folder(tmp_path: Path) -> None:
-    from adaptermath.experiments import common, distribution
-
-    settings = common.load_config("distribution")
-    row = {"kind": "lora", "space": "param", "chosen": 0.4, "chosen_validation": 0.8, "test_h0": 0.7,
-           "test_h1": 0.72, "test_merged": 0.75, "test_union": 0.78, "param_vs_delta_at_half": {"max": 0.01},
-           "validation": [[0.0, 0.7], [0.4, 0.8]]}
-    document = {"experiment": "distribution", "settings": settings, "versions": common.versions(),
-                "timings": {"total": 1.0}, "complete": True, "rows": [row], "sizes": {"train": {"rows": 10, "negative_share": 0.4}}}
-    (tmp_path / "results.json").write_text(json.dumps(document), encoding="utf-8")
-    rendered = report(tmp_path)
-    assert rendered.kind == "experiment:distribution"
-    assert (tmp_path / "report.md").read_text() == distribution.render_page(document, rendered.files[1] if len(rendered.files) > 1 else None)
-    report(tmp_path, check=True)
+def test_report_refuses_a_folder_without_results(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterMathError, match="no sweep.json"):
         report(tmp_path / "empty")
