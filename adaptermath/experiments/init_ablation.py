@@ -115,7 +115,14 @@ def graft_body(head_from: Path, body_from: Path, output: Path) -> Path:
     from safetensors.torch import load_file
 
     body = {k: v for k, v in load_file(str(body_from / WEIGHTS)).items() if is_lora_tensor(k)}
-    return rewrite_adapter(head_from, output, body)
+    rewrite_adapter(head_from, output, body)
+    (output / "experiment-init-options.json").unlink(missing_ok=True)  # not an init_adapter() output as such
+    note = output / "adaptermath-init.json"
+    if note.is_file():
+        record = json.loads(note.read_text(encoding="utf-8"))
+        record["grafted"] = {"head_from": str(head_from), "lora_from": str(body_from)}
+        common.write_json_atomic(note, record)
+    return output
 
 
 def without_body(adapter: Path, output: Path) -> Path:
