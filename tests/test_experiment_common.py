@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptermath.errors import DataError
-from adaptermath.experiments import common, distribution, domain_transfer, init_ablation, multitask
+from adaptermath.experiments import common, distribution, domain_transfer, multitask
 
 
 def test_merge_settings_is_recursive_and_does_not_touch_inputs():
@@ -70,13 +70,8 @@ def test_markdown_table_formats_cells():
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 0.123 | – |", "| x | 3 |"]
 
 
-def test_mean_accuracy_and_diagnostic_summary():
+def test_mean_accuracy():
     assert multitask.mean_accuracy({"a": {"accuracy": 0.5}, "b": {"accuracy": 1.0}}) == 0.75
-    comparison = {"mean_cosine": 0.4, "modules": [
-        {"a_cosine": 1.0, "param_vs_delta": 0.1}, {"a_cosine": 0.5, "param_vs_delta": 0.3}, {"a_cosine": None}]}
-    summary = init_ablation.diagnostic_summary(comparison)
-    assert summary == {"a_cosine_mean": 0.75, "update_cosine_mean": 0.4, "param_vs_delta_max": 0.3,
-                       "param_vs_delta_mean": pytest.approx(0.2)}
 
 
 def _header(settings: dict) -> dict:
@@ -95,20 +90,6 @@ def test_distribution_page_from_synthetic_results():
     assert "PARTIAL" not in page
     partial = distribution.render_page({**_header(settings), "rows": [row], "sizes": sizes, "complete": False}, None)
     assert "PARTIAL" in partial
-
-
-def test_init_ablation_drops_pair_param_with_delta():
-    rows = [
-        {"pair": "same init", "space": "param", "a_cosine_mean": 0.99, "param_vs_delta_max": 0.02,
-         "param_vs_delta_mean": 0.01, "test_merged": 0.80, "test_at_half": 0.79},
-        {"pair": "same init", "space": "delta", "a_cosine_mean": 0.99, "param_vs_delta_max": 0.02,
-         "param_vs_delta_mean": 0.01, "test_merged": 0.81, "test_at_half": 0.80},
-        {"pair": "other", "space": "param", "a_cosine_mean": 0.0, "param_vs_delta_max": 0.9,
-         "param_vs_delta_mean": 0.8, "test_merged": 0.60, "test_at_half": 0.55},
-    ]
-    result = init_ablation.drops(rows)
-    assert len(result) == 1 and result[0]["pair"] == "same init"
-    assert result[0]["drop_chosen"] == pytest.approx(0.01) and result[0]["drop_half"] == pytest.approx(0.01)
 
 
 def test_multitask_and_domain_transfer_pages_from_synthetic_results():
