@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptermath.errors import DataError
-from adaptermath.experiments import common, domain_transfer, init_ablation
+from adaptermath.experiments import common
 
 
 def test_merge_settings_is_recursive_and_does_not_touch_inputs():
@@ -70,40 +70,6 @@ def test_markdown_table_formats_cells():
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 0.123 | – |", "| x | 3 |"]
 
 
-def test_mean_accuracy_and_diagnostic_summary():
-    comparison = {"mean_cosine": 0.4, "modules": [
-        {"a_cosine": 1.0, "param_vs_delta": 0.1}, {"a_cosine": 0.5, "param_vs_delta": 0.3}, {"a_cosine": None}]}
-    summary = init_ablation.diagnostic_summary(comparison)
-    assert summary == {"a_cosine_mean": 0.75, "update_cosine_mean": 0.4, "param_vs_delta_max": 0.3,
-                       "param_vs_delta_mean": pytest.approx(0.2)}
-
-
-def _header(settings: dict) -> dict:
-    return {"settings": settings, "versions": common.versions(), "timings": {"total": 1.0}, "complete": True}
-
-
-def test_init_ablation_drops_pair_param_with_delta():
-    rows = [
-        {"pair": "same init", "space": "param", "a_cosine_mean": 0.99, "param_vs_delta_max": 0.02,
-         "param_vs_delta_mean": 0.01, "test_merged": 0.80, "test_at_half": 0.79},
-        {"pair": "same init", "space": "delta", "a_cosine_mean": 0.99, "param_vs_delta_max": 0.02,
-         "param_vs_delta_mean": 0.01, "test_merged": 0.81, "test_at_half": 0.80},
-        {"pair": "other", "space": "param", "a_cosine_mean": 0.0, "param_vs_delta_max": 0.9,
-         "param_vs_delta_mean": 0.8, "test_merged": 0.60, "test_at_half": 0.55},
-    ]
-    result = init_ablation.drops(rows)
-    assert len(result) == 1 and result[0]["pair"] == "same init"
-    assert result[0]["drop_chosen"] == pytest.approx(0.01) and result[0]["drop_half"] == pytest.approx(0.01)
-
-
-def test_domain_transfer_page_from_synthetic_results():
-    settings = common.load_config("domain_transfer")
-    row = {"direction": "amazon→movies", "kind": "lora", "form": "lambda", "space": "delta", "variable": "λ",
-           "chosen": 0.2, "chosen_validation": 0.7, "base_test": 0.6, "vanilla_test": 0.65, "test_accuracy": 0.66,
-           "in_domain_test": 0.75, "validation": [[0.0, 0.6], [0.2, 0.7]]}
-    page = domain_transfer.render_page({**_header(settings), "rows": [row], "sizes": {}, "training_seconds": {}}, None)
-    assert "| amazon→movies | lora | lambda | delta | λ=0.2 | 0.700 | 0.600 | 0.650 | 0.660 | +0.010 | 0.750 |" in page
-    assert "beat vanilla transfer in 1 of 1" in page
 
 
 def test_keep_work_timings_keeps_the_longest_run_with_the_same_settings(tmp_path: Path):
