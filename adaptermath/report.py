@@ -12,7 +12,7 @@ A results folder is
 * a folder of eval summaries (``NAME.json`` written by ``adaptermath eval -o``): one table of
   every metric with its interval;
 * an experiment's work folder (``results.json`` of ``python -m adaptermath.experiments.NAME`` for
-  distribution, domain_transfer, init_ablation, multitask): its results page and λ plot
+  distribution, init_ablation, multitask): its results page and λ plot
   (``NAME-lambda.png``), rendered by the experiment's own ``render_page`` and ``plot``.
 
 The page is written to ``report.md``. Rendering is a pure function of the JSON files (numbers
@@ -31,7 +31,7 @@ from typing import Any
 from .errors import AdapterMathError
 
 REPORT_FILE = "report.md"
-EXPERIMENTS = ("distribution", "domain_transfer", "init_ablation", "multitask")
+EXPERIMENTS = ("distribution", "init_ablation", "multitask")
 
 
 class ReportMismatchError(AdapterMathError):

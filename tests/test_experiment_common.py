@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptermath.errors import DataError
-from adaptermath.experiments import common, distribution, domain_transfer, init_ablation, multitask
+from adaptermath.experiments import common, distribution, init_ablation, multitask
 
 
 def test_merge_settings_is_recursive_and_does_not_touch_inputs():
@@ -111,7 +111,7 @@ def test_init_ablation_drops_pair_param_with_delta():
     assert result[0]["drop_chosen"] == pytest.approx(0.01) and result[0]["drop_half"] == pytest.approx(0.01)
 
 
-def test_multitask_and_domain_transfer_pages_from_synthetic_results():
+def test_multitask_page_from_synthetic_results():
     settings = common.load_config("multitask")
     row = {"kind": "ia3", "space": "param", "chosen": 0.6, "chosen_validation": 0.7,
            "validation": [[0.0, {"sent": 0.5, "task2": 0.9}], [0.6, {"sent": 0.7, "task2": 0.7}]],
@@ -120,13 +120,6 @@ def test_multitask_and_domain_transfer_pages_from_synthetic_results():
     page = multitask.render_page({**_header(settings), "rows": [row], "sizes": {}, "labels": {"task2": list("abcdef")}}, None)
     assert "| ia3 | param | 0.6 | sentiment | 0.800 | 0.500 | 0.700 | -0.100 |" in page
     assert "| ia3 | param | 0.6 | trec | 0.900 | 0.200 | 0.600 | -0.300 |" in page
-    settings = common.load_config("domain_transfer")
-    row = {"direction": "amazon→movies", "kind": "lora", "form": "lambda", "space": "delta", "variable": "λ",
-           "chosen": 0.2, "chosen_validation": 0.7, "base_test": 0.6, "vanilla_test": 0.65, "test_accuracy": 0.66,
-           "in_domain_test": 0.75, "validation": [[0.0, 0.6], [0.2, 0.7]]}
-    page = domain_transfer.render_page({**_header(settings), "rows": [row], "sizes": {}, "training_seconds": {}}, None)
-    assert "| amazon→movies | lora | lambda | delta | λ=0.2 | 0.700 | 0.600 | 0.650 | 0.660 | +0.010 | 0.750 |" in page
-    assert "beat vanilla transfer in 1 of 1" in page
 
 
 def test_keep_work_timings_keeps_the_longest_run_with_the_same_settings(tmp_path: Path):
