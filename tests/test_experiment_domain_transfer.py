@@ -103,7 +103,7 @@ def _fake_data(tmp_path: Path, gain: float) -> Path:
         "training": {f"s{seed}-{name}": {"tokens": 768, "loss_first": 5.0, "loss_last": 4.0, "seconds": 1.0,
                                          "trainable_parameters": 10, "threads": 1}
                      for seed in settings["seeds"] for name in ("cls", *domain_transfer.LM_PEMS)},
-        "update_norms": {f"s{seed}": {"src": 1.0, "src2": 1.0, "tgt": 1.1, "tgt-src": 0.8, "src2-src": 0.7}
+        "update_norms": {f"s{seed}": {"cls": 0.3, "src": 1.0, "src2": 1.0, "tgt": 1.1, "tgt-src": 0.8, "src2-src": 0.7}
                          for seed in settings["seeds"]},
         "threads": 1, "timings": {"training": 60.0, "total": 120.0},
         "versions": {"python": "3", "machine": "test machine", "platform": "test"},

@@ -113,17 +113,17 @@ def verdict(vs_vanilla: Mapping[str, float], vs_null: Mapping[str, float], min_e
 
 
 def update_norms(folders: Mapping[str, Path]) -> dict[str, float]:
-    """‖ΔW‖_F of each LM PEM and of the differences the analogies add: ``tgt-src``, ``src2-src``, summed over modules."""
+    """‖ΔW‖_F of each PEM and of the differences the analogies add: ``tgt-src``, ``src2-src``, summed over modules."""
     from adaptermath.adapter import load_adapter
 
-    adapters = {name: load_adapter(folders[name]) for name in LM_PEMS}
+    adapters = {name: load_adapter(folder) for name, folder in folders.items()}
     deltas = {name: {m: adapter.module(m).delta() for m in adapter.modules} for name, adapter in adapters.items()}
 
     def norm(a: str, b: str | None = None) -> float:
         total = sum(float(((d - deltas[b][m]) if b else d).pow(2).sum()) for m, d in deltas[a].items())
         return round(total**0.5, 6)
 
-    return {**{name: norm(name) for name in LM_PEMS}, "tgt-src": norm("tgt", "src"), "src2-src": norm("src2", "src")}
+    return {**{name: norm(name) for name in folders}, "tgt-src": norm("tgt", "src"), "src2-src": norm("src2", "src")}
 
 
 # --------------------------------------------------------------------------- running
@@ -218,7 +218,7 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
     with common.timed(timings, "training"):
         for seed in seeds:
             pems[seed] = train_pems(base, workdir, settings, seed, data, threads)
-    norms = {f"s{seed}": update_norms({n: pems[seed][n]["path"] for n in LM_PEMS}) for seed in seeds}
+    norms = {f"s{seed}": update_norms({n: p["path"] for n, p in pems[seed].items()}) for seed in seeds}
     scoring = Scoring(base, settings, splits[target])
     store = EvaluationStore(workdir / "evaluations")
     chosen: dict[int, float] = {}
@@ -374,11 +374,11 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
         "",
         f"**{facts['verdict']}.** Rule (fixed in the recipe before the run): reproduced when both {conf} intervals lie "
         f"above 0; not reproduced when either lies below +{float(rule['min_effect']):g} (the data exclude a gain of "
-        f"{100 * float(rule['min_effect']):g} accuracy points over vanilla transfer, or over the null analogy); "
+        f"{100 * float(rule['min_effect']):g} accuracy point(s) over vanilla transfer, or over the null analogy); "
         "inconclusive otherwise. Δ is the accuracy difference on the same test rows, each row's correct count summed "
         f"over the {len(seeds)} training seeds, with a paired percentile bootstrap over the {facts['test_rows']} test "
         "rows. λ is chosen per seed on the analogy's validation accuracy; the null analogy uses the same λ. "
-        f"A gain of {100 * float(rule['min_effect']):g} points is larger than the paper's reported gains: this design "
+        f"A gain of {100 * float(rule['min_effect']):g} point(s) is larger than the paper's reported gains: this design "
         "can detect or exclude a gain of that size, not one of the paper's.",
         "",
         "## Test accuracy on the target domain",
@@ -420,16 +420,17 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     lines += [common.markdown_table(["λ", "per seed", "mean", f"chosen (of {len(seeds)} seeds)"], grid_rows), ""]
     if plot_name:
         lines += [f"![validation accuracy against λ]({plot_name})", ""]
-    norm_rows = [[seed.lstrip("s"), *(f"{n[k]:.3f}" for k in ("src", "src2", "tgt", "tgt-src", "src2-src")),
+    norm_rows = [[seed.lstrip("s"), *(f"{n[k]:.3f}" for k in ("cls", "src", "src2", "tgt", "tgt-src", "src2-src")),
                   f"{n['tgt-src'] / n['src2-src']:.2f}"] for seed, n in record["update_norms"].items()]
     lines += [
         "## Is there a domain direction to add?",
         "",
-        "‖ΔW‖_F summed over the LoRA modules: of each LM PEM, of the update the analogy adds at λ = 1 (tgt − src) and "
-        "of the one the null adds (src′ − src). A ratio near 1 means the target-minus-source difference is no larger "
-        "than the difference between two samples of source text.",
+        "‖ΔW‖_F (square root of the sum over the LoRA modules of ‖ΔW‖²_F): of each PEM, of the update the analogy "
+        "adds at λ = 1 (tgt − src) and of the one the null adds (src′ − src); ratio = ‖tgt − src‖ / ‖src′ − src‖. "
+        "A ratio near 1 means the target-minus-source difference is no larger than the difference between two "
+        "samples of source text.",
         "",
-        common.markdown_table(["seed", "src", "src′", "tgt", "tgt − src", "src′ − src", "ratio"], norm_rows),
+        common.markdown_table(["seed", "cls", "src", "src′", "tgt", "tgt − src", "src′ − src", "ratio"], norm_rows),
         "",
     ]
     training_rows = []
