@@ -17,7 +17,7 @@ from types import ModuleType
 
 from adaptermath.experiments import common
 
-EXPERIMENTS = ("detox", "search_vs_grid")
+EXPERIMENTS = ("detox", "domain_transfer", "search_vs_grid")
 
 
 def experiment(name: str) -> ModuleType:
