@@ -11,9 +11,8 @@ A results folder is
   paired comparisons; its plots are drawn from the study (``adaptermath search``), not re-rendered;
 * a folder of eval summaries (``NAME.json`` written by ``adaptermath eval -o``): one table of
   every metric with its interval;
-* an experiment's work folder (``results.json`` of ``python -m adaptermath.experiments.NAME`` for
-  domain_transfer, init_ablation): its results page and λ plot
-  (``NAME-lambda.png``), rendered by the experiment's own ``render_page`` and ``plot``;
+* an experiment's work folder in the older ``results.json`` form (none of the shipped experiments
+  writes one any more; ``EXPERIMENTS`` is empty);
 * an experiment's data folder (``run.json`` of an experiment in ``DATA_EXPERIMENTS``, as committed
   under ``docs/results/data/NAME/``): its page and plot, rendered by the experiment's own
   ``render_page(folder, plot_name)`` and ``plot(folder, path)`` (plot file ``PLOT_NAME``).
@@ -34,8 +33,8 @@ from typing import Any
 from .errors import AdapterMathError
 
 REPORT_FILE = "report.md"
-EXPERIMENTS = ("domain_transfer", "init_ablation")
-DATA_EXPERIMENTS = ("detox", "distribution", "multitask")
+EXPERIMENTS: tuple[str, ...] = ()
+DATA_EXPERIMENTS = ("detox", "distribution", "domain_transfer", "init_ablation", "multitask")
 
 
 class ReportMismatchError(AdapterMathError):

@@ -469,6 +469,18 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     return "\n".join(lines)
 
 
+def headline(data: Path) -> dict[str, str]:
+    """The row of docs/results/README.md: the paper's claim, our effect with its interval, the verdict."""
+    facts = analyse(data)
+    same, different = facts["arms"]["same"], facts["arms"]["different"]
+    return {"experiment": "Same-initialisation ablation (MiniLM + LoRA, TREC, shared head init, 3 seeds)",
+            "paper": "parameter-space LoRA addition works because the PEMs share their initialisation (no number given)",
+            "ours": f"½h0 + ½h1, accuracy param − delta space: different LoRA A init {_signed(different['d'])}, "
+                    f"same init {_signed(same['d'])}; ‖ΔW_param − ΔW_delta‖/‖ΔW_delta‖ {_ci(different['param_vs_delta'])} "
+                    f"vs {_ci(same['param_vs_delta'])}",
+            "verdict": facts["verdict"]}
+
+
 def plot(data: Path, path: Path) -> Path | None:
     """Per seed and arm: accuracy lost by parameter space (D) against the mean param-vs-delta deviation."""
     try:
