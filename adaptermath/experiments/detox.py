@@ -545,6 +545,12 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
                      f"control when the {conf} interval of Δ lies below 0 under both scorers; not reproduced when under some "
                      f"scorer it lies above −{settings['verdict']['min_effect']:g} × the base model's mean ({thresholds}); "
                      "inconclusive otherwise. The kind is reproduced when every control is.")
+    for kind, k in facts["kinds"].items():
+        clean = [c for c in ("neutral", "random") if k["controls"][c]["verdict"] == "reproduced"]
+        lines.append(f"- {KIND_LABEL[kind]}, against the non-toxic controls only (neutral prose, random(toxic)): reproduced for "
+                     f"{len(clean)} of 2 ({', '.join(clean) or 'none'}); against the same-forum PEM: "
+                     f"{k['controls']['forum']['verdict']}. The same-forum PEM is itself a weaker toxic PEM (its comments "
+                     "come from the insults forum), so negating it is expected to detoxify too; the overall rule counts it anyway.")
     lines += ["", "## Test results (held-out insult openings)", ""]
     base = facts["base"]
     for kind, k in facts["kinds"].items():
@@ -651,7 +657,9 @@ def headline(data: Path) -> dict[str, str]:
         worst = max(CONTROLS, key=lambda c: k["controls"][c]["delta"][0]["high"])
         effects.append(f"{KIND_LABEL[kind]}: −λ·toxic vs base {_signed(k['test']['toxic']['vs_base'][0])}; vs the least "
                        f"favourable control (−λ·{worst}) {_signed(k['controls'][worst]['delta'][0])}")
-        verdicts.append(f"{KIND_LABEL[kind]} {k['verdict']}")
+        clean = sum(1 for c in ("neutral", "random") if k["controls"][c]["verdict"] == "reproduced")
+        verdicts.append(f"{KIND_LABEL[kind]} {k['verdict']} (reproduced against {clean} of 2 non-toxic controls; "
+                        f"vs the same-forum PEM {k['controls']['forum']['verdict']})")
     return {"experiment": "Detoxification by subtraction (SmolLM2-135M, held-out insult openings, 3 seeds, 3 controls)",
             "paper": PAPER_CLAIM, "ours": "; ".join(effects) + " (profanity-check, mean toxicity, 95% CI)",
             "verdict": ", ".join(verdicts)}

@@ -564,6 +564,16 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     return "\n".join(lines)
 
 
+def headline(data: Path) -> dict[str, str]:
+    """The row of docs/results/README.md: the paper's claim, our effect with its interval, the verdict."""
+    facts = analyse(data)
+    return {"experiment": "Distribution generalisation (MiniLM, Rotten Tomatoes skewed halves, 3 seeds)",
+            "paper": "merging the PEMs of two skewed halves beats each half (RoBERTa-base, GLUE)",
+            "ours": f"merge − best threshold-tuned half {_signed(facts['delta'])} (test accuracy, seeds pooled, "
+                    f"{facts['record']['settings']['space']} space)",
+            "verdict": facts["verdict"]}
+
+
 def plot(data: Path, path: Path) -> Path | None:
     """Validation accuracy against λ, one line per space and seed, each seed's better tuned half dashed."""
     try:

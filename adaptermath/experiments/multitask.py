@@ -474,6 +474,16 @@ def render_page(data: Path, plot_name: str | None = PLOT_NAME) -> str:
     return "\n".join(lines)
 
 
+def headline(data: Path) -> dict[str, str]:
+    """The row of docs/results/README.md: the paper's claim, our effect with its interval, the verdict."""
+    facts = analyse(data)
+    effects = "; ".join(f"{task}: merge − own PEM {_signed(t['merge_vs_own'])}, merge − base {_signed(t['merge_vs_base'])}"
+                        for task, t in facts["tasks"].items())
+    return {"experiment": "Multi-tasking (SmolLM2-135M rank classification, sentiment + SMS spam, delta-space λ merge, 3 seeds)",
+            "paper": "the merged PEM keeps each task close to its own PEM (T5-base, MNLI + RTE)",
+            "ours": f"{effects} (test accuracy, seeds pooled)", "verdict": facts["verdict"]}
+
+
 def plot(data: Path, path: Path) -> Path | None:
     """Test accuracy (seeds pooled, with its interval) against λ, one panel per task, base and majority marked."""
     try:

@@ -105,7 +105,8 @@ def test_force_over_a_symlink_leaves_no_old_link(pair, tmp_path):
 
 
 _SLOW_COMPOSE = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 import adaptermath.io.safetensors_stream as stream
 original = stream.SafetensorsStreamWriter.add
 def slow_add(self, key, tensor):
