@@ -10,7 +10,7 @@ from adaptermath.experiments import pages
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 # Pages written before results became data: no data folder behind them; docs/results/README.md says so.
-LEGACY_PAGES = {"distribution.md", "init_ablation.md", "multitask.md"}
+LEGACY_PAGES: set[str] = set()
 
 
 @pytest.mark.parametrize("name", pages.EXPERIMENTS)
