@@ -125,7 +125,7 @@ def _fake_data(tmp_path: Path, merge_flip: float, *, h1_constant: bool = False, 
               "splits": {split: {"index": list(range(len(ys))), "label": ys} for split, ys in labels.items()},
               "threads": 1, "timings": {"training": 60.0, "total": 120.0},
               "versions": {"python": "3", "machine": "test machine", "platform": "test"}}
-    return distribution.collect(tmp_path / "data", record)
+    return distribution.collect(tmp_path / "work", tmp_path / "data", record)
 
 
 def test_a_clear_gain_is_reproduced_a_null_one_is_not_and_a_constant_half_blocks_the_verdict(tmp_path: Path) -> None:

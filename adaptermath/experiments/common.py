@@ -12,6 +12,9 @@ smoke run, keeps everything under a work folder (default ``<cache root>/experime
   already scored.
 
 λ is chosen on validation scores only (:func:`choose_best`); the test split is scored afterwards.
+The command line of every experiment is :func:`experiment_command`: ``collect`` writes its data folder
+with :func:`write_data_folder`, and the page and plot (:func:`save_figure`) are rebuilt from that
+folder alone (``--render``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,20 +55,6 @@ _CONSOLE: Any = None
 def log(message: str) -> None:
     """One timestamped progress line."""
     console().print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
-
-
-def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The options every experiment takes: ``--quick``, ``--workdir``, ``--config``, ``--docs``, ``--threads``."""
-    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{name}", description=description)
-    parser.add_argument("--quick", action="store_true", help="the reduced smoke-run settings (the config's quick: section)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder (default {default_workdir(name)}; -quick suffix with --quick)")
-    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{name}.yaml)")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="where to write the results page and plot (default docs/results for full runs, "
-                        "<workdir>/page for --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    return parser.parse_args(argv)
 
 
 def train_logged(label: str, **options: Any) -> Any:
@@ -268,50 +258,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def plot_curves(
-    path: str | os.PathLike[str],
-    curves: Mapping[str, Sequence[tuple[float, float]]],
-    *,
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    chosen: Mapping[str, tuple[float, float]] | None = None,
-    columns: int = 1,
-    panels: Mapping[str, Sequence[str]] | None = None,
-) -> Path | None:
-    """Line plot(s) of ``curves`` (label → [(x, y)]), chosen points circled; None without matplotlib.
-
-    ``panels`` (panel title → curve labels) draws several axes side by side.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    groups = dict(panels) if panels else {title: list(curves)}
-    figure, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
-    for axis, (panel, labels) in zip(axes[0], groups.items()):
-        for label in labels:
-            points = sorted(curves[label])
-            line = axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)[0]
-            if chosen and label in chosen:
-                x, y = chosen[label]
-                axis.scatter([x], [y], s=110, facecolors="none", edgecolors=line.get_color(), zorder=3)
-        axis.set_xlabel(xlabel)
-        axis.set_ylabel(ylabel)
-        axis.set_title(panel, fontsize=10)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=110)
-    plt.close(figure)
-    return target
-
-
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary sibling and a rename."""
     target = Path(path)
@@ -331,10 +277,6 @@ def write_gzip_text(path: str | os.PathLike[str], text: str) -> Path:
         handle.write(text.encode("utf-8"))
     return target
 
-
-def run_header(name: str, settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
-    """What every results file starts with: experiment, settings, work folder, versions."""
-    return {"experiment": name, "settings": dict(settings), "workdir": str(workdir), "versions": versions()}
 
 
 # --- MiniLM classifiers (a LoRA / (IA)^3 body plus a head in modules_to_save) ---------------------
@@ -407,20 +349,6 @@ def sized_splits(rows: Sequence[Mapping[str, Any]], seed: int, sizes: Mapping[st
     return {"train": train[: sizes["train"]], "val": val[: sizes["val"]], "test": test[: sizes["test"]]}
 
 
-def publish(name: str, document: Mapping[str, Any], workdir: Path, docs: Path,
-            render_page: Callable[[Mapping[str, Any], str | None], str],
-            plot: Callable[[Mapping[str, Any], Path], Path | None]) -> Path:
-    """Write ``results.json`` in the work folder, and the page and λ plot (generated from it) in ``docs``.
-
-    A re-run finds most stages cached and takes seconds; the runtimes kept are, per stage, the longest
-    measured by any run with the same settings (the run that did the work), see :func:`keep_work_timings`.
-    """
-    document = keep_work_timings(workdir / "results.json", document)
-    write_json_atomic(workdir / "results.json", document)
-    plot_path = plot(document, docs / f"{name}-lambda.png") if document.get("rows") else None
-    return write_text_atomic(docs / f"{name}.md", render_page(document, plot_path.name if plot_path else None))
-
-
 def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, Any]:
     """``document`` with ``timings[stage] = max(previous run's, this run's)`` when ``previous`` has the same settings."""
     merged = dict(document)
@@ -439,11 +367,6 @@ def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def docs_dir(args: argparse.Namespace, workdir: Path) -> Path:
-    """Where a run's page goes: ``--docs``, else docs/results (full runs) or ``<workdir>/page`` (quick)."""
-    return args.docs or (workdir / "page" if args.quick else RESULTS_DOCS_DIR)
-
-
 def environment_lines(versions: Mapping[str, str]) -> list[str]:
     """The page lines naming the package versions and the machine a run used."""
     return [
@@ -452,37 +375,62 @@ def environment_lines(versions: Mapping[str, str]) -> list[str]:
     ]
 
 
-def command_lines(name: str, quick: bool) -> list[str]:
-    """The page's "Command" section: set-up once, then the experiment (with ``--quick`` when it was one)."""
-    return [
-        "## Command",
-        "",
-        "```bash",
-        "python -m adaptermath.experiments.setup      # once: models and data",
-        f"python -m adaptermath.experiments.{name}{' --quick' if quick else ''}",
-        "```",
-        "",
-    ]
+def write_data_folder(data: Path, record: Mapping[str, Any], files: Mapping[str, str]) -> Path:
+    """Replace ``data`` with ``run.json`` (``record``) and ``files`` (name → text; a ``.gz`` name is written
+    with :func:`write_gzip_text`), built in a staging sibling and renamed into place."""
+    staging = data.with_name(f".{data.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, text in files.items():
+        if name.endswith(".gz"):
+            write_gzip_text(staging / name, text)
+        else:
+            (staging / name).write_text(text, encoding="utf-8")
+    (staging / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    shutil.rmtree(data, ignore_errors=True)
+    staging.rename(data)
+    return data
 
 
-Document = Mapping[str, Any]
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG without a date or software stamp (the same bytes every time), and close it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80, metadata={"Software": None})
+    plt.close(figure)
+    return path
 
 
-def experiment_main(name: str, description: str, run: Callable[..., dict[str, Any]],
-                    render_page: Callable[[Document, str | None], str], plot: Callable[[Document, Path], Path | None],
-                    argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The command line of an experiment: read its recipe, run it with a checkpoint that republishes
-    the page after every stage, publish the final page, and print its summary."""
-    args = parse_args(name, description, argv)
-    settings = load_config(name, args.config, quick=args.quick)
+def experiment_command(module: Any, description: str, argv: Sequence[str] | None = None) -> None:
+    """The command line of an experiment ``module`` (its ``NAME``, ``run``, ``collect``, ``render_page``,
+    ``plot``, ``PAGE_NAME``, ``PLOT_NAME``, ``DATA_FOLDER``): run it (resumable) and collect its data folder,
+    or with ``--render`` only rebuild the page and plot from that folder."""
+    name = module.NAME
+    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="the smoke-run settings (the config's quick: section)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help=f"work folder, resumable (default {default_workdir(name)}; -quick suffix with --quick)")
+    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{name}.yaml)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
+    args = parser.parse_args(argv)
     workdir = args.workdir or default_workdir(name, quick=args.quick)
-    docs = docs_dir(args, workdir)
-
-    def checkpoint(partial: Document) -> None:
-        publish(name, partial, workdir, docs, render_page, plot)
-
-    document = run(settings, workdir, threads=args.threads, checkpoint=checkpoint)
-    page = publish(name, document, workdir, docs, render_page, plot)
-    console().print(render_page(document, None).split("## Setup")[0])
-    log(f"results: {workdir / 'results.json'}; page: {page}")
-    return document
+    docs = args.docs or (workdir / "page" if args.quick else RESULTS_DOCS_DIR)
+    data = docs / module.DATA_FOLDER
+    if not args.render:
+        settings = load_config(name, args.config, quick=args.quick)
+        started = time.perf_counter()
+        record = module.run(settings, workdir, threads=args.threads)
+        record["timings"]["total"] = round(time.perf_counter() - started, 1)
+        record = keep_work_timings(workdir / "run.json", record)
+        write_json_atomic(workdir / "run.json", {k: v for k, v in record.items() if k != "evaluations"})
+        module.collect(workdir, data, record)
+    if not (data / "run.json").is_file():
+        raise SystemExit(f"error: {data} holds no run.json; run the experiment first (without --render)")
+    plotted = module.plot(data, docs / module.PLOT_NAME)
+    page = write_text_atomic(docs / module.PAGE_NAME, module.render_page(data, plotted.name if plotted else None))
+    log(f"page: {page}")

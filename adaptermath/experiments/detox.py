@@ -46,12 +46,11 @@ settings in ``recipes/experiments/detox.yaml``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import random
 import re
-import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -341,16 +340,11 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
 
 def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
     """Write what the page reads into ``data`` (replaced): run.json, every evaluation, the scorer check."""
-    staging = data.with_name(f".{data.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((workdir / "evaluations").glob("*.json"))]
-    common.write_gzip_text(staging / EVALUATIONS, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
-    common.write_gzip_text(staging / SCORER_CHECK, (workdir / "scorer_check.json").read_text(encoding="utf-8"))
-    (staging / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.rmtree(data, ignore_errors=True)
-    staging.rename(data)
-    return data
+    return common.write_data_folder(data, record, {
+        EVALUATIONS: "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records),
+        SCORER_CHECK: (workdir / "scorer_check.json").read_text(encoding="utf-8"),
+    })
 
 
 # --------------------------------------------------------------------------- analysis and page (pure)
@@ -691,41 +685,12 @@ def plot(data: Path, path: Path) -> Path | None:
             axis.set_xlabel("perplexity ratio (validation)")
             axis.set_ylabel("mean toxicity (validation)")
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return common.save_figure(figure, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{NAME}",
-                                     description="Detoxification by subtraction on SmolLM2, against neutral, "
-                                     "same-forum and random controls.")
-    parser.add_argument("--quick", action="store_true", help="the smoke-run settings (the config's quick: section)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with --quick)")
-    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{NAME}.yaml)")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
-    args = parser.parse_args(argv)
-    workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
-    docs = args.docs or (workdir / "page" if args.quick else common.RESULTS_DOCS_DIR)
-    if not args.render:
-        settings = common.load_config(NAME, args.config, quick=args.quick)
-        started = time.perf_counter()
-        record = run(settings, workdir, threads=args.threads)
-        record["timings"]["total"] = round(time.perf_counter() - started, 1)
-        record = common.keep_work_timings(workdir / "run.json", record)
-        common.write_json_atomic(workdir / "run.json", record)
-        collect(workdir, docs / DATA_FOLDER, record)
-    if not (docs / DATA_FOLDER / "run.json").is_file():
-        raise SystemExit(f"error: {docs / DATA_FOLDER} holds no run.json; run the experiment first (without --render)")
-    plotted = plot(docs / DATA_FOLDER, docs / PLOT_NAME)
-    page = common.write_text_atomic(docs / PAGE_NAME, render_page(docs / DATA_FOLDER, plotted.name if plotted else None))
-    common.log(f"page: {page}")
+    common.experiment_command(sys.modules[__name__], "Detoxification by subtraction on SmolLM2, against neutral, "
+                                     "same-forum and random controls.", argv)
 
 
 if __name__ == "__main__":

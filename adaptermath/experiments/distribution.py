@@ -39,12 +39,11 @@ every evaluation's margins); ``--render`` regenerates the page byte for byte. Ru
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
 import random
-import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -288,20 +287,14 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
     }
 
 
-def collect(data: Path, record: Mapping[str, Any]) -> Path:
-    """Write what the page reads into ``data`` (replaced): run.json, the split labels, every evaluation's margins."""
-    staging = data.with_name(f".{data.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
+    """Write what the page reads into ``data`` (replaced): run.json, the split labels, every evaluation's margins
+    (all carried by ``record``; ``workdir`` is not read)."""
     evaluations = record["evaluations"]
-    common.write_gzip_text(staging / EVALUATIONS, "".join(json.dumps({"slug": name, "margin": evaluations[name]}) + "\n"
-                                                          for name in sorted(evaluations)))
-    common.write_gzip_text(staging / SPLITS, json.dumps(record["splits"], sort_keys=True) + "\n")
-    kept = {k: v for k, v in record.items() if k not in ("evaluations", "splits")}
-    (staging / "run.json").write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.rmtree(data, ignore_errors=True)
-    staging.rename(data)
-    return data
+    return common.write_data_folder(data, {k: v for k, v in record.items() if k not in ("evaluations", "splits")}, {
+        EVALUATIONS: "".join(json.dumps({"slug": name, "margin": evaluations[name]}) + "\n" for name in sorted(evaluations)),
+        SPLITS: json.dumps(record["splits"], sort_keys=True) + "\n",
+    })
 
 
 # --------------------------------------------------------------------------- analysis and page (pure)
@@ -600,41 +593,12 @@ def plot(data: Path, path: Path) -> Path | None:
     axis.set_title(EXPRESSION)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return common.save_figure(figure, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{NAME}",
-                                     description="Distribution generalisation: merge PEMs trained on skewed halves, "
-                                     "against threshold-tuned halves.")
-    parser.add_argument("--quick", action="store_true", help="the smoke-run settings (the config's quick: section)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with --quick)")
-    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{NAME}.yaml)")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
-    args = parser.parse_args(argv)
-    workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
-    docs = args.docs or (workdir / "page" if args.quick else common.RESULTS_DOCS_DIR)
-    if not args.render:
-        settings = common.load_config(NAME, args.config, quick=args.quick)
-        started = time.perf_counter()
-        record = run(settings, workdir, threads=args.threads)
-        record["timings"]["total"] = round(time.perf_counter() - started, 1)
-        record = common.keep_work_timings(workdir / "run.json", record)
-        common.write_json_atomic(workdir / "run.json", {k: v for k, v in record.items() if k != "evaluations"})
-        collect(docs / DATA_FOLDER, record)
-    if not (docs / DATA_FOLDER / "run.json").is_file():
-        raise SystemExit(f"error: {docs / DATA_FOLDER} holds no run.json; run the experiment first (without --render)")
-    plotted = plot(docs / DATA_FOLDER, docs / PLOT_NAME)
-    page = common.write_text_atomic(docs / PAGE_NAME, render_page(docs / DATA_FOLDER, plotted.name if plotted else None))
-    common.log(f"page: {page}")
+    common.experiment_command(sys.modules[__name__], "Distribution generalisation: merge PEMs trained on skewed halves, "
+                                     "against threshold-tuned halves.", argv)
 
 
 if __name__ == "__main__":

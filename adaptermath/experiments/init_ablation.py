@@ -32,12 +32,11 @@ regenerates it byte for byte. Run: ``python -m adaptermath.experiments.init_abla
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import random
 import shutil
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,15 +245,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
 
 def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
     """Write what the page reads into ``data`` (replaced): run.json and every evaluation."""
-    staging = data.with_name(f".{data.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((workdir / "evaluations").glob("*.json"))]
-    common.write_gzip_text(staging / EVALUATIONS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    (staging / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.rmtree(data, ignore_errors=True)
-    staging.rename(data)
-    return data
+    return common.write_data_folder(data, record, {EVALUATIONS: "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)})
 
 
 # --------------------------------------------------------------------------- analysis and page (pure)
@@ -506,41 +498,12 @@ def plot(data: Path, path: Path) -> Path | None:
     axis.set_title("same vs different LoRA init", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return common.save_figure(figure, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{NAME}",
-                                     description="Same-init ablation: parameter- vs delta-space merges of LoRA PEMs "
-                                     "from one init and from different inits (TREC, MiniLM).")
-    parser.add_argument("--quick", action="store_true", help="the smoke-run settings (the config's quick: section)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with --quick)")
-    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{NAME}.yaml)")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
-    args = parser.parse_args(argv)
-    workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
-    docs = args.docs or (workdir / "page" if args.quick else common.RESULTS_DOCS_DIR)
-    if not args.render:
-        settings = common.load_config(NAME, args.config, quick=args.quick)
-        started = time.perf_counter()
-        record = run(settings, workdir, threads=args.threads)
-        record["timings"]["total"] = round(time.perf_counter() - started, 1)
-        record = common.keep_work_timings(workdir / "run.json", record)
-        common.write_json_atomic(workdir / "run.json", record)
-        collect(workdir, docs / DATA_FOLDER, record)
-    if not (docs / DATA_FOLDER / "run.json").is_file():
-        raise SystemExit(f"error: {docs / DATA_FOLDER} holds no run.json; run the experiment first (without --render)")
-    plotted = plot(docs / DATA_FOLDER, docs / PLOT_NAME)
-    page = common.write_text_atomic(docs / PAGE_NAME, render_page(docs / DATA_FOLDER, plotted.name if plotted else None))
-    common.log(f"page: {page}")
+    common.experiment_command(sys.modules[__name__], "Same-init ablation: parameter- vs delta-space merges of LoRA PEMs "
+                                     "from one init and from different inits (TREC, MiniLM).", argv)
 
 
 if __name__ == "__main__":
