@@ -434,3 +434,44 @@ def experiment_command(module: Any, description: str, argv: Sequence[str] | None
     plotted = module.plot(data, docs / module.PLOT_NAME)
     page = write_text_atomic(docs / module.PAGE_NAME, module.render_page(data, plotted.name if plotted else None))
     log(f"page: {page}")
+
+
+class EvaluationStore:
+    """One JSON file per evaluation in ``folder`` (a re-run skips what is there); each new record carries
+    ``slug`` and the ``seconds`` it took, and is logged with ``describe(record)``."""
+
+    def __init__(self, folder: Path, describe: Callable[[Mapping[str, Any]], str]):
+        self.folder = folder
+        self.describe = describe
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        path = self.folder / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        started = time.perf_counter()
+        record = {"slug": name, **compute()}
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        log(f"  {name}: {record['seconds']:.0f} s, {self.describe(record)}")
+        write_json_atomic(path, record)
+        return record
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a gzip file (a data folder's per-evaluation records)."""
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -237,26 +237,6 @@ def _negation(arm: str, lam: float, pems: Mapping[str, Mapping[str, Any]], seed:
     return compose(f"-{lam!r}*x", {"x": pems[arm]["path"]}, space="delta")
 
 
-class EvaluationStore:
-    """One JSON file per evaluation in ``folder``: a re-run skips what is there."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def get(self, name: str, compute: Any) -> dict[str, Any]:
-        path = self.folder / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        started = time.perf_counter()
-        record = {"slug": name, **compute()}
-        record["seconds"] = round(time.perf_counter() - started, 1)
-        common.log(f"  {name}: {time.perf_counter() - started:.0f} s, perplexity {record['perplexity']:.2f}, "
-                   f"mean toxicity {mean_score(record, 0):.3f} / {mean_score(record, 1):.3f}")
-        common.write_json_atomic(path, record)
-        return record
-
-
 def scorer_check(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     """Fit (or read) the MiniLM probe on the insults training split, register it, and score the test split with both scorers."""
     from adaptermath.evaluation.toxicity import get_scorer, score_texts
@@ -302,7 +282,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
             for seed in seeds:
                 pems[kind, seed] = train_pems(base, workdir, settings, kind, seed, texts, threads)
     scoring = Scoring(base, settings, prompts, _articles(settings))
-    store = EvaluationStore(workdir / "evaluations")
+    store = common.EvaluationStore(workdir / "evaluations", lambda r: f"perplexity {r['perplexity']:.2f}, "
+                                   f"mean toxicity {mean_score(r, 0):.3f} / {mean_score(r, 1):.3f}")
     margin = float(settings["selection"]["perplexity_margin"])
     chosen: dict[str, float] = {}
     with common.timed(timings, "validation"):
@@ -353,8 +334,7 @@ def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
 def load_data(data: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
     """run.json, the evaluations by slug, and the scorer check, from the data folder."""
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
-    with gzip.open(data / EVALUATIONS, "rt", encoding="utf-8") as handle:
-        evaluations = {r["slug"]: r for r in map(json.loads, handle)}
+    evaluations = {r["slug"]: r for r in common.read_records(data / EVALUATIONS)}
     with gzip.open(data / SCORER_CHECK, "rt", encoding="utf-8") as handle:
         check = json.load(handle)
     return record, evaluations, check
@@ -661,12 +641,8 @@ def headline(data: Path) -> dict[str, str]:
 
 def plot(data: Path, path: Path) -> Path | None:
     """Validation toxicity (each scorer) against perplexity ratio, one line per negated PEM over λ."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     facts = analyse(data)
     kinds = list(facts["kinds"])

@@ -305,8 +305,7 @@ def load_data(data: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, lis
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
     with gzip.open(data / SPLITS, "rt", encoding="utf-8") as handle:
         splits = json.load(handle)
-    with gzip.open(data / EVALUATIONS, "rt", encoding="utf-8") as handle:
-        evaluations = {r["slug"]: r["margin"] for r in map(json.loads, handle)}
+    evaluations = {r["slug"]: r["margin"] for r in common.read_records(data / EVALUATIONS)}
     return record, splits, evaluations
 
 
@@ -569,12 +568,8 @@ def headline(data: Path) -> dict[str, str]:
 
 def plot(data: Path, path: Path) -> Path | None:
     """Validation accuracy against λ, one line per space and seed, each seed's better tuned half dashed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     facts = analyse(data)
     figure, axis = plt.subplots(figsize=(6, 4))

@@ -41,10 +41,8 @@ settings in ``recipes/experiments/domain_transfer.yaml``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,24 +170,6 @@ class Scoring:
                 "margin": [round(s[1] - s[0], 4) for s in result.scores], "accuracy": result.accuracy}
 
 
-class EvaluationStore:
-    """One JSON file per evaluation in ``folder``: a re-run skips what is there."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def get(self, name: str, compute: Any) -> dict[str, Any]:
-        path = self.folder / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        started = time.perf_counter()
-        record = {"slug": name, **compute()}
-        common.log(f"  {name}: accuracy {record['accuracy']:.3f} ({time.perf_counter() - started:.0f} s)")
-        common.write_json_atomic(path, record)
-        return record
-
-
 def _composed(arm: str, lam: float, pems: Mapping[str, Mapping[str, Any]]) -> Any:
     from adaptermath.compose import compose
 
@@ -219,7 +199,7 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 2) -> dict
             pems[seed] = train_pems(base, workdir, settings, seed, data, threads)
     norms = {f"s{seed}": update_norms({n: p["path"] for n, p in pems[seed].items()}) for seed in seeds}
     scoring = Scoring(base, settings, splits[target])
-    store = EvaluationStore(workdir / "evaluations")
+    store = common.EvaluationStore(workdir / "evaluations", lambda r: f"accuracy {r['accuracy']:.3f}")
     chosen: dict[int, float] = {}
     with common.timed(timings, "validation"):
         store.get(slug("val"), lambda: scoring.evaluate(None, "val"))
@@ -263,8 +243,7 @@ def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
 def load_data(data: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """run.json and the evaluations by slug, from the data folder."""
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
-    with gzip.open(data / EVALUATIONS, "rt", encoding="utf-8") as handle:
-        evaluations = {r["slug"]: r for r in map(json.loads, handle)}
+    evaluations = {r["slug"]: r for r in common.read_records(data / EVALUATIONS)}
     return record, evaluations
 
 
@@ -481,12 +460,8 @@ def headline(data: Path) -> dict[str, str]:
 
 def plot(data: Path, path: Path) -> Path | None:
     """Validation accuracy of the analogy against λ (one thin line per seed, the mean thick), and the base model."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     facts = analyse(data)
     lambdas = [float(v) for v in facts["record"]["settings"]["lambdas"]]

@@ -42,7 +42,6 @@ in ``recipes/experiments/multitask.yaml``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import sys
@@ -255,8 +254,7 @@ def collect(workdir: Path, data: Path, record: Mapping[str, Any]) -> Path:
 def load_data(data: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """run.json and the evaluations by slug, from the data folder."""
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
-    with gzip.open(data / EVALUATIONS, "rt", encoding="utf-8") as handle:
-        evaluations = {r["slug"]: r for r in map(json.loads, handle)}
+    evaluations = {r["slug"]: r for r in common.read_records(data / EVALUATIONS)}
     return record, evaluations
 
 
@@ -477,12 +475,8 @@ def headline(data: Path) -> dict[str, str]:
 
 def plot(data: Path, path: Path) -> Path | None:
     """Test accuracy (seeds pooled, with its interval) against λ, one panel per task, base and majority marked."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     facts = analyse(data)
     figure, axes = plt.subplots(1, len(TASKS), figsize=(10, 3.8), squeeze=False)
