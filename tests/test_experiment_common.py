@@ -81,3 +81,31 @@ def test_keep_work_timings_keeps_the_longest_run_with_the_same_settings(tmp_path
     assert merged["timings"] == {"training": 300.0, "sweep": 50.0, "old": 1.0}
     previous.write_text(json.dumps({"settings": {"a": 2}, "timings": {"training": 300.0}}))
     assert common.keep_work_timings(previous, document)["timings"] == document["timings"]
+
+
+def test_profile_smoke_runs_the_quick_section_and_full_the_recipe(tmp_path: Path):
+    import types
+
+    config = tmp_path / "fake.yaml"
+    config.write_text("steps: 100\nquick:\n  steps: 2\n")
+    seen: list[dict] = []
+
+    def run(settings, workdir, threads):
+        seen.append(dict(settings))
+        return {"timings": {}}
+
+    def collect(workdir, data, record):
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "run.json").write_text("{}")
+
+    module = types.SimpleNamespace(
+        NAME="fake", DATA_FOLDER="data/fake", PAGE_NAME="fake.md", PLOT_NAME="fake.png", run=run, collect=collect,
+        plot=lambda data, path: None, render_page=lambda data, plot: f"steps {seen[-1]['steps']}\n")
+    for flags, steps, quick in ((["--profile", "smoke"], 2, True), (["--quick"], 2, True), ([], 100, False)):
+        docs = tmp_path / f"docs-{len(seen)}"
+        common.experiment_command(module, "fake", [*flags, "--config", str(config), "--workdir", str(tmp_path / f"w{len(seen)}"),
+                                                   "--docs", str(docs)])
+        assert seen[-1]["steps"] == steps and seen[-1]["quick"] is quick
+        assert (docs / "fake.md").read_text() == f"steps {steps}\n"
+    with pytest.raises(SystemExit):
+        common.experiment_command(module, "fake", ["--profile", "tiny"])

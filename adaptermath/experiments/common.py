@@ -403,21 +403,33 @@ def save_figure(figure: Any, path: Path) -> Path:
     return path
 
 
+PROFILES = ("full", "smoke")
+
+
+def add_profile_options(parser: argparse.ArgumentParser) -> None:
+    """``--profile full|smoke`` and its short form ``--quick`` (= ``--profile smoke``): the smoke profile
+    applies the recipe's ``quick:`` section, a few-minute end-to-end run whose numbers mean nothing."""
+    parser.add_argument("--profile", choices=PROFILES, default="full",
+                        help="full: the recipe as pre-registered; smoke: its quick: section (minutes, numbers mean nothing)")
+    parser.add_argument("--quick", action="store_true", help="the same as --profile smoke")
+
+
 def experiment_command(module: Any, description: str, argv: Sequence[str] | None = None) -> None:
     """The command line of an experiment ``module`` (its ``NAME``, ``run``, ``collect``, ``render_page``,
     ``plot``, ``PAGE_NAME``, ``PLOT_NAME``, ``DATA_FOLDER``): run it (resumable) and collect its data folder,
     or with ``--render`` only rebuild the page and plot from that folder."""
     name = module.NAME
     parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{name}", description=description)
-    parser.add_argument("--quick", action="store_true", help="the smoke-run settings (the config's quick: section)")
+    add_profile_options(parser)
     parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {default_workdir(name)}; -quick suffix with --quick)")
+                        help=f"work folder, resumable (default {default_workdir(name)}; -quick suffix with the smoke profile)")
     parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{name}.yaml)")
     parser.add_argument("--docs", type=Path, default=None,
                         help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.profile == "smoke"
     workdir = args.workdir or default_workdir(name, quick=args.quick)
     docs = args.docs or (workdir / "page" if args.quick else RESULTS_DOCS_DIR)
     data = docs / module.DATA_FOLDER

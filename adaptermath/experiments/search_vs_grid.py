@@ -327,15 +327,16 @@ def _signed_interval(interval: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{NAME}",
                                      description="Search against a grid on SmolLM2: c·cls + t·tgt − s·src.")
-    parser.add_argument("--quick", action="store_true", help="the reduced smoke-run settings (the config's quick: section)")
+    common.add_profile_options(parser)
     parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with --quick)")
+                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with the smoke profile)")
     parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{NAME}.yaml)")
     parser.add_argument("--docs", type=Path, default=None,
                         help="where the page and its data folder go (default docs/results; <workdir>/page with --quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--render", action="store_true", help="only regenerate the page from the data folder")
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.profile == "smoke"
     workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
     docs = args.docs or (workdir / "page" if args.quick else common.RESULTS_DOCS_DIR)
     if not args.render:
