@@ -54,6 +54,94 @@ def test_the_page_reads_its_numbers_from_the_data(tmp_path: Path) -> None:
                                                                    len(record["settings"]["box"]))
 
 
+def test_search_runs_name_new_folders_for_samplers_and_old_ones_for_one_sampler() -> None:
+    new = {"samplers": ["tpe", "gp"], "search_seeds": [0, 1]}
+    assert search_vs_grid.search_runs(new) == [
+        ("tpe", 0, "search-tpe-seed-0"), ("tpe", 1, "search-tpe-seed-1"),
+        ("gp", 0, "search-gp-seed-0"), ("gp", 1, "search-gp-seed-1"),
+    ]
+    assert search_vs_grid.timing_key(new, search_vs_grid.search_runs(new)[2]) == "search gp seed 0"
+    old = {"sampler": "tpe", "search_seeds": [0, 1]}
+    assert search_vs_grid.search_runs(old) == [("tpe", 0, "search-seed-0"), ("tpe", 1, "search-seed-1")]
+    assert search_vs_grid.timing_key(old, search_vs_grid.search_runs(old)[1]) == "search seed 1"
+    with pytest.raises(search_vs_grid.common.DataError, match="samplers"):
+        search_vs_grid.search_runs({"sampler": "tpe", "samplers": ["gp"], "search_seeds": [0]})
+
+
+def _set_accuracies(folder: Path, accuracy: str, *, last_only: bool) -> None:
+    """Rewrite the validation accuracy in ``folder/trials.csv``: of its last trial, or of every trial."""
+    trials = folder / "trials.csv"
+    rows = list(csv.DictReader(io.StringIO(trials.read_text(encoding="utf-8"))))
+    last = max(int(row["trial"]) for row in rows)
+    for row in rows:
+        if not last_only or int(row["trial"]) == last:
+            row["accuracy"] = accuracy
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    trials.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _two_sampler_data(tmp_path: Path) -> Path:
+    """The committed data rewritten as a run with ``samplers: [tpe, gp]``: both samplers' searches are copies of the
+    committed TPE searches (seeds 1 and 2 reach the grid's best, seed 0 does not), except that gp seed 0's last
+    trial reaches validation accuracy 1.0."""
+    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    data = tmp_path / "search"
+    data.mkdir()
+    shutil.copytree(committed / search_vs_grid.GRID_FOLDER, data / search_vs_grid.GRID_FOLDER)
+    record = json.loads((committed / "run.json").read_text(encoding="utf-8"))
+    settings = record["settings"]
+    del settings["sampler"]
+    settings["samplers"] = ["tpe", "gp"]
+    for sampler in settings["samplers"]:
+        for seed in settings["search_seeds"]:
+            shutil.copytree(committed / search_vs_grid.seed_folder(seed),
+                            data / search_vs_grid.search_folder(sampler, seed))
+    (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _set_accuracies(data / search_vs_grid.search_folder("gp", 0), "1.0", last_only=True)
+    return data
+
+
+def test_a_run_with_two_samplers_renders_rows_and_verdicts_per_sampler(tmp_path: Path) -> None:
+    data = _two_sampler_data(tmp_path)
+    facts = search_vs_grid.analyse(data)
+    assert [(s["sampler"], s["seed"]) for s in facts["searches"]] == [
+        ("tpe", 0), ("tpe", 1), ("tpe", 2), ("gp", 0), ("gp", 1), ("gp", 2)]
+    page = search_vs_grid.render_page(data)
+    for sampler in ("tpe", "gp"):
+        for seed in (0, 1, 2):
+            assert f"| search {sampler}, seed {seed} | 41 |" in page
+    assert "| search, seed" not in page
+    assert "each search (samplers tpe and gp, one study per sampler and sampler seed)" in page
+    assert ("- tpe: reached the grid's best for 2 of 3 sampler seeds. Verdict: not met for every seed "
+            "(1 of 3 fell short).") in page
+    assert "- gp: reached the grid's best for 3 of 3 sampler seeds. Verdict: met for every seed." in page
+    assert "per search (`search-{sampler}-seed-{seed}/`)" in page
+    row = search_vs_grid.headline(data)
+    assert "TPE: 2 of 3 seeds; GP: 3 of 3 seeds" in row["ours"]
+    assert "TPE: -0.050 [-0.100, +0.005]" in row["ours"] and "; GP: " in row["ours"]
+    assert row["verdict"] == "met for every seed with GP"
+
+
+def test_with_no_sampler_reaching_the_grid_for_every_seed_the_verdict_names_the_best(tmp_path: Path) -> None:
+    data = _two_sampler_data(tmp_path)
+    _set_accuracies(data / search_vs_grid.search_folder("gp", 1), "0.5", last_only=False)
+    assert search_vs_grid.headline(data)["verdict"] == "met for 2 of 3 seeds (TPE and GP)"
+    _set_accuracies(data / search_vs_grid.search_folder("gp", 2), "0.5", last_only=False)
+    row = search_vs_grid.headline(data)
+    assert row["verdict"] == "met for 2 of 3 seeds (TPE)" and "TPE: 2 of 3 seeds; GP: 1 of 3 seeds" in row["ours"]
+    assert ("- gp: reached the grid's best for 1 of 3 sampler seeds. Verdict: not met for every seed "
+            "(2 of 3 fell short).") in search_vs_grid.render_page(data)
+
+
+def test_the_committed_one_sampler_data_keeps_its_headline() -> None:
+    row = search_vs_grid.headline(RESULTS / search_vs_grid.DATA_FOLDER)
+    assert row["ours"].startswith("41 TPE trials reached the grid's best validation accuracy (0.860) for 2 of 3 ")
+    assert row["verdict"] == "met for 2 of 3 seeds"
+
+
 def test_render_without_data_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as raised:
         search_vs_grid.main(["--render", "--docs", str(tmp_path)])
@@ -72,7 +160,7 @@ def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) 
     docs = tmp_path / "docs"
     search_vs_grid.main(["--quick", "--workdir", str(tmp_path / "work"), "--docs", str(docs)])
     page = (docs / search_vs_grid.PAGE_NAME).read_text(encoding="utf-8")
-    assert "REDUCED --quick run" in page and "| search, seed 0 |" in page
+    assert "REDUCED --quick run" in page and "| search tpe, seed 0 |" in page and "| search gp, seed 0 |" in page
     data = docs / search_vs_grid.DATA_FOLDER
     assert not list(data.rglob("*.db")) and list(data.rglob("*.jsonl.gz"))
     search_vs_grid.main(["--quick", "--render", "--workdir", str(tmp_path / "work"), "--docs", str(docs)])
