@@ -228,6 +228,7 @@ def versions() -> dict[str, str]:
         "adaptermath": __version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}",
         "platform": platform.platform(),
+        "load_average": f"{os.getloadavg()[0]:.1f}",
     }
 
 
@@ -369,9 +370,12 @@ def keep_work_timings(previous: Path, document: Mapping[str, Any]) -> dict[str, 
 
 def environment_lines(versions: Mapping[str, str]) -> list[str]:
     """The page lines naming the package versions and the machine a run used."""
+    machine_keys = ("machine", "platform", "load_average")
+    load = (f"1-minute load average {versions['load_average']} when it finished" if "load_average" in versions
+            else "a shared VM: other jobs may have run beside it")
     return [
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in ('machine', 'platform'))}.",
-        f"- Machine: {versions['machine']} ({versions['platform']}), shared with other jobs while it ran.",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k not in machine_keys)}.",
+        f"- Machine: {versions['machine']} ({versions['platform']}), {load}.",
     ]
 
 
