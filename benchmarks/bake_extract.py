@@ -288,6 +288,8 @@ def render(results: dict[str, Any]) -> str:
             rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
             lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
                          f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | {vs_peft} |")
+    if not results["extract"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in results["extract"]:
