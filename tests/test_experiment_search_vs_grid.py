@@ -35,8 +35,8 @@ def test_the_page_reads_its_numbers_from_the_data(tmp_path: Path) -> None:
     data = tmp_path / "search"
     shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
     before = search_vs_grid.analyse(data)
-    first_seed = before["record"]["settings"]["search_seeds"][0]
-    trials = data / search_vs_grid.seed_folder(first_seed) / "trials.csv"
+    first_folder = search_vs_grid.search_runs(before["record"]["settings"])[0][2]
+    trials = data / first_folder / "trials.csv"
     rows = list(csv.DictReader(io.StringIO(trials.read_text(encoding="utf-8"))))
     last = max(rows, key=lambda row: int(row["trial"]))
     last["accuracy"] = "1.0"
@@ -84,23 +84,30 @@ def _set_accuracies(folder: Path, accuracy: str, *, last_only: bool) -> None:
 
 
 def _two_sampler_data(tmp_path: Path) -> Path:
-    """The committed data rewritten as a run with ``samplers: [tpe, gp]``: both samplers' searches are copies of the
-    committed TPE searches (seeds 1 and 2 reach the grid's best, seed 0 does not), except that gp seed 0's last
-    trial reaches validation accuracy 1.0."""
-    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    """A copy of the committed run (``samplers: [tpe, gp]``; TPE reaches the grid's best for seeds 1 and 2, GP for
+    seed 2) in which the last trial of gp seeds 0 and 1 reaches validation accuracy 1.0: GP then reaches it for all."""
     data = tmp_path / "search"
+    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    assert json.loads((data / "run.json").read_text(encoding="utf-8"))["settings"]["samplers"] == ["tpe", "gp"]
+    for seed in (0, 1):
+        _set_accuracies(data / search_vs_grid.search_folder("gp", seed), "1.0", last_only=True)
+    return data
+
+
+def _one_sampler_data(tmp_path: Path) -> Path:
+    """The committed run's grid and TPE searches in the layout of a run with one ``sampler: tpe`` (before
+    ``samplers`` existed): folders ``search-seed-{seed}``."""
+    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    data = tmp_path / "one-sampler"
     data.mkdir()
     shutil.copytree(committed / search_vs_grid.GRID_FOLDER, data / search_vs_grid.GRID_FOLDER)
     record = json.loads((committed / "run.json").read_text(encoding="utf-8"))
     settings = record["settings"]
-    del settings["sampler"]
-    settings["samplers"] = ["tpe", "gp"]
-    for sampler in settings["samplers"]:
-        for seed in settings["search_seeds"]:
-            shutil.copytree(committed / search_vs_grid.seed_folder(seed),
-                            data / search_vs_grid.search_folder(sampler, seed))
+    del settings["samplers"]
+    settings["sampler"] = "tpe"
+    for seed in settings["search_seeds"]:
+        shutil.copytree(committed / search_vs_grid.search_folder("tpe", seed), data / search_vs_grid.seed_folder(seed))
     (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _set_accuracies(data / search_vs_grid.search_folder("gp", 0), "1.0", last_only=True)
     return data
 
 
@@ -136,10 +143,19 @@ def test_with_no_sampler_reaching_the_grid_for_every_seed_the_verdict_names_the_
             "(2 of 3 fell short).") in search_vs_grid.render_page(data)
 
 
-def test_the_committed_one_sampler_data_keeps_its_headline() -> None:
+def test_the_committed_run_counts_each_sampler() -> None:
     row = search_vs_grid.headline(RESULTS / search_vs_grid.DATA_FOLDER)
+    assert "TPE: 2 of 3 seeds; GP: 1 of 3 seeds" in row["ours"]
+    assert row["verdict"] == "met for 2 of 3 seeds (TPE)"
+
+
+def test_one_sampler_data_keeps_its_page_and_headline(tmp_path: Path) -> None:
+    data = _one_sampler_data(tmp_path)
+    row = search_vs_grid.headline(data)
     assert row["ours"].startswith("41 TPE trials reached the grid's best validation accuracy (0.860) for 2 of 3 ")
     assert row["verdict"] == "met for 2 of 3 seeds"
+    page = search_vs_grid.render_page(data)
+    assert "| search, seed 0 | 41 |" in page and "| search tpe," not in page
 
 
 def test_render_without_data_is_a_one_line_error(tmp_path: Path) -> None:
