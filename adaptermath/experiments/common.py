@@ -418,10 +418,11 @@ def add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the same as --profile smoke")
 
 
-def experiment_command(module: Any, description: str, argv: Sequence[str] | None = None) -> None:
+def experiment_command(module: Any, description: str, argv: Sequence[str] | None = None, *,
+                       default_threads: int = 2) -> None:
     """The command line of an experiment ``module`` (its ``NAME``, ``run``, ``collect``, ``render_page``,
-    ``plot``, ``PAGE_NAME``, ``PLOT_NAME``, ``DATA_FOLDER``): run it (resumable) and collect its data folder,
-    or with ``--render`` only rebuild the page and plot from that folder."""
+    ``PAGE_NAME``, ``DATA_FOLDER``, and ``plot``/``PLOT_NAME`` when it has a plot): run it (resumable) and
+    collect its data folder, or with ``--render`` only rebuild the page (and plot) from that folder."""
     name = module.NAME
     parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{name}", description=description)
     add_profile_options(parser)
@@ -430,7 +431,7 @@ def experiment_command(module: Any, description: str, argv: Sequence[str] | None
     parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{name}.yaml)")
     parser.add_argument("--docs", type=Path, default=None,
                         help="where the page, plot and data folder go (default docs/results; <workdir>/page with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=default_threads, help=f"torch threads (default {default_threads})")
     parser.add_argument("--render", action="store_true", help="only regenerate the page and plot from the data folder")
     args = parser.parse_args(argv)
     args.quick = args.quick or args.profile == "smoke"
@@ -447,8 +448,11 @@ def experiment_command(module: Any, description: str, argv: Sequence[str] | None
         module.collect(workdir, data, record)
     if not (data / "run.json").is_file():
         raise SystemExit(f"error: {data} holds no run.json; run the experiment first (without --render)")
-    plotted = module.plot(data, docs / module.PLOT_NAME)
-    page = write_text_atomic(docs / module.PAGE_NAME, module.render_page(data, plotted.name if plotted else None))
+    if hasattr(module, "plot"):
+        plotted = module.plot(data, docs / module.PLOT_NAME)
+        page = write_text_atomic(docs / module.PAGE_NAME, module.render_page(data, plotted.name if plotted else None))
+    else:
+        page = write_text_atomic(docs / module.PAGE_NAME, module.render_page(data))
     log(f"page: {page}")
 
 

@@ -29,12 +29,11 @@ Run: ``python -m adaptermath.experiments.search_vs_grid [--quick] [--workdir DIR
 
 from __future__ import annotations
 
-import argparse
+import sys
 import csv
 import io
 import json
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -436,32 +435,8 @@ def _signed_interval(interval: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m adaptermath.experiments.{NAME}",
-                                     description="Search against a grid on SmolLM2: c·cls + t·tgt − s·src.")
-    common.add_profile_options(parser)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work folder, resumable (default {common.default_workdir(NAME)}; -quick suffix with the smoke profile)")
-    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default recipes/experiments/{NAME}.yaml)")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="where the page and its data folder go (default docs/results; <workdir>/page with --quick)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--render", action="store_true", help="only regenerate the page from the data folder")
-    args = parser.parse_args(argv)
-    args.quick = args.quick or args.profile == "smoke"
-    workdir = args.workdir or common.default_workdir(NAME, quick=args.quick)
-    docs = args.docs or (workdir / "page" if args.quick else common.RESULTS_DOCS_DIR)
-    if not args.render:
-        settings = common.load_config(NAME, args.config, quick=args.quick)
-        started = time.perf_counter()
-        record = run(settings, workdir, threads=args.threads)
-        record["timings"]["total"] = round(time.perf_counter() - started, 1)
-        record = common.keep_work_timings(workdir / "run.json", record)  # a resumed run keeps the working run's times
-        common.write_json_atomic(workdir / "run.json", record)
-        collect(workdir, docs / DATA_FOLDER, record)
-    if not (docs / DATA_FOLDER / "run.json").is_file():
-        raise SystemExit(f"error: {docs / DATA_FOLDER} holds no run.json; run the experiment first (without --render)")
-    page = common.write_text_atomic(docs / PAGE_NAME, render_page(docs / DATA_FOLDER))
-    common.log(f"page: {page}")
+    common.experiment_command(sys.modules[__name__], "Search against a grid on SmolLM2: c·cls + t·tgt − s·src.", argv,
+                              default_threads=1)
 
 
 if __name__ == "__main__":
