@@ -255,3 +255,41 @@ def test_bake_writes_a_new_head_the_base_lacks(tiny, tmp_path):
     result = am.bake(base, str(tiny["bert_a"]), output=tmp_path / "out", base_mismatch="ok")
     assert sorted(result.added) == ["classifier.bias", "classifier.weight"]
     assert_loads_cleanly("bert", tmp_path / "out")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["plain", "transposed"])
+def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):
+    """A block-wise, one-BLAS-call update of a matrix several blocks tall equals PEFT's
+    W + (B·A)·s computed in float32 over the whole matrix, then rounded once."""
+    from adaptermath.bake import BLOCK_ELEMENTS, TensorUpdate
+
+    generator = torch.Generator().manual_seed(3)
+    out_f, in_f, rank = 700, 1536, 16
+    assert out_f * in_f > 3 * BLOCK_ELEMENTS
+    A = torch.randn(rank, in_f, generator=generator) * 0.05
+    B = torch.randn(out_f, rank, generator=generator) * 0.05
+    weight = torch.randn(out_f, in_f, generator=generator).to(dtype)
+    expected = (weight.float() + (B @ A) * 0.75).to(dtype)
+    stored = weight if layout == "plain" else weight.T.contiguous()
+    update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=0.75, layout=layout)
+    got = update.apply(stored.clone())
+    assert torch.equal(got if layout == "plain" else got.T, expected)
+
+
+def test_buffer_pool_reuses_the_buffer_under_a_typed_view():
+    """A tensor read into a pooled buffer is a dtype view (torch does not see it as a view of the
+    buffer); handing it back must still return the buffer, or every read faults in fresh memory."""
+    from adaptermath.bake import SMALL_BUFFER, BufferPool
+
+    pool = BufferPool()
+    buffer = pool.take(4 * SMALL_BUFFER)
+    tensor = buffer[: 4 * SMALL_BUFFER].view(torch.bfloat16).reshape(2, -1)
+    pool.give_back(tensor)
+    assert pool.free_buffers == 1
+    assert pool.take(3 * SMALL_BUFFER) is buffer  # fits, and at most twice the request
+    pool.give_back(buffer)
+    assert pool.take(SMALL_BUFFER) is not buffer  # four times the request: a new one
+    assert pool.take(16).numel() == 16  # small reads are never pooled
+    pool.give_back(torch.empty(8 * SMALL_BUFFER, dtype=torch.uint8))  # not lent by this pool: ignored
+    assert pool.free_buffers == 1
