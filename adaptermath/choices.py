@@ -11,6 +11,24 @@ from __future__ import annotations
 METHODS: tuple[str, ...] = ("linear", "dare", "dare_ties", "ext_sub", "magnitude_prune", "ties")
 EVAL_TASKS: tuple[str, ...] = ("classification", "perplexity", "toxicity", "generate")
 SWEEP_TASKS: tuple[str, ...] = ("classification", "perplexity", "toxicity")
+# The metrics where lower is better: a sweep's --metric and a search's --objective without a direction are
+# minimised (adaptermath.sweep, adaptermath.search); every other metric is maximised.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "perplexity", "mean_nll", "mean_score",
+                                             "share_above_threshold", "share_above_0.5"})
+
+
+def metric_direction(metric: str) -> str:
+    """A metric's natural direction: ``min`` for one in :data:`LOWER_IS_BETTER` (log_loss,
+    perplexity, mean_nll, the toxicity metrics), ``max`` for every other (accuracy, macro_f1, ...)."""
+    return "min" if metric in LOWER_IS_BETTER else "max"
+
+
+# The numbers each sweep task reports that a sweep or search can choose by (EVALUATION_METRICS of the recipe).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1", "log_loss"),
+    "perplexity": ("perplexity", "mean_nll"),
+    "toxicity": ("mean_score", "share_above_threshold", "share_above_0.5"),
+}
 # How a sweep chooses its point (adaptermath.sweep.select_point).
 SELECTION_RULES: tuple[str, ...] = ("best", "one-se")
 # Every command's --dtype takes these; "auto" keeps the source's dtype (the inputs', or the checkpoint's).

@@ -45,9 +45,9 @@ from .expression import parse_expression
 from .search_study import (StudyMismatchError, StudyStorageError, first_line, jsonable, open_storage,  # noqa: F401
                            open_study, public_url, sqlite_url)
 from .choices import SAMPLERS
-from .sweep import (DEFAULT_METRICS, LOWER_IS_BETTER, Evaluator, ModelScorer, SweepPlan, SweepRecord, _band, _number,
+from .sweep import (DEFAULT_METRICS, Evaluator, ModelScorer, SweepPlan, SweepRecord, _band, _number,
                     _point_text, _summary, baseline_comparisons, comparisons_markdown, compose_settings,
-                    grid_variable_problem, metric_value, operand_hashes, recorded_evaluation)
+                    grid_variable_problem, metric_direction, metric_value, operand_hashes, recorded_evaluation)
 
 SEARCH_FORMAT = "adaptermath.search/1"
 DEFAULT_STUDY = "adaptermath-search"
@@ -148,7 +148,7 @@ def parse_objective(spec: str) -> Objective:
     if not metric:
         raise AdapterMathError(f"--objective must look like METRIC[:max|min], got {spec!r}")
     stem = metric[: -len(RATIO_SUFFIX)] if metric.endswith(RATIO_SUFFIX) else metric
-    direction = direction or ("min" if stem in LOWER_IS_BETTER else "max")
+    direction = direction or metric_direction(stem)
     if direction not in ("max", "min"):
         raise AdapterMathError(f"--objective {metric}: direction must be max or min, got {direction!r}")
     return Objective(metric, direction)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter import Adapter, load_adapter
-from .choices import SELECTION_RULES
+from .choices import LOWER_IS_BETTER, SELECTION_RULES, metric_direction
 from .evaluation.examples import ExampleSet, example_id, load_examples, write_examples
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
@@ -50,7 +50,8 @@ DEFAULT_METRICS: dict[str, tuple[str, str]] = {
     "perplexity": ("perplexity", "min"),
     "toxicity": ("mean_score", "min"),
 }
-LOWER_IS_BETTER = {"perplexity", "mean_nll", "mean_score", "share_above_threshold", "share_above_0.5"}
+# LOWER_IS_BETTER and metric_direction (from .choices): a --metric / --objective without a direction is
+# minimised when lower is better (log_loss, perplexity, ...), else maximised.
 RESULTS_FORMAT = "adaptermath.sweep/1"
 EXAMPLES_FOLDER = "examples"
 
@@ -768,7 +769,7 @@ most ``max_points`` points (default 10,000), and ``results`` must not lie in an 
     spec = engine_spec(engine)
     check_engine_task(spec, task)
     metric = metric or DEFAULT_METRICS[task][0]
-    direction = direction or ("min" if metric in LOWER_IS_BETTER else "max")
+    direction = direction or metric_direction(metric)
     if isinstance(grid, Mapping):
         check_grid_size(grid, max_points)
         values = {k: [float(v) for v in vs] for k, vs in grid.items()}

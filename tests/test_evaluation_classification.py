@@ -144,9 +144,16 @@ def test_to_dict_holds_every_metric() -> None:
     model, tokenizer = tiny_llama(), word_tokenizer("causal")
     result = evaluate_classification(model, tokenizer, RECORDS, labels="negative,positive,neutral", template=TEMPLATE)
     data = result.to_dict()
-    assert set(data) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "predictions", "gold", "scores"}
+    assert set(data) >= {"accuracy", "macro_f1", "log_loss", "per_class", "confusion_matrix", "predictions", "gold",
+                         "scores"}
     assert sum(map(sum, data["confusion_matrix"])) == len(RECORDS)
     assert data["num_examples"] == len(RECORDS)
+    # log loss: the mean over examples of -log softmax(scores)[gold], here by torch's log_softmax
+    labels = ["negative", "positive", "neutral"]
+    scores = torch.tensor(data["scores"], dtype=torch.float64)
+    gold = torch.tensor([labels.index(label) for label in data["gold"]])
+    expected = -torch.log_softmax(scores, dim=-1).gather(1, gold[:, None]).mean().item()
+    assert data["log_loss"] == pytest.approx(expected) and result.log_loss == data["log_loss"]
 
 
 def test_misuse_is_a_one_line_error() -> None:

@@ -146,7 +146,8 @@ def test_human_output_shows_every_metric(files: dict[str, Path]) -> None:
         "--template", "review : {review}\\nsentiment :",
     )
     assert code == 0
-    for word in ("accuracy", "macro-F1", "precision", "recall", "confusion matrix", "negative", "positive"):
+    for word in ("accuracy", "macro-F1", "log loss", "log_loss", "precision", "recall", "confusion matrix", "negative",
+                 "positive"):
         assert word in stdout
 
 

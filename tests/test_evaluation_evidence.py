@@ -137,3 +137,46 @@ def test_perplexity_interval_is_the_exponential_of_the_nll_interval() -> None:
     assert intervals["perplexity"].high == pytest.approx(math.exp(intervals["mean_nll"].high))
     total = sum(r["nll"] for r in windows.records) / sum(r["tokens"] for r in windows.records)
     assert intervals["mean_nll"].estimate == pytest.approx(total)
+
+
+def _scored(rows: list[tuple[str, list[float]]], labels: tuple[str, ...] = ("a", "b")) -> ExampleSet:
+    """Classification records with label scores: (gold, scores) per example; the prediction is the argmax."""
+    records = []
+    for index, (gold, scores) in enumerate(rows):
+        prediction = labels[max(range(len(labels)), key=scores.__getitem__)]
+        records.append({"id": f"e{index}", "index": index, "gold": gold, "prediction": prediction,
+                        "correct": prediction == gold, "scores": scores})
+    return ExampleSet("classification", records, {"labels": list(labels)})
+
+
+def test_log_loss_gets_an_interval_and_a_paired_permutation_test() -> None:
+    import math
+
+    # By hand: [-1, -3] gold a → log(1 + e^-2); [0, 0] gold b → log 2.
+    two = _scored([("a", [-1.0, -3.0]), ("b", [0.0, 0.0])])
+    intervals = metric_intervals(two)
+    assert intervals["log_loss"].estimate == pytest.approx((math.log(1 + math.exp(-2)) + math.log(2)) / 2)
+    assert intervals["log_loss"].method == "bootstrap-percentile"
+    # Two runs on 40 examples: A gives the gold label probability 0.9 (loss -log 0.9), B 0.6 (loss -log 0.6).
+    a = _scored([("a" if i % 2 else "b", [math.log(0.9), math.log(0.1)] if i % 2 else [math.log(0.1), math.log(0.9)])
+                 for i in range(40)])
+    b = _scored([("a" if i % 2 else "b", [math.log(0.6), math.log(0.4)] if i % 2 else [math.log(0.4), math.log(0.6)])
+                 for i in range(40)])
+    interval = metric_intervals(a)["log_loss"]
+    assert interval.estimate == pytest.approx(-math.log(0.9))
+    assert interval.low == pytest.approx(-math.log(0.9)) and interval.high == pytest.approx(-math.log(0.9))
+    difference = compare_examples(a, b).by_metric()["log_loss"]
+    assert difference.test == "paired-permutation"
+    assert difference.a == pytest.approx(-math.log(0.9)) and difference.b == pytest.approx(-math.log(0.6))
+    assert difference.difference.estimate == pytest.approx(math.log(0.6) - math.log(0.9))
+    assert difference.difference.high < 0 and difference.p_value < 0.001  # every pair favours A: 1/(1 + R)
+    assert compare_examples(a, b).by_metric()["accuracy"].test == "mcnemar-exact"
+
+
+def test_records_without_scores_have_no_log_loss() -> None:
+    plain = _classification([True, False, True])
+    assert "log_loss" not in metric_intervals(plain)
+    scored = _scored([("a", [0.0, -1.0]), ("b", [0.0, -1.0]), ("a", [0.0, -1.0])])
+    assert "log_loss" in metric_intervals(scored)
+    assert "log_loss" not in compare_examples(scored, plain).by_metric()  # only when both runs kept scores
+    assert "log_loss" not in compare_examples(plain, scored).by_metric()

@@ -4,13 +4,17 @@ byte for byte from the data committed beside it (docs/results/search/)."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from adaptermath.evaluation.evidence import format_interval
 from adaptermath.experiments import search_vs_grid
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -181,3 +185,121 @@ def test_the_quick_run_goes_end_to_end_and_its_page_regenerates(tmp_path: Path) 
     assert not list(data.rglob("*.db")) and list(data.rglob("*.jsonl.gz"))
     search_vs_grid.main(["--quick", "--render", "--workdir", str(tmp_path / "work"), "--docs", str(docs)])
     assert (docs / search_vs_grid.PAGE_NAME).read_text(encoding="utf-8") == page
+
+
+def _hand_log_loss(path: Path) -> float:
+    """Mean over a records file's examples of log Σ_y exp s(y) − s(gold), by hand (max subtracted)."""
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
+    labels = json.loads(lines[0])["meta"]["labels"]
+    losses = []
+    for line in lines[1:]:
+        record = json.loads(line)
+        scores = record["scores"]
+        top = max(scores)
+        losses.append(top + math.log(sum(math.exp(s - top) for s in scores)) - scores[labels.index(record["gold"])])
+    return sum(losses) / len(losses)
+
+
+def _set_trial_log_losses(folder: Path, value_of: Callable[[int], float]) -> None:
+    """Add a ``log_loss`` column to ``folder/trials.csv``: trial n gets ``value_of(n)``."""
+    trials = folder / "trials.csv"
+    rows = list(csv.DictReader(io.StringIO(trials.read_text(encoding="utf-8"))))
+    for row in rows:
+        row["log_loss"] = repr(value_of(int(row["trial"])))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    trials.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _log_loss_data(tmp_path: Path) -> tuple[Path, float]:
+    """The committed run as if run with ``objective: log_loss``: every grid point's validation log loss
+    computed by hand from its records, the grid's choice their minimum g; the trials' log losses set so that
+    tpe seed 0 stays at g + 0.05 (not reached), tpe seed 1 reaches g − 0.01 at its 6th trial, tpe seed 2
+    equals g at its 3rd trial (and later g − 0.002), and every gp trial is g + 0.001 (not reached). The
+    searches' choices and every test record stay the committed ones. Returns the folder and g."""
+    data = tmp_path / "log-loss"
+    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    record = json.loads((data / "run.json").read_text(encoding="utf-8"))
+    record["settings"]["objective"] = "log_loss"
+    (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    sweep_file = data / search_vs_grid.GRID_FOLDER / "sweep.json"
+    grid = json.loads(sweep_file.read_text(encoding="utf-8"))
+    for row in grid["validation"]:
+        row["metrics"]["log_loss"] = row["log_loss"] = _hand_log_loss(data / search_vs_grid.GRID_FOLDER / row["examples"])
+    chosen = min(grid["validation"], key=lambda row: row["log_loss"])
+    grid.update(metric="log_loss", direction="min", best_point=chosen["point"], best_validation=chosen["log_loss"])
+    sweep_file.write_text(json.dumps(grid), encoding="utf-8")
+    best = chosen["log_loss"]
+    _set_trial_log_losses(data / search_vs_grid.search_folder("tpe", 0), lambda n: best + 0.05)
+    _set_trial_log_losses(data / search_vs_grid.search_folder("tpe", 1), lambda n: best - 0.01 if n == 5 else best + 0.1)
+    _set_trial_log_losses(data / search_vs_grid.search_folder("tpe", 2),
+                          lambda n: {2: best, 10: best - 0.002}.get(n, best + 0.2))
+    for seed in (0, 1, 2):
+        _set_trial_log_losses(data / search_vs_grid.search_folder("gp", seed), lambda n: best + 0.001)
+    return data, best
+
+
+def test_a_log_loss_objective_is_minimised_and_reported_with_accuracy_beside_it(tmp_path: Path) -> None:
+    data, best = _log_loss_data(tmp_path)
+    facts = search_vs_grid.analyse(data)
+    assert facts["objective"] == "log_loss" and facts["direction"] == "min"
+    assert facts["grid_best"] == pytest.approx(best) and facts["grid_ties"] == 1
+    by_run = {(s["sampler"], s["seed"]): s for s in facts["searches"]}
+    assert [by_run["tpe", seed]["reached_at"] for seed in (0, 1, 2)] == [None, 6, 3]  # ≤ the grid's best
+    assert [by_run["gp", seed]["reached_at"] for seed in (0, 1, 2)] == [None, None, None]  # g + 0.001 is worse
+    assert [by_run["tpe", seed]["best_validation"] for seed in (0, 1, 2)] == pytest.approx(
+        [best + 0.05, best - 0.01, best - 0.002])
+    # Δ log loss (search − grid) on test: the difference of the two test records' mean log losses, by hand
+    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    grid_test = json.loads((committed / "grid" / "sweep.json").read_text(encoding="utf-8"))
+    grid_loss = _hand_log_loss(committed / "grid" / next(r for r in grid_test["test"] if r["label"] == "best")["examples"])
+    folder = committed / search_vs_grid.search_folder("tpe", 0)
+    summary = json.loads((folder / "search.json").read_text(encoding="utf-8"))
+    search_loss = _hand_log_loss(folder / next(r for r in summary["test"] if r["label"] == "best")["examples"])
+    tpe0 = by_run["tpe", 0]
+    assert tpe0["log_loss_difference"]["estimate"] == pytest.approx(search_loss - grid_loss)
+    assert tpe0["chosen_accuracy"] == summary["chosen"]["metrics"]["accuracy"]
+    grid_row = next(r for r in json.loads((data / "grid" / "sweep.json").read_text())["validation"]
+                    if r["point"] == facts["grid"]["best_point"])
+    assert facts["grid_chosen_accuracy"] == grid_row["metrics"]["accuracy"]
+
+    page = search_vs_grid.render_page(data)
+    assert ("| run | evaluations | best val log loss | val acc of chosen | reached grid best at | chosen point | "
+            "test acc [95% CI] | test Δ acc vs grid [95% CI] | McNemar p | test Δ log loss vs grid [95% CI] | "
+            "permutation p |") in page
+    assert f"| grid | 125 | {best:.3f} | {grid_row['metrics']['accuracy']:.3f} | – |" in page
+    assert f"| search tpe, seed 0 | 41 | {best + 0.05:.3f} | {tpe0['chosen_accuracy']:.3f} | not reached |" in page
+    assert f"| search tpe, seed 1 | 41 | {best - 0.01:.3f} | " in page and "| trial 6 |" in page
+    assert f"| {format_interval(tpe0['log_loss_difference'], 3)} | {tpe0['log_loss_p_value']:.3g} |" in page
+    assert "A search reaches the grid when its best validation log loss is at most the grid's best." in page
+    assert f"The grid's best validation log loss is {best:.3f}, held by 1 of 125 grid points." in page
+    assert "- tpe: reached the grid's best for 2 of 3 sampler seeds." in page
+    assert "- gp: reached the grid's best for 0 of 3 sampler seeds." in page
+    assert "The grid's best is the smallest of 125 noisy validation scores" in page
+    assert "continuous score" in page and "smooth surface" in page
+    assert "one example moves it by" not in page and "validation accuracy is the quantity" not in page.lower()
+    row = search_vs_grid.headline(data)
+    assert f"reached the grid's best validation log loss ({best:.3f}; the objective, minimised)" in row["ours"]
+    assert "TPE: 2 of 3 seeds; GP: 0 of 3 seeds" in row["ours"] and row["verdict"] == "met for 2 of 3 seeds (TPE)"
+
+
+def test_an_explicit_accuracy_objective_renders_the_committed_page_and_others_are_refused(tmp_path: Path) -> None:
+    data = tmp_path / "search"
+    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    record = json.loads((data / "run.json").read_text(encoding="utf-8"))
+    assert "objective" not in record["settings"]  # the committed run predates the setting: accuracy
+    record["settings"]["objective"] = "accuracy"
+    (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    assert search_vs_grid.render_page(data) == (RESULTS / search_vs_grid.PAGE_NAME).read_text(encoding="utf-8")
+    assert search_vs_grid.objective_direction(record["settings"]) == "max"
+    assert search_vs_grid.objective_direction({"objective": "log_loss"}) == "min"
+    with pytest.raises(search_vs_grid.common.DataError, match="objective must be one of accuracy, log_loss"):
+        search_vs_grid.objective({"objective": "macro_f1"})
+
+
+def test_the_recipe_optimises_log_loss() -> None:
+    settings = search_vs_grid.common.load_config(search_vs_grid.NAME)
+    assert search_vs_grid.objective(settings) == "log_loss"
+    assert search_vs_grid.objective(search_vs_grid.common.load_config(search_vs_grid.NAME, quick=True)) == "log_loss"

@@ -541,3 +541,21 @@ def test_a_recipe_sweeps_over_seeds_with_one_se_and_keeps_evaluation_records(wor
     with pytest.raises(RecipeError, match="seeds"):
         write(root / "bad.yaml", text.replace("seeds: [0, 1]", "seeds: [0, 0]"))
         load_recipe(root / "bad.yaml")
+
+
+def test_classification_provenance_records_accuracy_macro_f1_and_log_loss() -> None:
+    """The metrics a classification evaluation records in adaptermath.json (and on the model card):
+    accuracy, macro-F1 and the log loss of a real evaluation, nothing else of its result."""
+    from adaptermath.evaluation import evaluate_classification
+    from adaptermath.recipe import EVALUATION_METRICS
+    from adaptermath.recipe.run import _metrics
+
+    assert EVALUATION_METRICS["classification"] == ("accuracy", "macro_f1", "log_loss")
+    records = [{"text": "the movie was great", "label": "positive"}, {"text": "i hated it", "label": "negative"}]
+    result = evaluate_classification(tiny_llama(), word_tokenizer("causal"), records, labels="negative,positive").to_dict()
+    recorded = _metrics("classification", result)
+    assert set(recorded) == {"accuracy", "macro_f1", "log_loss"}
+    # log loss by hand from the two score rows: -log softmax(scores)[gold]
+    expected = sum(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item() - scores[gold]
+                   for scores, gold in zip(result["scores"], (1, 0))) / 2
+    assert recorded["log_loss"] == pytest.approx(expected)

@@ -50,6 +50,8 @@ def test_parse_variables_objectives_constraints():
     assert parse_search_variables({"λ": "0:1", "μ": [0, 2]})["μ"].high == 2.0
     assert parse_objective("accuracy:max") == Objective("accuracy", "max")
     assert parse_objective("perplexity") == Objective("perplexity", "min")
+    assert parse_objective("log_loss") == Objective("log_loss", "min")  # lower is better, as for perplexity
+    assert parse_objective("log_loss:max") == Objective("log_loss", "max")
     assert parse_objective("perplexity_ratio") == Objective("perplexity_ratio", "min")
     bound = parse_constraint("perplexity_ratio<=1.1")
     assert (bound.metric, bound.op, bound.bound) == ("perplexity_ratio", "<=", 1.1)
@@ -317,7 +319,7 @@ def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(
     assert all((out / t["examples"]).is_file() and "accuracy" in t["metrics"]["intervals"] for t in summary["test"])
     assert {(c["baseline"], c["metric"]) for c in summary["comparisons"]} == \
         {(label, metric) for label in ("λ=0, μ=0", "operand:cls", "operand:t", "operand:s")
-         for metric in ("accuracy", "macro_f1")}
+         for metric in ("accuracy", "macro_f1", "log_loss")}
     assert sorted(summary["plots"]) == ["history.png", "importances.png", "pareto.png"]
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,λ,μ,objective:accuracy:max,objective:macro_f1:max,l1_penalty,feasible,pareto")
@@ -347,6 +349,40 @@ def test_search_cli_end_to_end_resumes_writes_outputs_and_a_rebuildable_adapter(
     assert bad.exit_code == 2 and "search variable 'ν' is not a free variable of the expression" in bad.stderr
     empty = CliRunner().invoke(main, [*[x if x != "λ=-1:1" else "λ=1:-1" for x in args]])
     assert empty.exit_code == 2 and "the range 1:-1 is empty" in empty.stderr
+
+
+def test_search_by_log_loss_minimises_it_through_python_and_the_cli(word_model, tmp_path):  # noqa: F811
+    import csv
+    import io
+    import math
+
+    from click.testing import CliRunner
+
+    from adaptermath.cli.main import main
+    from adaptermath.search import search
+
+    a = word_model["adapters"]
+    options = dict(labels="negative,positive", template="{text} sentiment :")
+    api = search("cls + λ*t", {"cls": a["cls"], "t": a["t"]}, base=word_model["base"], task="classification",
+                 variables=["λ=-1:1"], val=word_model["val"], objectives=["log_loss"], trials=4, seed=0,
+                 output=tmp_path / "api", write_adapter=False, **options)
+    assert [goal.to_spec() for goal in api.objectives] == ["log_loss:min"]
+    out = tmp_path / "cli"
+    done = CliRunner().invoke(main, [
+        "search", "cls + λ*t", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "--var", "λ=-1:1",
+        "--base", str(word_model["base"]), "--task", "classification", "--objective", "log_loss",
+        "--val", str(word_model["val"]), "--labels", "negative,positive", "--template", "{text} sentiment :",
+        "--seed", "0", "--trials", "4", "-o", str(out), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["objectives"] == ["log_loss:min"]
+    rows = list(csv.DictReader(io.StringIO((out / "trials.csv").read_text())))
+    values = {int(row["trial"]): float(row["log_loss"]) for row in rows}
+    assert len(values) == 4 and len(set(values.values())) > 1 and all(math.isfinite(v) and v > 0 for v in values.values())
+    assert all(float(row["objective:log_loss:min"]) == pytest.approx(float(row["log_loss"])) for row in rows)
+    assert summary["chosen"]["number"] == min(values, key=values.get)  # the smallest validation log loss
+    assert summary["chosen"]["values"] == [pytest.approx(min(values.values()))]
+    assert [row.values for row in api.trials] == [[pytest.approx(values[n])] for n in sorted(values)]  # same seeded study
 
 
 @pytest.mark.slow

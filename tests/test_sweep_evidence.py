@@ -144,3 +144,56 @@ def test_report_refuses_a_folder_without_results(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterMathError, match="no sweep.json"):
         report(tmp_path / "empty")
+
+
+def _hand_log_loss(records: ExampleSet) -> float:
+    """Mean of −log softmax(scores)[gold] over the records, by numpy (max subtracted by hand)."""
+    labels = list(records.meta["labels"])
+    losses = []
+    for record in records.records:
+        scores = np.asarray(record["scores"], dtype=np.float64)
+        top = scores.max()
+        losses.append(top + np.log(np.exp(scores - top).sum()) - scores[labels.index(record["gold"])])
+    return float(np.mean(losses))
+
+
+def test_sweep_by_log_loss_minimises_it_through_python_and_the_cli(word_model, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from adaptermath.sweep import metric_direction, sweep
+
+    assert metric_direction("log_loss") == "min" and metric_direction("accuracy") == "max"
+    sweep_module = importlib.import_module("adaptermath.sweep")
+
+    def no_plot(*args: object, **kwargs: object) -> None:  # plotting is slow and not what this test checks
+        raise AdapterMathError("no plot in this test")
+
+    monkeypatch.setattr(sweep_module, "plot_sweep", no_plot)
+    a = word_model["adapters"]
+    options = dict(labels="negative,positive", template="{text} sentiment :")
+    api = sweep("cls + λ*(t - s)", a, base=word_model["base"], task="classification", grid=["λ=0:1:0.25"],
+                val=word_model["val"], results=tmp_path / "api" / "results.jsonl", metric="log_loss", **options)
+    assert api.direction == "min"  # inferred from the metric
+    output = tmp_path / "cli"
+    done = _cli("sweep", "cls + λ*(t - s)", "-a", f"cls={a['cls']}", "-a", f"t={a['t']}", "-a", f"s={a['s']}",
+                "--base", word_model["base"], "--task", "classification", "--grid", "λ=0:1:0.25",
+                "--val", word_model["val"], "--test", word_model["test"], "--labels", "negative,positive",
+                "--template", "{text} sentiment :", "--metric", "log_loss", "-o", output, "--json")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["metric"] == "log_loss" and summary["direction"] == "min"
+    losses = []
+    for row in summary["validation"]:
+        hand = _hand_log_loss(load_examples(output / row["examples"]))
+        assert row["log_loss"] == pytest.approx(hand)
+        interval = row["metrics"]["intervals"]["log_loss"]
+        assert interval["low"] <= hand <= interval["high"]
+        losses.append(hand)
+    assert len(set(losses)) > 1  # the choice is not a tie
+    assert summary["best_point"] == summary["validation"][losses.index(min(losses))]["point"]
+    assert summary["best_point"] == api.best_point
+    log_loss_rows = [c for c in summary["comparisons"] if c["metric"] == "log_loss"]
+    assert log_loss_rows and all(c["test"] == "paired-permutation" for c in log_loss_rows)
+    best = next(t for t in summary["test"] if t["label"] == "best")
+    assert best["metrics"]["log_loss"] == pytest.approx(_hand_log_loss(load_examples(output / best["examples"])))

@@ -25,7 +25,7 @@ from .engine import EngineError, EngineSpec
 from .evidence import Comparison, compare_examples, diff, metric_intervals
 from .examples import ExampleSet, load_examples, write_examples
 from .generate import GenerationResult, Sample, SamplingOptions, generate_samples
-from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix, roc_auc
+from .metrics import ClassificationMetrics, ClassScores, classification_metrics, confusion_matrix, log_loss, roc_auc
 from .models import (
     BaseModel,
     ModelLoadError,
@@ -86,6 +86,7 @@ __all__ = [
     "load_corpus",
     "load_examples",
     "load_records",
+    "log_loss",
     "metric_intervals",
     "read_adapter",
     "register_scorer",

@@ -6,7 +6,8 @@ score of a label is the log-likelihood of its tokens after the prompt,
 
     s(y) = Σ_j log p(v(y)_j | x, v(y)_<j)          (divided by |v(y)| with length_normalize)
 
-and the prediction is ``argmax_y s(y)``. Every label is scored exactly, token by token: for a
+and the prediction is ``argmax_y s(y)``; the log loss is the cross-entropy of the gold label under
+``softmax_y s(y)`` (see :mod:`.metrics`). Every label is scored exactly, token by token: for a
 causal LM the rows ``prompt + label`` are run left-padded (so all label tokens end the row) and
 only the ``max |v(y)|`` positions that predict label tokens are projected onto the vocabulary;
 when every label is a single token, one forward pass per prompt scores all labels from the
@@ -68,6 +69,11 @@ class ClassificationResult:
     def macro_f1(self) -> float:
         return self.metrics.macro_f1
 
+    @property
+    def log_loss(self) -> float | None:
+        """(1/n) Σ_i [logsumexp_y scores_i(y) − scores_i(gold_i)]; None only for metrics built without scores."""
+        return self.metrics.log_loss
+
     def to_dict(self) -> dict[str, Any]:
         metrics = self.metrics.to_dict()
         return {
@@ -77,6 +83,7 @@ class ClassificationResult:
             "num_examples": metrics.pop("num_examples"),
             "accuracy": metrics.pop("accuracy"),
             "macro_f1": metrics.pop("macro_f1"),
+            "log_loss": metrics.pop("log_loss"),
             "per_class": metrics.pop("per_class"),
             "confusion_matrix": metrics.pop("confusion_matrix"),
             "options": self.options,
@@ -398,7 +405,7 @@ def evaluate_classification(
     return ClassificationResult(
         method=f"{chosen}-{kind}" if chosen == "rank" else "head",
         labels=names,
-        metrics=classification_metrics(predictions, gold, names),
+        metrics=classification_metrics(predictions, gold, names, scores),
         predictions=predictions,
         gold=gold,
         scores=scores,

@@ -11,6 +11,11 @@ of per-unit feature totals (:mod:`adaptermath.evaluation.statistics`); the unit 
   p-value: McNemar's exact test for accuracy, the paired permutation (sign-flip) test otherwise.
   Different example sets or tasks raise :class:`ComparisonError`.
 
+Classification's ``log_loss`` is the mean of the per-example cross-entropy
+``logsumexp_y s_i(y) − s_i(gold_i)`` of the records' label ``scores`` (see
+:mod:`adaptermath.evaluation.metrics`); records that lack ``scores`` get no log loss, and a
+comparison has it only when both runs have it.
+
 Both take ``confidence``, ``resamples`` and ``seed`` and are deterministic for a given seed.
 """
 
@@ -24,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AdapterMathError
+from ..choices import LOWER_IS_BETTER  # noqa: F401  (re-exported: which metrics are better lower)
+from ..errors import AdapterMathError, DataError
 from .examples import ExampleSet, load_examples
+from .metrics import example_log_loss
 from .statistics import (
     DEFAULT_CONFIDENCE,
     DEFAULT_PERMUTATIONS,
@@ -41,8 +48,7 @@ from .statistics import (
     wilson_interval,
 )
 
-# Which way is better, per metric (for the sign of a comparison in words).
-LOWER_IS_BETTER = frozenset({"perplexity", "mean_nll", "mean_score", "share_above_threshold", "share_above_0.5"})
+# Which way is better, per metric (for the sign of a comparison in words): LOWER_IS_BETTER (from ..choices).
 
 
 class ComparisonError(AdapterMathError):
@@ -89,7 +95,7 @@ def _mean_of(key: str | Callable[[dict[str, Any]], float]) -> Callable[[ExampleS
 
 
 def _macro_f1_features(examples: ExampleSet) -> np.ndarray:
-    labels = list(examples.meta.get("labels") or sorted({r["gold"] for r in examples.records}))
+    labels = _classification_labels(examples)
     gold = np.asarray([labels.index(r["gold"]) if r["gold"] in labels else -1 for r in examples.records])
     predicted = np.asarray([labels.index(r["prediction"]) if r["prediction"] in labels else -1 for r in examples.records])
     k = np.arange(len(labels))[None, :]
@@ -108,18 +114,44 @@ def macro_f1(totals: np.ndarray) -> np.ndarray:
     return f1.mean(axis=1)
 
 
+def _classification_labels(examples: ExampleSet) -> list[str]:
+    return list(examples.meta.get("labels") or sorted({r["gold"] for r in examples.records}))
+
+
+def _has_scores(examples: ExampleSet) -> bool:
+    """Whether every record carries one score per label (what the log loss needs)."""
+    count = len(_classification_labels(examples))
+    return bool(examples.records) and all(
+        isinstance(record.get("scores"), list) and len(record["scores"]) == count for record in examples.records)
+
+
+def _log_loss_of(labels: Sequence[str]) -> Callable[[dict[str, Any]], float]:
+    """A record's cross-entropy ``logsumexp_y scores(y) − scores(gold)`` (labels in ``labels`` order)."""
+    def loss(record: dict[str, Any]) -> float:
+        if record["gold"] not in labels:
+            raise DataError(f"gold label {record['gold']!r} is not one of {', '.join(labels)}")
+        return example_log_loss(record["scores"], labels.index(record["gold"]))
+
+    return loss
+
+
 def _perplexity(totals: np.ndarray) -> np.ndarray:
     return np.exp(ratio(totals))
 
 
 def metric_definitions(examples: ExampleSet) -> dict[str, MetricDefinition]:
-    """The metrics of the records' task, each as a function of unit totals (none for ``generate``)."""
+    """The metrics of the records' task, each as a function of unit totals (none for ``generate``;
+    classification's ``log_loss`` only when every record has one score per label)."""
     task = examples.task
     if task == "classification":
-        return {
+        definitions = {
             "accuracy": MetricDefinition("accuracy", _mean_of(lambda r: float(bool(r["correct"]))), ratio, "mcnemar"),
             "macro_f1": MetricDefinition("macro_f1", _macro_f1_features, macro_f1),
         }
+        if _has_scores(examples):
+            definitions["log_loss"] = MetricDefinition(
+                "log_loss", _mean_of(_log_loss_of(_classification_labels(examples))), ratio)
+        return definitions
     if task == "perplexity":
         def nll_and_tokens(records: ExampleSet) -> np.ndarray:
             return _per_unit(records, np.stack([_column(records, "nll"), _column(records, "tokens")], axis=1))
@@ -227,7 +259,8 @@ def compare_examples(a: ExampleSet, b: ExampleSet, *, confidence: float = DEFAUL
     """Compare run A with run B on the same examples, metric by metric (see the module doc)."""
     check_confidence(confidence)
     b = _aligned(a, b)
-    definitions = metric_definitions(a)
+    defined_for_b = metric_definitions(b)  # log_loss only when both runs kept their label scores
+    definitions = {name: definition for name, definition in metric_definitions(a).items() if name in defined_for_b}
     if not definitions:
         raise ComparisonError(f"{a.task} runs have no metric to compare")
     differences = []

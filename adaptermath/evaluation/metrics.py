@@ -9,6 +9,13 @@ A ratio whose denominator is 0 is 0 (scikit-learn's ``zero_division=0``).
 
     accuracy = Σ_i [pred_i = gold_i] / n          macro-F1 = mean over the labels of F1_c
 
+The log loss (cross-entropy of the gold label under the softmax of the label scores s_i(y): the
+label log-likelihoods of rank classification, the logits of a head; scikit-learn's ``log_loss``;
+lower is better) is
+
+    log_loss = (1/n) Σ_i [ logsumexp_y s_i(y) − s_i(gold_i) ]
+    logsumexp_y s(y) = m + log Σ_y exp(s(y) − m),   m = max_y s(y)   (no overflow, no underflow to 0)
+
 The confusion matrix has one row per gold label and one column per predicted label, in the order
 of ``labels``: ``confusion[g][p]`` counts examples of gold label g predicted as p.
 
@@ -20,6 +27,7 @@ positive outscores a random negative, ties counting one half:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -38,7 +46,8 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
-    """Accuracy, macro-F1, per-label scores and the confusion matrix (rows gold, columns predicted)."""
+    """Accuracy, macro-F1, per-label scores, the confusion matrix (rows gold, columns predicted) and,
+    when the label scores were given, the log loss (None otherwise)."""
 
     labels: list[str]
     accuracy: float
@@ -46,6 +55,7 @@ class ClassificationMetrics:
     per_class: dict[str, ClassScores]
     confusion_matrix: list[list[int]]
     num_examples: int
+    log_loss: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +79,50 @@ def confusion_matrix(predictions: Sequence[str], gold: Sequence[str], labels: Se
     return matrix
 
 
+def example_log_loss(scores: Sequence[float], gold_index: int) -> float:
+    """One example's cross-entropy, ``logsumexp_y s(y) − s(gold)`` (max subtracted first; ≥ 0).
+
+    Infinite when the gold label's score is −inf and another label's is finite."""
+    if not scores:
+        raise DataError("an example has no label scores")
+    if not 0 <= gold_index < len(scores):
+        raise DataError(f"gold label index {gold_index} is outside the {len(scores)} label scores")
+    values = [float(value) for value in scores]
+    if any(math.isnan(value) for value in values):
+        raise DataError("a label score is NaN")
+    top = max(values)
+    if math.isinf(top):
+        raise DataError("every label score is -inf, or one is +inf: the softmax is undefined")
+    log_sum = top + math.log(math.fsum(math.exp(value - top) for value in values))
+    return log_sum - values[gold_index]
+
+
+def log_loss(scores: Sequence[Sequence[float]], gold: Sequence[str], labels: Sequence[str]) -> float:
+    """Mean cross-entropy of the gold labels under the softmax of each example's label scores
+    (``scores[i][k]`` is label ``labels[k]``'s score on example i; see the module doc)."""
+    if len(scores) != len(gold):
+        raise DataError(f"{len(scores)} score rows for {len(gold)} gold labels")
+    if not gold:
+        raise DataError("no examples to score")
+    index = {label: position for position, label in enumerate(labels)}
+    losses = []
+    for row, true in zip(scores, gold):
+        if true not in index:
+            raise DataError(f"label {true!r} is not one of {', '.join(labels)}")
+        if len(row) != len(labels):
+            raise DataError(f"an example has {len(row)} label scores for {len(labels)} labels")
+        losses.append(example_log_loss(row, index[true]))
+    return math.fsum(losses) / len(losses)
+
+
 def classification_metrics(
-    predictions: Sequence[str], gold: Sequence[str], labels: Sequence[str]
+    predictions: Sequence[str],
+    gold: Sequence[str],
+    labels: Sequence[str],
+    scores: Sequence[Sequence[float]] | None = None,
 ) -> ClassificationMetrics:
-    """Accuracy, macro-F1, per-label precision/recall/F1 and the confusion matrix (see module doc)."""
+    """Accuracy, macro-F1, per-label precision/recall/F1, the confusion matrix and, with ``scores``
+    (one row per example, one score per label in the order of ``labels``), the log loss (see module doc)."""
     if not gold:
         raise DataError("no examples to score")
     matrix = confusion_matrix(predictions, gold, labels)
@@ -94,6 +144,7 @@ def classification_metrics(
         per_class=per_class,
         confusion_matrix=matrix,
         num_examples=total,
+        log_loss=None if scores is None else log_loss(scores, gold, labels),
     )
 
 

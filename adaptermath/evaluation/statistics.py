@@ -8,6 +8,7 @@ unit weights w. The observed metric has w = 1. This covers every metric adapterm
     mean NLL      f_i = [NLL sum_i, tokens_i]                  g(t) = t_0 / t_1   (perplexity: exp)
     toxicity      f_i = [Σ_s score_is, samples_i]              g(t) = t_0 / t_1
     macro-F1      f_i = [TP_ic, predicted_ic, gold_ic]_c       g(t) = mean_c 2·TP_c / (predicted_c + gold_c)
+    log loss      f_i = [logsumexp_y s_i(y) − s_i(gold_i), 1]  g(t) = t_0 / t_1
 
 **Bootstrap (percentile).** Draw R weight vectors w* ~ Multinomial(n, 1/n · 1) -- resampling the
 n units with replacement -- and take θ*_r = g(Σ_i w*_ri f_i). The (1−α) interval is the α/2 and

@@ -336,7 +336,8 @@ class HeadEvaluator:
 
         result = evaluate_classification(model, self.tokenizer, list(rows), labels=list(labels), method="head",
                                          batch_size=self.batch_size, max_length=self.max_length)
-        return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "num_examples": len(rows)}
+        return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "log_loss": result.log_loss,
+                "num_examples": len(rows)}
 
     def evaluate(self, adapter: Any, rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
         return self.score(self.attach(adapter, len(labels)), rows, labels)

@@ -10,10 +10,15 @@ with its three coefficients free, composed exactly in delta space::
 * **search**: ``⌊n / 3⌋`` trials over the same box for each of the settings' ``samplers`` and each sampler
   seed, one study per (sampler, seed) (:func:`adaptermath.search`; :func:`search_runs` lists them).
 
-A search *reaches the grid* when its best validation accuracy is ≥ the grid's best; the page reports,
-per sampler and seed, the best value and the first trial that reached the grid's best. Each choice is
-scored on the target's test split (with intervals) and the search's choice is compared with the grid's on
-the same test examples (paired bootstrap interval of the accuracy difference, exact McNemar test).
+Both optimise the settings' ``objective`` on validation: ``accuracy`` (maximised; the default, and what
+data written before the setting existed used) or ``log_loss`` (the mean cross-entropy of the gold label,
+minimised). The grid selects its point by it and each search uses it as its ``--objective``. A search
+*reaches the grid* when its best validation objective is at least as good as the grid's best (≥ for
+accuracy, ≤ for log loss); the page reports, per sampler and seed, the best value and the first trial
+that reached the grid's best. Each choice is scored on the target's test split (with intervals) and the
+search's choice is compared with the grid's on the same test examples (paired bootstrap interval of the
+accuracy difference with the exact McNemar test; with ``log_loss`` also the paired interval of the log
+loss difference).
 
 Everything the page says is read from the data folder (``docs/results/data/search/``): each run's
 ``sweep.json`` / ``search.json``, ``trials.csv`` and per-example records (``examples/*.jsonl.gz``), and
@@ -48,6 +53,12 @@ GRID_FOLDER = "grid"
 KEPT_SUFFIXES = (".json", ".csv", ".jsonl.gz")
 # Each sampler's name as headline() writes it.
 SAMPLER_NAMES = {"tpe": "TPE", "gp": "GP", "cmaes": "CMA-ES", "random": "random", "nsga2": "NSGA-II"}
+# The settings' ``objective``: what the grid selects on and the searches optimise (validation), as the page
+# names it in its text and in its table header. Each one's direction is its metric's (max / min).
+OBJECTIVE_WORDS = {"accuracy": "accuracy", "log_loss": "log loss"}
+OBJECTIVE_HEADERS = {"accuracy": "best val acc", "log_loss": "best val log loss"}
+DEFAULT_OBJECTIVE = "accuracy"  # data written before ``objective`` existed optimised validation accuracy
+TIE = 1e-12  # values this close to the grid's best count as reaching it
 
 
 def search_trials(grid_points: int, variables: int) -> int:
@@ -78,6 +89,31 @@ class SearchRun(NamedTuple):
     sampler: str
     seed: int
     folder: str
+
+
+def objective(settings: Mapping[str, Any]) -> str:
+    """The settings' ``objective`` (``accuracy`` when absent); a one-line error for any other metric."""
+    name = str(settings.get("objective", DEFAULT_OBJECTIVE))
+    if name not in OBJECTIVE_WORDS:
+        raise common.DataError(f"objective must be one of {', '.join(OBJECTIVE_WORDS)}, got {name!r}")
+    return name
+
+
+def objective_direction(settings: Mapping[str, Any]) -> str:
+    """``max`` for accuracy, ``min`` for log_loss: the objective metric's own direction."""
+    from adaptermath.choices import metric_direction
+
+    return metric_direction(objective(settings))
+
+
+def as_good(value: float, best: float, direction: str) -> bool:
+    """Whether ``value`` is at least as good as ``best``: value ≥ best − 1e-12 (max), value ≤ best + 1e-12 (min)."""
+    return value >= best - TIE if direction == "max" else value <= best + TIE
+
+
+def best_of(values: Sequence[float], direction: str) -> float:
+    """The best of ``values``: their maximum (max) or minimum (min)."""
+    return max(values) if direction == "max" else min(values)
 
 
 def several_samplers(settings: Mapping[str, Any]) -> bool:
@@ -157,13 +193,16 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 1) -> dict
 
     box = {name: (float(low), float(high)) for name, (low, high) in settings["box"].items()}
     points = int(settings["grid_points"])
+    metric, direction = objective(settings), objective_direction(settings)
     evaluator = {"labels": ",".join(LABELS), "template": settings["template"],
                  "max_length": int(settings["eval"]["max_length"])}
-    common.log(f"grid: {points} values per axis over {box} ({points ** len(box)} evaluations)")
+    common.log(f"grid: {points} values per axis over {box} ({points ** len(box)} evaluations), "
+               f"selecting by validation {metric} ({direction})")
     with common.timed(timings, "grid"):
         grid = sweep(settings["expression"], operands, base=base, task="classification",
                      grid={n: grid_values(lo, hi, points) for n, (lo, hi) in box.items()}, val=val, test=test,
-                     space=settings["space"], results=workdir / GRID_FOLDER / "results.jsonl", **evaluator)
+                     metric=metric, direction=direction, space=settings["space"],
+                     results=workdir / GRID_FOLDER / "results.jsonl", **evaluator)
         write_sweep_outputs(grid, workdir / GRID_FOLDER)
     trials = search_trials(points, len(box))
     for search_run in search_runs(settings):
@@ -171,8 +210,8 @@ def run(settings: Mapping[str, Any], workdir: Path, *, threads: int = 1) -> dict
         with common.timed(timings, timing_key(settings, search_run)):
             search(settings["expression"], operands, base=base, task="classification",
                    variables=[f"{n}={lo}:{hi}" for n, (lo, hi) in box.items()], val=val, test=test, trials=trials,
-                   sampler=search_run.sampler, seed=search_run.seed, output=workdir / search_run.folder,
-                   write_adapter=False, space=settings["space"], **evaluator)
+                   objectives=[f"{metric}:{direction}"], sampler=search_run.sampler, seed=search_run.seed,
+                   output=workdir / search_run.folder, write_adapter=False, space=settings["space"], **evaluator)
     return {
         "experiment": NAME,
         "settings": {k: v for k, v in settings.items() if k != "config_path"},
@@ -209,11 +248,11 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _trial_values(folder: Path) -> list[float]:
-    """Validation accuracy of each complete trial, in trial order (``trials.csv``)."""
+def _trial_values(folder: Path, metric: str = DEFAULT_OBJECTIVE) -> list[float]:
+    """Validation ``metric`` (the objective) of each complete trial, in trial order (``trials.csv``)."""
     rows = list(csv.DictReader(io.StringIO((folder / "trials.csv").read_text(encoding="utf-8"))))
     rows.sort(key=lambda row: int(row["trial"]))
-    return [float(row["accuracy"]) for row in rows]
+    return [float(row[metric]) for row in rows]
 
 
 def _test_row(summary: Mapping[str, Any], label: str) -> Mapping[str, Any]:
@@ -235,33 +274,53 @@ def _point(point: Mapping[str, Any], order: Sequence[str]) -> str:
     return ", ".join(f"{name}={float(point[name]):.3g}" for name in order)
 
 
+def _grid_chosen_validation(grid: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The validation row of the grid's chosen point (``best_point``)."""
+    return next(row for row in grid["validation"] if row["point"] == grid["best_point"])
+
+
 def analyse(data: Path) -> dict[str, Any]:
-    """Every number on the page, computed from the data folder alone."""
+    """Every number on the page, computed from the data folder alone.
+
+    ``grid_best`` and each search's ``best_validation`` are the best validation objective (max
+    accuracy / min log loss); ``reached_at`` is the first trial whose value is at least as good as
+    ``grid_best``; ``chosen_accuracy`` is the validation accuracy of the chosen point; ``difference`` is
+    the paired test Δ accuracy (search − grid) and ``log_loss_difference`` Δ log loss (with log_loss)."""
     from adaptermath.evaluation.evidence import compare_examples, load_examples
 
     record = _read(data / "run.json")
+    metric, direction = objective(record["settings"]), objective_direction(record["settings"])
     grid = _read(data / GRID_FOLDER / "sweep.json")
-    grid_values_seen = [float(row["accuracy"]) for row in grid["validation"]]
-    grid_best = max(grid_values_seen)
+    grid_values_seen = [float(row["metrics"][metric]) for row in grid["validation"]]
+    grid_best = best_of(grid_values_seen, direction)
     grid_choice = _test_row(grid, "best")
     searches = []
     for search_run in search_runs(record["settings"]):
         folder = data / search_run.folder
         summary = _read(folder / "search.json")
-        values = _trial_values(folder)
-        reached = next((i + 1 for i, value in enumerate(values) if value >= grid_best - 1e-12), None)
+        values = _trial_values(folder, metric)
+        reached = next((i + 1 for i, value in enumerate(values) if as_good(value, grid_best, direction)), None)
         chosen = _test_row(summary, "best")
         comparison = compare_examples(load_examples(folder / chosen["examples"]),
-                                      load_examples(data / GRID_FOLDER / grid_choice["examples"]))
-        difference = comparison.by_metric()["accuracy"]
-        searches.append({
+                                      load_examples(data / GRID_FOLDER / grid_choice["examples"])).by_metric()
+        difference = comparison["accuracy"]
+        found = {
             "sampler": search_run.sampler, "seed": search_run.seed, "trials": len(values),
-            "best_validation": max(values), "reached_at": reached, "point": summary["chosen"]["point"],
+            "best_validation": best_of(values, direction), "reached_at": reached, "point": summary["chosen"]["point"],
+            "chosen_accuracy": float(summary["chosen"]["metrics"]["accuracy"]),
             "test": chosen["metrics"], "difference": difference.difference.to_dict(), "p_value": difference.p_value,
             "baseline": _test_row(summary, "operand:cls")["metrics"],
-        })
-    return {"record": record, "grid": grid, "grid_best": grid_best, "grid_choice": grid_choice,
-            "grid_ties": sum(1 for v in grid_values_seen if v >= grid_best - 1e-12), "searches": searches}
+        }
+        if metric == "log_loss":
+            if "log_loss" not in comparison:
+                raise common.DataError(f"{folder.name}: the test records have no label scores, so no log loss")
+            found["log_loss_difference"] = comparison["log_loss"].difference.to_dict()
+            found["log_loss_p_value"] = comparison["log_loss"].p_value
+        searches.append(found)
+    return {"record": record, "objective": metric, "direction": direction, "grid": grid, "grid_best": grid_best,
+            "grid_chosen_accuracy": float(_grid_chosen_validation(grid)["metrics"]["accuracy"]),
+            "grid_choice": grid_choice,
+            "grid_ties": sum(1 for v in grid_values_seen if as_good(v, grid_best, direction)), "searches": searches}
 
 
 def _by_sampler(searches: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -273,12 +332,12 @@ def _by_sampler(searches: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping
 
 
 def _reached(searches: Sequence[Mapping[str, Any]]) -> int:
-    """How many of ``searches`` reached the grid's best validation accuracy."""
+    """How many of ``searches`` reached the grid's best validation objective (accuracy or log loss)."""
     return sum(1 for found in searches if found["reached_at"] is not None)
 
 
 def _within(searches: Sequence[Mapping[str, Any]]) -> int:
-    """How many of ``searches`` have a paired test interval of Δ (search − grid) that contains 0."""
+    """How many of ``searches`` have a paired test interval of Δ accuracy (search − grid) that contains 0."""
     return sum(1 for found in searches if found["difference"]["low"] <= 0.0 <= found["difference"]["high"])
 
 
@@ -294,32 +353,56 @@ def _and(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def render_page(data: Path) -> str:
-    """The results page (markdown), a pure function of the files in ``data``."""
+def _results_table(facts: Mapping[str, Any], several: bool, order: Sequence[str]) -> str:
+    """One row for the grid and one per search. With accuracy as the objective: the best validation
+    accuracy, the trial that first reached the grid's best, the chosen point, test accuracy and the paired
+    Δ accuracy with McNemar's p. With log loss also the validation accuracy of the chosen point and the
+    paired Δ log loss with its permutation p."""
     from adaptermath.evaluation.evidence import format_interval
 
+    grid, searches = facts["grid"], facts["searches"]
+    accuracy = facts["objective"] == "accuracy"
+    extra_validation = [] if accuracy else ["val acc of chosen"]
+    extra_test = [] if accuracy else ["test Δ log loss vs grid [95% CI]", "permutation p"]
+    delta = "test Δ vs grid [95% CI]" if accuracy else "test Δ acc vs grid [95% CI]"
+    header = ["run", "evaluations", OBJECTIVE_HEADERS[facts["objective"]], *extra_validation, "reached grid best at",
+              "chosen point", "test acc [95% CI]", delta, "McNemar p", *extra_test]
+    rows = [["grid", f"{facts['record']['grid_evaluations']}", f"{facts['grid_best']:.3f}",
+             *([] if accuracy else [f"{facts['grid_chosen_accuracy']:.3f}"]), "–", _point(grid["best_point"], order),
+             _interval(facts["grid_choice"]["metrics"]), "–", "–", *(["–", "–"] if extra_test else [])]]
+    for s in searches:
+        rows.append([
+            f"search {s['sampler']}, seed {s['seed']}" if several else f"search, seed {s['seed']}", f"{s['trials']}",
+            f"{s['best_validation']:.3f}", *([] if accuracy else [f"{s['chosen_accuracy']:.3f}"]),
+            "not reached" if s["reached_at"] is None else f"trial {s['reached_at']}",
+            _point(s["point"], order), _interval(s["test"]), format_interval(s["difference"], 3), f"{s['p_value']:.3g}",
+            *([] if accuracy else [format_interval(s["log_loss_difference"], 3), f"{s['log_loss_p_value']:.3g}"]),
+        ])
+    return common.markdown_table(header, rows)
+
+
+def render_page(data: Path) -> str:
+    """The results page (markdown), a pure function of the files in ``data``."""
     facts = analyse(data)
-    record, grid, searches = facts["record"], facts["grid"], facts["searches"]
+    record, searches = facts["record"], facts["searches"]
     settings = record["settings"]
     several = several_samplers(settings)
     groups = _by_sampler(searches)
     n_grid, n_search = record["grid_evaluations"], record["search_trials"]
     quick = " (REDUCED --quick run)" if settings.get("quick") else ""
     order = list(settings["box"])
-    rows = [["grid", f"{n_grid}", f"{facts['grid_best']:.3f}", "–", _point(grid["best_point"], order),
-             _interval(facts["grid_choice"]["metrics"]), "–", "–"]]
-    for s in searches:
-        rows.append([
-            f"search {s['sampler']}, seed {s['seed']}" if several else f"search, seed {s['seed']}", f"{s['trials']}",
-            f"{s['best_validation']:.3f}", "not reached" if s["reached_at"] is None else f"trial {s['reached_at']}",
-            _point(s["point"], order), _interval(s["test"]), format_interval(s["difference"], 3), f"{s['p_value']:.3g}",
-        ])
-    table = common.markdown_table(
-        ["run", "evaluations", "best val acc", "reached grid best at", "chosen point", "test acc [95% CI]",
-         "test Δ vs grid [95% CI]", "McNemar p"], rows)
+    metric, direction = facts["objective"], facts["direction"]
+    words = OBJECTIVE_WORDS[metric]
+    accuracy = metric == "accuracy"
+    at_least = "at least" if direction == "max" else "at most"
+    table = _results_table(facts, several, order)
     baseline = searches[0]["baseline"] if searches else None
     studies = (f"samplers {_and(list(settings['samplers']))}, one study per sampler and sampler seed" if several
                else f"{settings['sampler']}, one study per sampler seed")
+    reach = (f"A search reaches the grid when its best validation {words} is {at_least} the grid's best." if accuracy
+             else f"Both optimise validation {words} (lower is better): the grid selects its point by it and each "
+                  f"search minimises it. A search reaches the grid when its best validation {words} is {at_least} "
+                  "the grid's best.")
     lines = [
         f"# Search against a grid on SmolLM2{quick}",
         "",
@@ -328,48 +411,61 @@ def render_page(data: Path) -> str:
         f"rank classification of ` negative` / ` positive` after `{settings['template']!r}` on VADER ground-truth "
         f"snippets. Box: {json.dumps(settings['box'])}. The grid takes {settings['grid_points']} values per axis "
         f"({n_grid} validation evaluations); each search ({studies}) gets "
-        f"⌊{n_grid}/3⌋ = {n_search} trials over the same box. A search reaches the grid when its best validation "
-        "accuracy is at least the grid's best.",
+        f"⌊{n_grid}/3⌋ = {n_search} trials over the same box. {reach}",
         "",
         "## Results",
         "",
         table,
         "",
     ]
-    bar = (f"The grid's best is the largest of {n_grid} noisy validation scores, so matching it exactly is a demanding "
-           "bar; the test column is the fairer comparison of what each method chose.")
+    extreme = "largest" if direction == "max" else "smallest"
+    bar = (f"The grid's best is the {extreme} of {n_grid} noisy validation scores, so matching it exactly is a "
+           "demanding bar; the test column is the fairer comparison of what each method chose.")
+    delta = "Δ (search − grid)" if accuracy else "Δ accuracy (search − grid)"
     if several:
         lines += [
-            f"The grid's best validation accuracy is {facts['grid_best']:.3f}, held by {facts['grid_ties']} of "
+            f"The grid's best validation {words} is {facts['grid_best']:.3f}, held by {facts['grid_ties']} of "
             f"{n_grid} grid points. Per sampler, with {n_search} trials per search, against the target (the grid's "
-            "best validation accuracy with a third of its evaluations):",
+            f"best validation {words} with a third of its evaluations):",
             "",
             *(f"- {sampler}: reached the grid's best for {_reached(found)} of {len(found)} sampler seeds. "
-              f"Verdict: {_verdict(found)}. On test, the paired interval of Δ (search − grid) contains 0 for "
+              f"Verdict: {_verdict(found)}. On test, the paired interval of {delta} contains 0 for "
               f"{_within(found)} of {len(found)} seeds." for sampler, found in groups.items()),
             "",
             f"Where the paired interval contains 0, no difference was detected on test. {bar}",
         ]
     else:
         lines += [
-            f"The search reached the grid's best validation accuracy ({facts['grid_best']:.3f}, held by "
+            f"The search reached the grid's best validation {words} ({facts['grid_best']:.3f}, held by "
             f"{facts['grid_ties']} of {n_grid} grid points) within {n_search} trials for {_reached(searches)} of "
             f"{len(searches)} sampler seeds.",
             "",
-            "Verdict on the target (the grid's best validation accuracy with a third of its evaluations): "
-            f"{_verdict(searches)}. On test, the paired interval of Δ (search − grid) contains 0 for "
+            f"Verdict on the target (the grid's best validation {words} with a third of its evaluations): "
+            f"{_verdict(searches)}. On test, the paired interval of {delta} contains 0 for "
             f"{_within(searches)} of {len(searches)} seeds: no difference detected there. {bar}",
         ]
     if baseline is not None:
         lines += ["", f"For scale: `cls` alone (vanilla transfer, c=1, t=s=0) scores {_interval(baseline)} on test."]
     per_search = ("per search (`search-{sampler}-seed-{seed}/`)" if several else "per seed")
+    validation_rows = record["sizes"][settings["target"]]["val"]
+    if accuracy:
+        note = (f"Test accuracy intervals: {_method(facts['grid_choice']['metrics'])}; the Δ column is the paired "
+                "bootstrap interval of the search's test accuracy minus the grid's, on the same examples, with the "
+                "exact McNemar test. Validation accuracy is the quantity both methods optimise; on "
+                f"{validation_rows} validation rows one example moves it by {1 / validation_rows:.3f}.")
+    else:
+        note = (f"Test accuracy intervals: {_method(facts['grid_choice']['metrics'])}; the Δ acc column is the paired "
+                "bootstrap interval of the search's test accuracy minus the grid's, on the same examples, with the "
+                "exact McNemar test; the Δ log loss column is the same for the test log loss (negative: the search's "
+                "choice gives the gold labels more probability), with the paired permutation test. Validation log "
+                "loss — the mean cross-entropy of the gold label under the softmax of the label scores — is the "
+                "quantity both methods optimise; unlike accuracy it is a continuous score (every example's "
+                "probability of its gold label counts, not only whether its prediction flips), which is why it suits "
+                "a sampler that models a smooth surface. The val acc column is the validation accuracy of the chosen "
+                f"point, on {validation_rows} validation rows.")
     lines += [
         "",
-        f"Test accuracy intervals: {_method(facts['grid_choice']['metrics'])}; the Δ column is the paired bootstrap "
-        "interval of the search's test accuracy minus the grid's, on the same examples, with the exact McNemar test. "
-        "Validation accuracy is the quantity both methods optimise; on "
-        f"{record['sizes'][settings['target']]['val']} validation rows one example moves it by "
-        f"{1 / record['sizes'][settings['target']]['val']:.3f}.",
+        note,
         "",
         "## Setup",
         "",
@@ -389,17 +485,22 @@ def render_page(data: Path) -> str:
         "",
         f"Settings: `recipes/experiments/{NAME}.yaml`. The data behind every number is in "
         f"`docs/results/{DATA_FOLDER}/`: `run.json`, `{GRID_FOLDER}/sweep.json` (every grid point's validation "
-        f"accuracy) and per-example test records, and {per_search} `search.json`, `trials.csv` and per-example test "
-        "records. `adaptermath diff` compares any two of the records files.",
+        f"{words if accuracy else words + ' and accuracy'}) and per-example test records, and {per_search} "
+        "`search.json`, `trials.csv` and per-example test records. `adaptermath diff` compares any two of the "
+        "records files.",
         "",
     ]
     return "\n".join(lines)
 
 
 def headline(data: Path) -> dict[str, str]:
-    """The row of docs/results/README.md: the target, what the searches reached (per sampler), and the verdict."""
+    """The row of docs/results/README.md: the target and the objective (the grid's best validation accuracy or
+    log loss), what the searches reached (per sampler), the test accuracy Δ, and the verdict."""
     facts = analyse(data)
     searches, n_search = facts["searches"], facts["record"]["search_trials"]
+    words = OBJECTIVE_WORDS[facts["objective"]]
+    best = (f"({facts['grid_best']:.3f})" if facts["objective"] == "accuracy"
+            else f"({facts['grid_best']:.3f}; the objective, minimised)")
     row = {"experiment": "Search against a grid (SmolLM2, the analogy's 3 coefficients; not one of the paper's six)",
            "paper": "target of the search issue: reach the best of a 5-per-axis grid on validation with ≤ ⅓ of its "
                     "evaluations"}
@@ -409,7 +510,7 @@ def headline(data: Path) -> dict[str, str]:
         deltas = ", ".join(_signed_interval(s["difference"]) for s in searches)
         return {**row,
                 "ours": f"{n_search} {SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])} trials reached the "
-                        f"grid's best validation accuracy ({facts['grid_best']:.3f}) for {reached} of {total} sampler "
+                        f"grid's best validation {words} {best} for {reached} of {total} sampler "
                         f"seeds; test accuracy Δ (search − grid) per seed: {deltas}",
                 "verdict": "met for every seed" if reached == total else f"met for {reached} of {total} seeds"}
     groups = {SAMPLER_NAMES.get(sampler, sampler): found for sampler, found in _by_sampler(searches).items()}
@@ -421,11 +522,11 @@ def headline(data: Path) -> dict[str, str]:
         verdict = f"met for every seed with {_and(every)}"
     else:
         most = max(_reached(found) for found in groups.values())
-        best = [name for name, found in groups.items() if _reached(found) == most]
-        verdict = f"met for {most} of {len(groups[best[0]])} seeds ({_and(best)})"
+        best_samplers = [name for name, found in groups.items() if _reached(found) == most]
+        verdict = f"met for {most} of {len(groups[best_samplers[0]])} seeds ({_and(best_samplers)})"
     return {**row,
-            "ours": f"{n_search} trials per search reached the grid's best validation accuracy "
-                    f"({facts['grid_best']:.3f}) — {counts}. Test accuracy Δ (search − grid) per seed — "
+            "ours": f"{n_search} trials per search reached the grid's best validation {words} "
+                    f"{best} — {counts}. Test accuracy Δ (search − grid) per seed — "
                     f"{deltas}",
             "verdict": verdict}
 

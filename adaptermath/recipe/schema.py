@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..choices import TASK_METRICS
+
 RECIPE_VERSION = 1
 PROVENANCE_FORMAT_PREFIX = "adaptermath.provenance"
 
@@ -35,12 +37,7 @@ MODEL_TYPES = ("auto", "causal-lm", "seq2seq", "seq-cls")
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
 # The metrics of each task recorded in the provenance (and so on the model card); the rest of an
 # evaluator's result (settings, counts, per-example outputs) stays out.
-EVALUATION_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "macro_f1"),
-    "perplexity": ("perplexity", "mean_nll"),
-    "toxicity": ("mean_score", "share_above_threshold", "share_above_0.5"),
-    "generate": (),
-}
+EVALUATION_METRICS: dict[str, tuple[str, ...]] = {**TASK_METRICS, "generate": ()}
 # Evaluator arguments that are fields of their own (or filled in by adaptermath), not ``options``.
 _RESERVED_EVALUATOR_ARGUMENTS = {"model", "tokenizer", "data", "text", "progress", "text_field", "limit"}
 

@@ -31,7 +31,8 @@ def _variables(values: tuple[str, ...]) -> dict[str, float]:
 
 def _show_classification(result: dict[str, Any]) -> None:
     console.print(f"[bold]accuracy[/] {result['accuracy']:.4f}   [bold]macro-F1[/] {result['macro_f1']:.4f}   "
-                  f"[bold]examples[/] {result['num_examples']}   [dim]({result['method']})[/]")
+                  f"[bold]log loss[/] {result['log_loss']:.4f}   [bold]examples[/] {result['num_examples']}   "
+                  f"[dim]({result['method']})[/]")
     per_class = Table(title="per class", title_justify="left")
     for column in ("label", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "label" else "right")
@@ -167,7 +168,7 @@ def eval_command(target: str | None, base: str, gguf_file: str | None, model_typ
     Tasks:
       classification  rank classification for LMs (the label whose verbalisation is most likely
                       after --template), argmax of the head for encoders; accuracy, macro-F1,
-                      per-class precision/recall/F1, confusion matrix
+                      log loss, per-class precision/recall/F1, confusion matrix
       perplexity      token perplexity of a corpus, sliding window (--max-length, --stride)
       toxicity        sample --num-samples continuations per prompt, score them (--scorer),
                       mean score and share above --threshold (and 0.5)

@@ -9,13 +9,13 @@ import click
 from rich.markup import escape
 
 from adaptermath.errors import AdapterMathError
-from adaptermath.choices import MODEL_TYPES, SAMPLERS, SWEEP_TASKS
+from adaptermath.choices import LOWER_IS_BETTER, MODEL_TYPES, SAMPLERS, SWEEP_TASKS
 from adaptermath.cli.main import main
 
 from ..engine_options import engine_options
 from ..common import ExpressionCommand, console, dtype_option, err_console, json_option, parse_assignments, print_json, progress
 from ..merge_options import compose_flags, method_options
-from .sweep import print_test_evidence
+from .sweep import metrics_help, print_test_evidence
 from ..task_options import evaluator_flags, quiet_transformers, task_options, unescape
 
 
@@ -35,8 +35,9 @@ from ..task_options import evaluator_flags, quiet_transformers, task_options, un
               help="Complete trials the study should hold (a resumed search runs the rest).")
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="tpe", show_default=True, help="Optuna sampler.")
 @click.option("--objective", "objectives", multiple=True, metavar="METRIC[:max|min]",
-              help="What to optimise (repeat for a Pareto front); METRIC_ratio is relative to the all-zero point.  "
-                   "[default: accuracy | perplexity | mean_score]")
+              help=f"What to optimise (repeat for a Pareto front): {metrics_help()}; METRIC_ratio is relative to "
+                   f"the all-zero point; with no direction, min for {', '.join(sorted(LOWER_IS_BETTER))}, max "
+                   "otherwise.  [default: accuracy | perplexity | mean_score]")
 @click.option("--constraint", "constraints", multiple=True, metavar="METRIC<=X|METRIC>=X",
               help="Only trials meeting it are chosen, e.g. perplexity_ratio<=1.1 (repeat).")
 @click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True,

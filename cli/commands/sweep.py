@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from adaptermath.choices import MODEL_TYPES, SELECTION_RULES, SWEEP_TASKS
+from adaptermath.choices import LOWER_IS_BETTER, MODEL_TYPES, SELECTION_RULES, SWEEP_TASKS, TASK_METRICS
 from adaptermath.errors import AdapterMathError
 from adaptermath.cli.main import main
 
@@ -21,6 +21,11 @@ from ..task_options import evaluator_flags, quiet_transformers, task_options, un
 
 if TYPE_CHECKING:
     from adaptermath.sweep import SweepRecord
+
+
+def metrics_help() -> str:
+    """``classification: accuracy, macro_f1, log_loss; perplexity: ...``: the metrics each task reports."""
+    return "; ".join(f"{task}: {', '.join(TASK_METRICS[task])}" for task in SWEEP_TASKS)
 
 
 def _table(records: list["SweepRecord"], variables: list[str], metric: str) -> Table:
@@ -80,8 +85,10 @@ def _seeds(text: str | None) -> list[int] | None:
               help="Values of a free variable (STOP included); several --grid span their product.")
 @click.option("--val", required=True, metavar="FILE", help="Validation data: the grid point is chosen on it.")
 @click.option("--test", default=None, metavar="FILE", help="Test data: scored for the chosen point and the baselines.")
-@click.option("--metric", default=None, help="Metric to choose by.  [default: accuracy | perplexity | mean_score]")
-@click.option("--direction", type=click.Choice(["max", "min"]), default=None, help="Higher or lower is better.  [default: the metric's]")
+@click.option("--metric", default=None,
+              help=f"Metric to choose by ({metrics_help()}).  [default: accuracy | perplexity | mean_score]")
+@click.option("--direction", type=click.Choice(["max", "min"]), default=None,
+              help=f"Higher or lower is better.  [default: min for {', '.join(sorted(LOWER_IS_BETTER))}; max otherwise]")
 @click.option("--no-baselines", is_flag=True, help="Skip the λ=0 and operand-alone test baselines.")
 @click.option("--select", type=click.Choice(SELECTION_RULES), default="best", show_default=True,
               help="How to choose the point: best validation score, or one-se: the point closest to 0 (smallest "
