@@ -15,8 +15,9 @@ Arithmetic runs in float32 on the base tensor upcast, and the result is rounded 
 dtype. Untouched tensors are copied byte for byte. The output keeps the base's shard layout and
 index, its ``config.json``, tokenizer and generation files, and adds ``adaptermath.json`` (the
 provenance, whose recipe rebuilds the model byte for byte) and a model card
-(``base_model_relation: merge``). Peak memory is one base tensor (with its float32 copies) plus
-the composed adapter, whatever the model's size.
+(``base_model_relation: merge``). Base tensors are read as views of the memory-mapped shards and
+dropped from the process once written, so peak memory is a few tensors plus the composed adapter,
+whatever the model's size.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import shutil
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,6 +41,7 @@ from .errors import AdapterMathError, CompositionError
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .io.atomic import check_output_path
 from .io.output_safety import check_output_location
+from .io.sequential_digest import SequentialDigest
 from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
 from .provenance import PROVENANCE_NAME, recorded_recipe, write_json
 from .recipe.paths import _relative_to
@@ -48,7 +50,7 @@ BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
 BASE_LAYER = ".base_layer."
 POOLED_BUFFERS = 4
-SMALL_BUFFER = 1 << 20  # bytes: smaller reads get fresh heap memory
+SMALL_BUFFER = 1 << 20  # bytes: smaller tensors get fresh heap memory
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -72,9 +74,17 @@ class TensorUpdate:
     tensor: torch.Tensor | None = None  # replacement (modules_to_save)
     source: torch.Tensor | None = None  # the weight to update instead of the base's (a saved base_layer copy)
 
-    def apply(self, base: torch.Tensor) -> torch.Tensor:
-        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once (in place:
-        ``base`` must be a fresh buffer the caller gives up, as :meth:`ModelFolder.read` returns).
+    @property
+    def blockwise(self) -> bool:
+        """Whether :meth:`apply` writes its result row block by row block (into ``out`` when given):
+        LoRA on a matrix and (IA)^3; a replacement or a convolution's LoRA makes a new tensor."""
+        return self.kind == "ia3" or (self.kind == "lora" and self.layout != "reshaped")
+
+    def apply(self, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The updated tensor in ``base``'s dtype: computed in float32 and rounded once, written into
+        ``out`` (a contiguous ``uint8`` buffer of at least ``base``'s size, e.g. from a :class:`BufferPool`;
+        ``base`` is left as read) or, without ``out``, in place (``base`` must then be a fresh buffer the
+        caller gives up, as :meth:`ModelFolder.read` returns).
 
         Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in two reused float32
         buffers, so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
@@ -87,7 +97,10 @@ class TensorUpdate:
             base = self.source.to(base.dtype).reshape(base.shape).clone()  # as PEFT loads it into the layer
         if self.kind == "lora" and self.layout == "reshaped":
             return self._apply_whole(base)
-        out = base  # each row block is read into float32 before it is overwritten: the update runs in place
+        if out is None:
+            out = base  # each row block is read into float32 before it is overwritten: in place is safe
+        else:
+            out = out[: base.numel() * base.element_size()].view(base.dtype).reshape(base.shape)
         rows = base.shape[0]
         width = max(1, base[0].numel()) if base.dim() else 1
         step = max(1, BLOCK_ELEMENTS // width)
@@ -120,8 +133,8 @@ class TensorUpdate:
 
 
 class BufferPool:
-    """Read buffers reused across tensors: fresh memory costs a page fault and zeroing per page,
-    which for a model streamed once is several times the cost of the copy itself (reading a
+    """Buffers for updated tensors, reused across tensors: fresh memory costs a page fault and
+    zeroing per page, which for a model streamed once costs more than the copy itself (reading a
     7B-shaped model into fresh buffers took 5x as long as into reused ones).
 
     A request takes the smallest free buffer that fits it and is at most twice its size, so that a
@@ -373,14 +386,27 @@ def _new_tensor_dtype(folder: ModelFolder) -> torch.dtype:
     return max(counts, key=lambda d: counts[d]) if counts else torch.float32
 
 
-def _base_provenance(folder: ModelFolder, base_ref: str) -> dict[str, Any]:
+def _base_provenance(folder: ModelFolder, base_ref: str, streamed: Mapping[str, SequentialDigest]) -> dict[str, Any]:
+    """The base's reference and the sha256 of its weight files: from the hash cache, from the bytes
+    the bake read (``streamed``, by file name), or by reading the file (the index, pickles)."""
     from .io.hash_cache import cached_sha256
 
     return {
         "ref": base_ref,
         "path": None if base_ref.startswith("hf://") else str(folder.path),
-        "files": {path.name: cached_sha256(path) for path in folder.weight_files()},
+        "files": {path.name: streamed[path.name].hexdigest() if path.name in streamed else cached_sha256(path)
+                  for path in folder.weight_files()},
     }
+
+
+def _streamed_digests(folder: ModelFolder) -> dict[str, SequentialDigest]:
+    """A one-pass digest for each safetensors shard whose sha256 the hash cache does not hold."""
+    from .io.hash_cache import lookup_sha256
+
+    if folder.pickled is not None:
+        return {}
+    return {shard: SequentialDigest(folder.path / shard, prefix=folder.data_start(shard))
+            for shard in folder.shards if lookup_sha256(folder.path / shard) is None}
 
 
 def bake_recipe(composed: ComposedAdapter, base_ref: str, output: Path, base_mismatch: str) -> dict[str, Any]:
@@ -500,42 +526,51 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
     total = len(folder.tensors) + len(added)
     weight_map: dict[str, str] = {}
     with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher, \
-            ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer_thread:
-        # The base's and the adapters' sha256 (for the provenance) are computed on another core while tensors stream.
-        base_hashes = hasher.submit(_base_provenance, folder, base_ref)
+            ThreadPoolExecutor(max_workers=1) as writer_thread:
+        # A three-thread pipeline (hashing and writing release the GIL). Base tensors are read as views of
+        # the mapped shards: no copy and no fresh memory. While tensor i is updated (into a pooled buffer:
+        # the mapped bytes are never written), tensor i's bytes are hashed for the provenance (the base's
+        # shards in one pass, unless the hash cache has them; the adapters' files first), tensor i−1 is
+        # written, and the kernel reads tensor i+1 ahead. A tensor's pages are dropped from the process
+        # once it is hashed and written.
+        digests = _streamed_digests(folder)
         adapter_hashes = [hasher.submit(adapter.file_hashes) for adapter in composed.adapters.values()]
-        # A three-stage pipeline: the next tensor is read and the previous one written (both release
-        # the GIL) while this one is computed; at most three tensors are held.
         plan = [(shard, key) for shard in folder.shards
                 for key in folder.keys_in(shard) + (added if shard == last_shard else [])]
 
         buffers = BufferPool()
 
-        def load(key: str) -> torch.Tensor | None:
-            if key not in folder.tensors:
-                return None
-            return folder.read(key, buffers.take(folder.tensors[key].nbytes))
+        def digest(key: str, tensor: torch.Tensor) -> None:
+            span = folder.tensors[key]
+            digests[span.shard].update(folder.data_start(span.shard) + span.begin, tensor.reshape(-1).view(torch.uint8).numpy())
 
-        def store(key: str, tensor: torch.Tensor) -> None:
+        def store(key: str, tensor: torch.Tensor, view: torch.Tensor | None, hashed: Future[None] | None) -> None:
             assert writer is not None
             writer.add(key, tensor)
-            buffers.give_back(tensor)
+            if tensor is not view:
+                buffers.give_back(tensor)
+            if hashed is not None:
+                hashed.result()
+            if view is not None:
+                folder.release(key)
 
-        pending_read = reader.submit(load, plan[0][1]) if plan else None
         pending_write = None
         writer: SafetensorsStreamWriter | None = None
         current_shard = None
         try:
             for index, (shard, key) in enumerate(plan):
-                assert pending_read is not None
-                tensor = pending_read.result()
-                pending_read = reader.submit(load, plan[index + 1][1]) if index + 1 < len(plan) else None
+                if index + 1 < len(plan) and plan[index + 1][1] in folder.tensors:
+                    folder.prefetch(plan[index + 1][1])
+                view = folder.view(key) if key in folder.tensors else None
+                hashed = hasher.submit(digest, key, view) if view is not None and shard in digests else None
                 update = updates.get(key)
-                if tensor is None:
+                if view is None:
                     assert update is not None and update.tensor is not None
                     tensor = update.tensor.to(added_dtype).contiguous()
                 elif update is not None:
-                    tensor = update.apply(tensor)
+                    tensor = update.apply(view, out=buffers.take(folder.tensors[key].nbytes) if update.blockwise else None)
+                else:
+                    tensor = view
                 if shard != current_shard:
                     if pending_write is not None:
                         pending_write.result()
@@ -548,10 +583,10 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                 if pending_write is not None:
                     pending_write.result()
                 assert writer is not None
-                pending_write = writer_thread.submit(store, key, tensor)
+                pending_write = writer_thread.submit(store, key, tensor, view, hashed)
                 result.bytes_written += tensor.numel() * tensor.element_size()
                 weight_map[key] = shard
-                del tensor
+                del tensor, view
                 if progress:
                     progress(index + 1, total, key)
             if pending_write is not None:
@@ -576,7 +611,7 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
         provenance["format"] = "adaptermath.provenance/1"
         provenance["operation"] = "bake"
         provenance["bake"] = {
-            "base": base_hashes.result(),
+            "base": _base_provenance(folder, base_ref, digests),
             "base_mismatch": base_mismatch,
             "updated_tensors": len(result.updated),
             "replaced_tensors": list(result.replaced),

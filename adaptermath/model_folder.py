@@ -221,9 +221,36 @@ class ModelFolder:
             raise ModelFolderError(f"{self.source}: cannot read tensor {key} from {span.shard} ({exc})") from None
         return raw.view(span.dtype).reshape(span.shape)
 
+    def view(self, key: str) -> torch.Tensor:
+        """One tensor, typed and shaped, as a read-only view of the mapped file (no copy; never write
+        to it): for streaming every tensor once. :meth:`release` it when done. A pickled folder's
+        tensors are in memory already and are returned as they are."""
+        span = self.tensors[key]
+        if self.pickled is not None:
+            return self.pickled[key]
+        try:
+            raw = self._readers[span.shard].map_bytes(key)
+        except (OSError, ValueError) as exc:
+            raise ModelFolderError(f"{self.source}: cannot map tensor {key} from {span.shard} ({exc})") from None
+        return raw.view(span.dtype).reshape(span.shape)
+
+    def prefetch(self, key: str) -> None:
+        """Start reading a tensor's bytes from disk ahead of its :meth:`view` (a hint; no-op for pickles)."""
+        if self.pickled is None:
+            self._readers[self.tensors[key].shard].prefetch(key)
+
+    def release(self, key: str) -> None:
+        """Drop a :meth:`view`'s pages from the process (they stay in the page cache)."""
+        if self.pickled is None:
+            self._readers[self.tensors[key].shard].release(key)
+
     def iter_shard(self, shard: str) -> Iterator[tuple[TensorSpan, torch.Tensor]]:
         for key in self.keys_in(shard):
             yield self.tensors[key], self.read(key)
+
+    def data_start(self, shard: str) -> int:
+        """The file offset of ``shard``'s tensor data (a span's bytes lie at ``data_start + begin``)."""
+        return int(self._readers[shard].data_start)
 
     @property
     def total_bytes(self) -> int:

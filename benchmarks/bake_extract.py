@@ -20,8 +20,12 @@ Each variant runs as its own process (interpreter start and imports included), a
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
 RSS is the child's VmHWM. Median of ``--repeats``:
 
-* ``floor``       read every base shard in 16 MiB blocks and write a file of the same size;
-* ``am-bake``     ``adaptermath.bake(base, adapter, out)`` (sha256 cache off: the base is hashed);
+* ``floor``       read every base shard in 16 MiB blocks into one reused buffer and write a file of the
+                  same size (no torch import);
+* ``am-bake``     ``adaptermath.bake(base, adapter, out)`` (sha256 cache off: the base is hashed, as on
+                  the first bake of a base);
+* ``am-bake-cached``  the same with the base's sha256 in the hash cache (``ADAPTERMATH_CACHE`` in the
+                  work folder, filled once before the runs), as on every later bake of that base;
 * ``peft``        ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
                   ``merge_and_unload()`` + ``save_pretrained``;
 * ``am-extract``  ``adaptermath.extract(base, ft, out, rank=K)``;
@@ -171,11 +175,12 @@ def child(variant: str, args: dict[str, Any]) -> None:
             import transformers  # noqa: F401
     start = time.perf_counter()
     if variant == "floor":
+        block = memoryview(bytearray(BLOCK))  # one reused buffer: fresh blocks would fault in new pages each time
         for shard in sorted(Path(args["base"]).glob("*.safetensors")):
-            with open(shard, "rb") as src, open(out / shard.name, "wb") as dst:
-                while block := src.read(BLOCK):
-                    dst.write(block)
-    elif variant == "am-bake":
+            with open(shard, "rb", buffering=0) as src, open(out / shard.name, "wb", buffering=0) as dst:
+                while count := src.readinto(block):
+                    dst.write(block[:count])
+    elif variant in ("am-bake", "am-bake-cached"):
         import adaptermath as am
 
         am.bake(args["base"], args["adapter"], output=out / "model", force=True)
@@ -187,6 +192,12 @@ def child(variant: str, args: dict[str, Any]) -> None:
         model = AutoModelForCausalLM.from_pretrained(args["base"], torch_dtype=torch.bfloat16)
         model = PeftModel.from_pretrained(model, args["adapter"]).merge_and_unload()
         model.save_pretrained(out / "model")
+    elif variant == "hash-base":
+        from adaptermath.io.hash_cache import cached_sha256
+        from adaptermath.model_folder import open_model_folder
+
+        for path in open_model_folder(args["base"]).weight_files():
+            cached_sha256(path)
     elif variant == "am-extract":
         import adaptermath as am
 
@@ -201,6 +212,12 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
     machine slows them alike; median wall time, CPU time, in-call time and the largest peak RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
            "ADAPTERMATH_HASH_CACHE": "0", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    cache = Path(args["out"]).parent / "hash-cache"
+    cached_env = {**env, "ADAPTERMATH_HASH_CACHE": "1", "ADAPTERMATH_CACHE": str(cache)}
+    if "am-bake-cached" in variants:
+        shutil.rmtree(cache, ignore_errors=True)
+        subprocess.run([sys.executable, __file__, "--child", "hash-base", json.dumps(args)], env=cached_env, check=True,
+                       capture_output=True)
     samples: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": [], "work": [], "rss": []} for v in variants}
     for _ in range(repeats):
         for variant in variants:
@@ -215,7 +232,7 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
                 command = [sys.executable, __file__, "--child", variant, json.dumps(args)]
             before = os.times()
             start = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            done = subprocess.run(command, env=cached_env if variant == "am-bake-cached" else env, capture_output=True, text=True)
             wall = time.perf_counter() - start
             after = os.times()
             if done.returncode != 0:
@@ -284,7 +301,7 @@ def render(results: dict[str, Any]) -> str:
             other = row["variant"] != "floor"
             vs_floor = f"{row['wall_s'] / floor['wall_s']:.2f}×" if other else ""
             work_vs_floor = f"{row['work_s'] / floor['work_s']:.2f}×" if other else ""
-            vs_peft = f"{peft['wall_s'] / row['wall_s']:.1f}× faster" if peft and row["variant"] == "am-bake" else ""
+            vs_peft = f"{peft['wall_s'] / row['wall_s']:.1f}× faster" if peft and row["variant"].startswith("am-bake") else ""
             rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
             lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
                          f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | {vs_peft} |")
@@ -313,7 +330,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=32, help="Extraction rank.")
     parser.add_argument("--mergekit-venv", type=Path, default=Path(__file__).resolve().parent.parent / ".venv-mergekit")
-    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, mergekit, extract, smollm2).")
+    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, cached, mergekit, extract, smollm2).")
     parser.add_argument("--json", type=Path, help="Write the results here.")
     parser.add_argument("--render", type=Path, help="Print the markdown tables of a results file and exit.")
     args = parser.parse_args()
@@ -348,7 +365,8 @@ def main() -> None:
     for shape_name, layers, base, adapter in cases:
         gib = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**30
         common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out")}
-        rows = run_variants(["floor", "am-bake"] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
+        bakes = ["am-bake"] + ([] if "cached" in skip else ["am-bake-cached"])
+        rows = run_variants(["floor", *bakes] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
         results["bake"].append({"shape": shape_name, "layers": layers, "gib": gib, "rows": rows})
         print(json.dumps(results["bake"][-1]), flush=True)
         shutil.rmtree(work / "out", ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -155,6 +156,8 @@ def test_bake_recipe_rebuilds_byte_for_byte(bf16_sharded, tmp_path):
     record = json.loads((baked / "adaptermath.json").read_text())
     assert record["recipe"]["bake"]["base"] == str(base)  # absolute paths stay as given
     assert set(record["bake"]["base"]["files"]) == {"model.safetensors.index.json", *{p.name for p in base.glob("*.safetensors")}}
+    for name, digest in record["bake"]["base"]["files"].items():  # shards hashed from the bytes bake read
+        assert digest == hashlib.sha256((base / name).read_bytes()).hexdigest(), name
     before = {p.name: p.read_bytes() for p in baked.iterdir()}
     rebuilt = runner.invoke(main, ["run", str(baked), "--force"])
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -293,3 +296,20 @@ def test_buffer_pool_reuses_the_buffer_under_a_typed_view():
     assert pool.take(16).numel() == 16  # small reads are never pooled
     pool.give_back(torch.empty(8 * SMALL_BUFFER, dtype=torch.uint8))  # not lent by this pool: ignored
     assert pool.free_buffers == 1
+
+
+def test_tensor_update_into_a_buffer_leaves_the_read_bytes_alone():
+    """With ``out`` the update goes to that buffer and the tensor as read stays as it was (its bytes
+    are still being hashed for the provenance); the result equals the in-place update."""
+    from adaptermath.bake import TensorUpdate
+
+    generator = torch.Generator().manual_seed(5)
+    A, B = torch.randn(4, 64, generator=generator), torch.randn(96, 4, generator=generator)
+    weight = torch.randn(96, 64, generator=generator).to(torch.bfloat16)
+    read = weight.clone()
+    buffer = torch.empty(96 * 64 * 2 + 10, dtype=torch.uint8)
+    update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=0.5)
+    got = update.apply(read, out=buffer)
+    assert torch.equal(read, weight) and got.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    assert torch.equal(got, update.apply(weight.clone()))
+    assert update.blockwise and not TensorUpdate(key="w", module="m", kind="replace", tensor=weight).blockwise

@@ -51,26 +51,53 @@ def cache_enabled() -> bool:
 def cached_sha256(path: str | Path) -> str:
     """sha256 of ``path``, from the cache when the file is unchanged since it was last hashed."""
     path = Path(path)
+    found = lookup_sha256(path)
+    if found is not None:
+        return found
+    stat = path.stat()
+    digest = sha256_file(path)
+    remember_sha256(path, stat, digest)
+    return digest
+
+
+def _cache_key(path: Path) -> tuple[os.stat_result, str, list[int]] | None:
     stat = path.stat()
     if stat.st_size < MIN_CACHED_BYTES or not cache_enabled():
-        return sha256_file(path)
-    key = f"{stat.st_dev}:{stat.st_ino}"
-    signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        return None
+    return stat, f"{stat.st_dev}:{stat.st_ino}", [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def lookup_sha256(path: str | Path) -> str | None:
+    """The cached sha256 of ``path`` if the file is unchanged since it was hashed (None otherwise,
+    and for files under :data:`MIN_CACHED_BYTES` or with the cache off)."""
+    key = _cache_key(Path(path))
+    if key is None:
+        return None
+    _, name, signature = key
     with _lock:
-        entries = _load()
-    entry = entries.get(key)
+        entry = _load().get(name)
     if isinstance(entry, dict) and entry.get("signature") == signature and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
-    digest = sha256_file(path)
-    if path.stat().st_ctime_ns == stat.st_ctime_ns:  # not written to while we read it
-        with _lock:
-            entries = _load()
-            entries.pop(key, None)
-            entries[key] = {"signature": signature, "sha256": digest, "path": str(path)}
-            while len(entries) > MAX_ENTRIES:
-                entries.pop(next(iter(entries)))
-            _save(entries)
-    return digest
+    return None
+
+
+def remember_sha256(path: str | Path, before: os.stat_result, digest: str) -> None:
+    """Store ``digest`` for ``path``, hashed from bytes read after ``before = path.stat()``; kept only
+    when the file was not written to meanwhile (same ctime)."""
+    path = Path(path)
+    key = _cache_key(path)
+    if key is None:
+        return
+    stat, name, signature = key
+    if stat.st_ctime_ns != before.st_ctime_ns or stat.st_size != before.st_size:
+        return
+    with _lock:
+        entries = _load()
+        entries.pop(name, None)
+        entries[name] = {"signature": signature, "sha256": digest, "path": str(path)}
+        while len(entries) > MAX_ENTRIES:
+            entries.pop(next(iter(entries)))
+        _save(entries)
 
 
 def _load() -> dict[str, dict]:
