@@ -313,3 +313,19 @@ def test_tensor_update_into_a_buffer_leaves_the_read_bytes_alone():
     assert torch.equal(read, weight) and got.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
     assert torch.equal(got, update.apply(weight.clone()))
     assert update.blockwise and not TensorUpdate(key="w", module="m", kind="replace", tensor=weight).blockwise
+
+
+def test_bake_updates_on_one_torch_thread_and_restores_the_count(tiny, tmp_path, monkeypatch):
+    from adaptermath.bake import TensorUpdate
+
+    seen: list[int] = []
+    original = TensorUpdate.apply
+    monkeypatch.setattr(TensorUpdate, "apply", lambda self, *a, **k: seen.append(torch.get_num_threads()) or original(self, *a, **k))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        am.bake(tiny["llama_base"], str(tiny["lora_a"]), output=tmp_path / "baked")
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
