@@ -18,6 +18,9 @@ from adaptermath.evaluation.evidence import format_interval
 from adaptermath.experiments import search_vs_grid
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+# The run before the recipe's objective became log loss (validation accuracy, samplers tpe and gp), kept
+# beside the committed run as evidence and as data in the layout without an ``objective`` setting.
+ACCURACY_RUN = RESULTS / "data" / "search-accuracy"
 
 
 def test_the_search_gets_a_third_of_the_grid() -> None:
@@ -37,7 +40,7 @@ def test_the_page_regenerates_byte_for_byte_from_its_data() -> None:
 def test_the_page_reads_its_numbers_from_the_data(tmp_path: Path) -> None:
     """Change one trial's validation accuracy in the data: the page changes with it."""
     data = tmp_path / "search"
-    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    shutil.copytree(ACCURACY_RUN, data)
     before = search_vs_grid.analyse(data)
     first_folder = search_vs_grid.search_runs(before["record"]["settings"])[0][2]
     trials = data / first_folder / "trials.csv"
@@ -52,7 +55,7 @@ def test_the_page_reads_its_numbers_from_the_data(tmp_path: Path) -> None:
     after = search_vs_grid.analyse(data)
     assert after["searches"][0]["best_validation"] == 1.0
     assert after["searches"][0]["reached_at"] is not None and after["searches"][0]["reached_at"] <= len(rows)
-    assert search_vs_grid.render_page(data) != search_vs_grid.render_page(RESULTS / search_vs_grid.DATA_FOLDER)
+    assert search_vs_grid.render_page(data) != search_vs_grid.render_page(ACCURACY_RUN)
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
     assert record["search_trials"] == search_vs_grid.search_trials(record["settings"]["grid_points"],
                                                                    len(record["settings"]["box"]))
@@ -91,7 +94,7 @@ def _two_sampler_data(tmp_path: Path) -> Path:
     """A copy of the committed run (``samplers: [tpe, gp]``; TPE reaches the grid's best for seeds 1 and 2, GP for
     seed 2) in which the last trial of gp seeds 0 and 1 reaches validation accuracy 1.0: GP then reaches it for all."""
     data = tmp_path / "search"
-    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    shutil.copytree(ACCURACY_RUN, data)
     assert json.loads((data / "run.json").read_text(encoding="utf-8"))["settings"]["samplers"] == ["tpe", "gp"]
     for seed in (0, 1):
         _set_accuracies(data / search_vs_grid.search_folder("gp", seed), "1.0", last_only=True)
@@ -101,7 +104,7 @@ def _two_sampler_data(tmp_path: Path) -> Path:
 def _one_sampler_data(tmp_path: Path) -> Path:
     """The committed run's grid and TPE searches in the layout of a run with one ``sampler: tpe`` (before
     ``samplers`` existed): folders ``search-seed-{seed}``."""
-    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    committed = ACCURACY_RUN
     data = tmp_path / "one-sampler"
     data.mkdir()
     shutil.copytree(committed / search_vs_grid.GRID_FOLDER, data / search_vs_grid.GRID_FOLDER)
@@ -148,7 +151,17 @@ def test_with_no_sampler_reaching_the_grid_for_every_seed_the_verdict_names_the_
 
 
 def test_the_committed_run_counts_each_sampler() -> None:
-    row = search_vs_grid.headline(RESULTS / search_vs_grid.DATA_FOLDER)
+    """The committed run minimises validation log loss: GP reaches the grid's best for every seed, TPE for one."""
+    facts = search_vs_grid.analyse(RESULTS / search_vs_grid.DATA_FOLDER)
+    assert facts["objective"] == "log_loss"
+    reached = {(s["sampler"], s["seed"]): s["reached_at"] for s in facts["searches"]}
+    assert [reached["gp", seed] is not None for seed in (0, 1, 2)] == [True, True, True]
+    assert [reached["tpe", seed] is not None for seed in (0, 1, 2)] == [False, True, False]
+    assert all(s["best_validation"] <= facts["grid_best"] for s in facts["searches"] if s["sampler"] == "gp")
+
+
+def test_the_accuracy_run_counts_each_sampler() -> None:
+    row = search_vs_grid.headline(ACCURACY_RUN)
     assert "TPE: 2 of 3 seeds; GP: 1 of 3 seeds" in row["ours"]
     assert row["verdict"] == "met for 2 of 3 seeds (TPE)"
 
@@ -220,7 +233,7 @@ def _log_loss_data(tmp_path: Path) -> tuple[Path, float]:
     equals g at its 3rd trial (and later g − 0.002), and every gp trial is g + 0.001 (not reached). The
     searches' choices and every test record stay the committed ones. Returns the folder and g."""
     data = tmp_path / "log-loss"
-    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    shutil.copytree(ACCURACY_RUN, data)
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
     record["settings"]["objective"] = "log_loss"
     (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -252,7 +265,7 @@ def test_a_log_loss_objective_is_minimised_and_reported_with_accuracy_beside_it(
     assert [by_run["tpe", seed]["best_validation"] for seed in (0, 1, 2)] == pytest.approx(
         [best + 0.05, best - 0.01, best - 0.002])
     # Δ log loss (search − grid) on test: the difference of the two test records' mean log losses, by hand
-    committed = RESULTS / search_vs_grid.DATA_FOLDER
+    committed = ACCURACY_RUN
     grid_test = json.loads((committed / "grid" / "sweep.json").read_text(encoding="utf-8"))
     grid_loss = _hand_log_loss(committed / "grid" / next(r for r in grid_test["test"] if r["label"] == "best")["examples"])
     folder = committed / search_vs_grid.search_folder("tpe", 0)
@@ -287,12 +300,12 @@ def test_a_log_loss_objective_is_minimised_and_reported_with_accuracy_beside_it(
 
 def test_an_explicit_accuracy_objective_renders_the_committed_page_and_others_are_refused(tmp_path: Path) -> None:
     data = tmp_path / "search"
-    shutil.copytree(RESULTS / search_vs_grid.DATA_FOLDER, data)
+    shutil.copytree(ACCURACY_RUN, data)
     record = json.loads((data / "run.json").read_text(encoding="utf-8"))
     assert "objective" not in record["settings"]  # the committed run predates the setting: accuracy
     record["settings"]["objective"] = "accuracy"
     (data / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    assert search_vs_grid.render_page(data) == (RESULTS / search_vs_grid.PAGE_NAME).read_text(encoding="utf-8")
+    assert search_vs_grid.render_page(data) == search_vs_grid.render_page(ACCURACY_RUN)
     assert search_vs_grid.objective_direction(record["settings"]) == "max"
     assert search_vs_grid.objective_direction({"objective": "log_loss"}) == "min"
     with pytest.raises(search_vs_grid.common.DataError, match="objective must be one of accuracy, log_loss"):

@@ -336,6 +336,17 @@ def _reached(searches: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for found in searches if found["reached_at"] is not None)
 
 
+def _log_loss_on_test(searches: Sequence[Mapping[str, Any]]) -> str:
+    """With log loss as the objective: for how many searches the paired test interval of Δ log loss
+    (search − grid) lies above 0 (the search's choice worse on test) and below 0 (better); else ''."""
+    if not searches or "log_loss_difference" not in searches[0]:
+        return ""
+    worse = sum(1 for found in searches if found["log_loss_difference"]["low"] > 0.0)
+    better = sum(1 for found in searches if found["log_loss_difference"]["high"] < 0.0)
+    return (f"; the paired interval of Δ log loss lies above 0 (the search's choice worse on test) for {worse} and "
+            f"below 0 (better) for {better} of {len(searches)} seeds")
+
+
 def _within(searches: Sequence[Mapping[str, Any]]) -> int:
     """How many of ``searches`` have a paired test interval of Δ accuracy (search − grid) that contains 0."""
     return sum(1 for found in searches if found["difference"]["low"] <= 0.0 <= found["difference"]["high"])
@@ -430,7 +441,7 @@ def render_page(data: Path) -> str:
             "",
             *(f"- {sampler}: reached the grid's best for {_reached(found)} of {len(found)} sampler seeds. "
               f"Verdict: {_verdict(found)}. On test, the paired interval of {delta} contains 0 for "
-              f"{_within(found)} of {len(found)} seeds." for sampler, found in groups.items()),
+              f"{_within(found)} of {len(found)} seeds{_log_loss_on_test(found)}." for sampler, found in groups.items()),
             "",
             f"Where the paired interval contains 0, no difference was detected on test. {bar}",
         ]
