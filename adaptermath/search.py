@@ -44,10 +44,10 @@ from .errors import AdapterMathError
 from .expression import parse_expression
 from .search_study import (StudyMismatchError, StudyStorageError, first_line, jsonable, open_storage,  # noqa: F401
                            open_study, public_url, sqlite_url)
-from .choices import SAMPLERS
+from .choices import SAMPLERS, metric_direction
 from .sweep import (DEFAULT_METRICS, Evaluator, ModelScorer, SweepPlan, SweepRecord, _band, _number,
                     _point_text, _summary, baseline_comparisons, comparisons_markdown, compose_settings,
-                    grid_variable_problem, metric_direction, metric_value, operand_hashes, recorded_evaluation)
+                    grid_variable_problem, metric_value, operand_hashes, recorded_evaluation)
 
 SEARCH_FORMAT = "adaptermath.search/1"
 DEFAULT_STUDY = "adaptermath-search"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter import Adapter, load_adapter
-from .choices import LOWER_IS_BETTER, SELECTION_RULES, metric_direction
+from .choices import SELECTION_RULES, metric_direction
 from .evaluation.examples import ExampleSet, example_id, load_examples, write_examples
 from .compose import compose
 from .errors import AdapterMathError, OutputExistsError
@@ -50,8 +50,6 @@ DEFAULT_METRICS: dict[str, tuple[str, str]] = {
     "perplexity": ("perplexity", "min"),
     "toxicity": ("mean_score", "min"),
 }
-# LOWER_IS_BETTER and metric_direction (from .choices): a --metric / --objective without a direction is
-# minimised when lower is better (log_loss, perplexity, ...), else maximised.
 RESULTS_FORMAT = "adaptermath.sweep/1"
 EXAMPLES_FOLDER = "examples"
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from ..choices import LOWER_IS_BETTER  # noqa: F401  (re-exported: which metrics are better lower)
 from ..errors import AdapterMathError, DataError
 from .examples import ExampleSet, load_examples
 from .metrics import example_log_loss
@@ -47,8 +46,6 @@ from .statistics import (
     ratio,
     wilson_interval,
 )
-
-# Which way is better, per metric (for the sign of a comparison in words): LOWER_IS_BETTER (from ..choices).
 
 
 class ComparisonError(AdapterMathError):

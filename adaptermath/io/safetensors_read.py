@@ -72,23 +72,26 @@ class SafetensorsTensorReader:
         """The bytes of tensor ``key`` as a ``uint8`` tensor over a read-only memory map of the file
         (never write to it); call :meth:`release` when done with it."""
         begin, end = self._spans[key]
-        if self._map is None:
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        mapped = self._mapped()
         if end == begin:
             return torch.empty(0, dtype=torch.uint8)
         with warnings.catch_warnings():  # torch warns that the buffer is not writable: it is never written
             warnings.simplefilter("ignore", UserWarning)
-            return torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self._data_start + begin)
+            return torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=self._data_start + begin)
 
     def prefetch(self, key: str) -> None:
         """Ask the kernel to start reading tensor ``key``'s bytes from disk now (``MADV_WILLNEED``),
         so that a file not in the page cache is read ahead while the previous tensor is processed."""
         begin, end = self._spans[key]
-        if self._map is None:
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
         if self._data_start + end > start:
-            self._map.madvise(mmap.MADV_WILLNEED, start, self._data_start + end - start)
+            self._mapped().madvise(mmap.MADV_WILLNEED, start, self._data_start + end - start)
+
+    def _mapped(self) -> mmap.mmap:
+        """The whole file mapped read-only, made on first use."""
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        return self._map
 
     def release(self, key: str) -> None:
         """Drop the pages of tensor ``key``'s mapped bytes from the process (they stay in the page
