@@ -87,8 +87,8 @@ class TensorUpdate:
         ``base`` is left as read) or, without ``out``, in place (``base`` must then be a fresh buffer the
         caller gives up, as :meth:`ModelFolder.read` returns).
 
-        Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in two reused float32
-        buffers, so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
+        Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in reused float32 buffers
+        (a float32 base's blocks are computed straight into ``out``), so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
         then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit.
         """
         if self.kind == "replace":
@@ -105,16 +105,17 @@ class TensorUpdate:
         rows = base.shape[0]
         width = max(1, base[0].numel()) if base.dim() else 1
         step = max(1, BLOCK_ELEMENTS // width)
-        weight_buffer = torch.empty((min(step, rows), *base.shape[1:]), dtype=torch.float32)
-        delta_buffer = torch.empty_like(weight_buffer) if self.kind == "lora" else None
+        block_shape = (min(step, rows), *base.shape[1:])
+        weight_buffer = torch.empty(block_shape if base.dtype != torch.float32 else (0,), dtype=torch.float32)
+        delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" else None
+        direct = base.dtype == torch.float32  # no rounding step: the result goes straight into out
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            weight = weight_buffer[: stop - start]
-            weight.copy_(base[start:stop])
+            weight = out[start:stop] if direct else weight_buffer[: stop - start]
             if self.kind == "ia3":
                 assert self.vector is not None
                 vector = self.vector[start:stop] if self.vector.shape[0] == rows and rows > 1 else self.vector
-                weight.mul_(vector)
+                torch.mul(base[start:stop], vector, out=weight)  # the base block is upcast exactly, then scaled
             else:
                 assert self.A is not None and self.B is not None and delta_buffer is not None
                 delta = delta_buffer[: stop - start]
@@ -123,8 +124,9 @@ class TensorUpdate:
                 else:
                     torch.mm(self.B[start:stop], self.A, out=delta)
                 delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
-                weight.add_(delta)        # the two roundings into one FMA and differ in the last bit)
-            out[start:stop].copy_(weight)  # the one rounding to the base's dtype
+                torch.add(base[start:stop], delta, out=weight)  # the two roundings into one FMA: last bit)
+            if not direct:
+                out[start:stop].copy_(weight)  # the one rounding to the base's dtype
         return out
 
     def _apply_whole(self, base: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,9 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
 
 Each variant runs as its own process (interpreter start and imports included), after an
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
-RSS is the child's VmHWM. Median of ``--repeats``:
+RSS is the child's VmHWM. Median of ``--repeats`` (interleaved), and the fastest run: on this virtual
+machine the same copy takes 0.4–2.3 s from run to run (writing into freshly freed memory is what
+varies), and slowdowns only ever add, so the fastest runs compare the work itself:
 
 * ``floor``       read every base shard in 16 MiB blocks into one reused buffer and write a file of the
                   same size (no torch import);
@@ -26,8 +28,9 @@ RSS is the child's VmHWM. Median of ``--repeats``:
                   the first bake of a base);
 * ``am-bake-cached``  the same with the base's sha256 in the hash cache (``ADAPTERMATH_CACHE`` in the
                   work folder, filled once before the runs), as on every later bake of that base;
-* ``peft``        ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
-                  ``merge_and_unload()`` + ``save_pretrained``;
+* ``peft``        ``AutoModelForCausalLM.from_pretrained(dtype="auto")`` (the base's own dtype, so that
+                  both tools write the same model) + ``PeftModel.from_pretrained`` + ``merge_and_unload()``
+                  + ``save_pretrained``;
 * ``am-extract``  ``adaptermath.extract(base, ft, out, rank=K)``;
 * ``mergekit``    ``mergekit-extract-lora --max-rank K`` (mergekit 0.1.5, from its own virtual
                   environment ``--mergekit-venv``: a dense SVD per module).
@@ -189,7 +192,7 @@ def child(variant: str, args: dict[str, Any]) -> None:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args["base"], torch_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(args["base"], dtype="auto")  # the base's dtype, as bake keeps it
         model = PeftModel.from_pretrained(model, args["adapter"]).merge_and_unload()
         model.save_pretrained(out / "model")
     elif variant == "hash-base":
@@ -246,7 +249,7 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
                 sample["work"].append(reported["work_s"])
     return [{"variant": v, "wall_s": statistics.median(s["wall"]), "cpu_s": statistics.median(s["cpu"]),
              "work_s": statistics.median(s["work"]) if s["work"] else None, "runs": repeats, "walls": s["wall"],
-             "peak_rss_mib": max(s["rss"]) if s["rss"] else None} for v, s in samples.items()]
+             "works": s["work"], "peak_rss_mib": max(s["rss"]) if s["rss"] else None} for v, s in samples.items()]
 
 
 # --------------------------------------------------------------------------- extraction errors
@@ -292,8 +295,12 @@ def machine() -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = ["| model | layers | weights GiB | variant | wall s (median) | in-call s | CPU s | runs | peak RSS MiB | wall vs floor | in-call vs floor | vs PEFT (wall) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fastest = any("works" in row for case in results["bake"] for row in case["rows"])
+    head = ("| model | layers | weights GiB | variant | wall s (median) | in-call s | CPU s | runs | peak RSS MiB | wall vs floor "
+            "| in-call vs floor |")
+    head += " wall vs floor, fastest runs | in-call vs floor, fastest runs |" if fastest else ""
+    head += " vs PEFT (wall) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in results["bake"]:
         rows = {r["variant"]: r for r in case["rows"]}
         floor, peft = rows["floor"], rows.get("peft")
@@ -303,8 +310,13 @@ def render(results: dict[str, Any]) -> str:
             work_vs_floor = f"{row['work_s'] / floor['work_s']:.2f}×" if other else ""
             vs_peft = f"{peft['wall_s'] / row['wall_s']:.1f}× faster" if peft and row["variant"].startswith("am-bake") else ""
             rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
-            lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
-                         f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | {vs_peft} |")
+            line = (f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
+                    f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} |")
+            if fastest:
+                best_wall = f"{min(row['walls']) / min(floor['walls']):.2f}×" if other else ""
+                best_work = f"{min(row['works']) / min(floor['works']):.2f}×" if other else ""
+                line += f" {best_wall} | {best_work} |"
+            lines.append(line + f" {vs_peft} |")
     if not results["extract"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
@@ -327,7 +339,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "ARGS"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptermath-bake-bench"))
     parser.add_argument("--layers", default="2,4", help="Decoder layers of the 7B-shaped bake models (comma list).")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rank", type=int, default=32, help="Extraction rank.")
     parser.add_argument("--mergekit-venv", type=Path, default=Path(__file__).resolve().parent.parent / ".venv-mergekit")
     parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, cached, mergekit, extract, smollm2).")

@@ -278,6 +278,28 @@ def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):
     update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=0.75, layout=layout)
     got = update.apply(stored.clone())
     assert torch.equal(got if layout == "plain" else got.T, expected)
+    read = stored.clone()
+    into = update.apply(read, out=torch.empty(stored.numel() * stored.element_size(), dtype=torch.uint8))
+    assert torch.equal(into if layout == "plain" else into.T, expected) and torch.equal(read, stored)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis):
+    """(IA)^3 scales rows (attention) or columns (feed-forward): W·l in float32, rounded once,
+    written into a separate buffer (the tensor as read stays as it was) or in place."""
+    from adaptermath.bake import BLOCK_ELEMENTS, TensorUpdate
+
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(900, 1200, generator=generator).to(dtype)
+    assert weight.numel() > 3 * BLOCK_ELEMENTS
+    vector = (1 + 0.1 * torch.randn(weight.shape[axis], generator=generator)).reshape([-1, 1] if axis == 0 else [1, -1])
+    expected = (weight.float() * vector).to(dtype)
+    update = TensorUpdate(key="w", module="m", kind="ia3", vector=vector)
+    read = weight.clone()
+    buffer = torch.empty(weight.numel() * weight.element_size(), dtype=torch.uint8)
+    assert torch.equal(update.apply(read, out=buffer), expected) and torch.equal(read, weight)
+    assert torch.equal(update.apply(weight.clone()), expected)
 
 
 def test_buffer_pool_reuses_the_buffer_under_a_typed_view():
