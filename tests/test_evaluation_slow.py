@@ -153,3 +153,57 @@ def test_cli_with_a_lora_on_the_real_model(smollm2, smollm2_dir: Path, tmp_path:
     )
     detach_adapter(reference)
     torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected.scores), atol=1e-4, rtol=0)
+
+
+def _documented_blocks() -> list[list[str]]:
+    """The transcripts in docs/evaluation.md that run the example files of docs/examples/eval/."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    blocks = []
+    for block in page.split("```")[1::2]:
+        lines = block.split("\n")[1:]
+        if any(line.startswith("$ adaptermath eval") for line in lines) and ("examples 16" in block or "examples 8" in block):
+            blocks.append([line for line in lines if line])
+    return blocks
+
+
+def test_the_documented_eval_transcripts_are_what_the_commands_print(smollm2_dir: Path, tmp_path: Path) -> None:
+    """Replays docs/evaluation.md's two transcripts (base-only eval of reviews.jsonl; eval of the random
+    LoRA x, of the base, and their diff on test.jsonl) in a copy of docs/examples/eval/ and checks that every
+    output line shown there is printed, in order (timings and the elided tables aside)."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    examples = Path(__file__).resolve().parents[1] / "docs" / "examples" / "eval"
+    work = tmp_path / "eval"
+    shutil.copytree(examples, work)
+    (work / "smollm2").symlink_to(smollm2_dir)
+    env = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    blocks = _documented_blocks()
+    assert len(blocks) == 2
+    for block in blocks:
+        commands, expected, command = [], [], ""
+        for line in block:
+            if line.startswith("$ ") or command.endswith("\\"):
+                command = (command[:-1] + " " + line.strip()) if command.endswith("\\") else line[2:]
+                if not command.endswith("\\"):
+                    commands.append(command)
+                    command = ""
+            elif line != "…" and "(cpu, " not in line:
+                expected.append(line.rstrip())
+        printed: list[str] = []
+        for command in commands:
+            argv = shlex.split(command.replace("~/.cache/adaptermath/models/smollm2-135m-instruct", str(smollm2_dir)))
+            if argv[0] == "python":
+                argv = [sys.executable, *argv[1:]]
+            else:
+                argv = [sys.executable, "-m", "adaptermath", *argv[1:]]
+            done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+            printed += [line.rstrip() for line in done.stdout.splitlines()]
+        position = 0
+        for line in expected:
+            assert line in printed[position:], (line, printed)
+            position = printed.index(line, position) + 1

@@ -40,7 +40,7 @@ def _show_classification(result: dict[str, Any]) -> None:
         per_class.add_row(label, f"{scores['precision']:.4f}", f"{scores['recall']:.4f}", f"{scores['f1']:.4f}",
                           str(scores["support"]))
     console.print(per_class)
-    matrix = Table(title="confusion matrix (rows: gold, columns: predicted)", title_justify="left")
+    matrix = Table(title="confusion matrix", title_justify="left")  # the corner cell says which axis is which
     matrix.add_column("gold \\ predicted")
     for label in result["labels"]:
         matrix.add_column(label, justify="right")
