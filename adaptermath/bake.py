@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import warnings
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
 BASE_LAYER = ".base_layer."
 POOLED_BUFFERS = 4
+WRITES_IN_FLIGHT = 2  # tensors handed to the writer and not yet written: the update may run one ahead
 SMALL_BUFFER = 1 << 20  # bytes: smaller tensors get fresh heap memory
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
@@ -551,8 +553,8 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
         # A three-thread pipeline (hashing and writing release the GIL). Base tensors are read as views of
         # the mapped shards: no copy and no fresh memory. While tensor i is updated (into a pooled buffer:
         # the mapped bytes are never written), tensor i's bytes are hashed for the provenance (the base's
-        # shards in one pass, unless the hash cache has them; the adapters' files first), tensor i−1 is
-        # written, and the kernel reads tensor i+1 ahead. A tensor's pages are dropped from the process
+        # shards in one pass, unless the hash cache has them; the adapters' files first), tensors i−2 and
+        # i−1 are written (at most WRITES_IN_FLIGHT wait), and the kernel reads tensor i+1 ahead. A tensor's pages are dropped from the process
         # once it is hashed and written.
         digests = _streamed_digests(folder)
         adapter_hashes = [hasher.submit(adapter.file_hashes) for adapter in composed.adapters.values()]
@@ -565,8 +567,8 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             span = folder.tensors[key]
             digests[span.shard].update(folder.data_start(span.shard) + span.begin, tensor.reshape(-1).view(torch.uint8).numpy())
 
-        def store(key: str, tensor: torch.Tensor, view: torch.Tensor | None, hashed: Future[None] | None) -> None:
-            assert writer is not None
+        def store(writer: SafetensorsStreamWriter, key: str, tensor: torch.Tensor, view: torch.Tensor | None,
+                  hashed: Future[None] | None) -> None:
             writer.add(key, tensor)
             if tensor is not view:
                 buffers.give_back(tensor)
@@ -575,7 +577,7 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             if view is not None:
                 folder.release(key)
 
-        pending_write = None
+        pending_writes: deque[Future[None]] = deque()
         writer: SafetensorsStreamWriter | None = None
         current_shard = None
         try:
@@ -593,25 +595,25 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                 else:
                     tensor = view
                 if shard != current_shard:
-                    if pending_write is not None:
-                        pending_write.result()
+                    while pending_writes:
+                        pending_writes.popleft().result()
                     if writer is not None:
                         writer.close()
                     keys = [k for s, k in plan if s == shard]
                     writer = SafetensorsStreamWriter(tmp / shard, keys, metadata=folder.shard_metadata.get(shard) or {"format": "pt"},
                                                      max_dims=8)
                     current_shard = shard
-                if pending_write is not None:
-                    pending_write.result()
+                while len(pending_writes) >= WRITES_IN_FLIGHT:
+                    pending_writes.popleft().result()
                 assert writer is not None
-                pending_write = writer_thread.submit(store, key, tensor, view, hashed)
+                pending_writes.append(writer_thread.submit(store, writer, key, tensor, view, hashed))
                 result.bytes_written += tensor.numel() * tensor.element_size()
                 weight_map[key] = shard
                 del tensor, view
                 if progress:
                     progress(index + 1, total, key)
-            if pending_write is not None:
-                pending_write.result()
+            while pending_writes:
+                pending_writes.popleft().result()
             if writer is not None:
                 writer.close()
                 writer = None
