@@ -171,8 +171,13 @@ def peak_rss_mib() -> float:
 def child(variant: str, args: dict[str, Any]) -> None:
     out = Path(args["out"])
     if variant != "floor":  # the in-call time excludes interpreter start and imports
+        import importlib
+
         import torch  # noqa: F401
         import adaptermath  # noqa: F401
+
+        for module in ("adaptermath.bake", "adaptermath.extract"):  # adaptermath imports these lazily
+            importlib.import_module(module)
         if variant == "peft":
             import peft  # noqa: F401
             import transformers  # noqa: F401
