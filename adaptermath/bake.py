@@ -391,6 +391,12 @@ def _new_tensor_dtype(folder: ModelFolder) -> torch.dtype:
     return max(counts, key=lambda d: counts[d]) if counts else torch.float32
 
 
+def _added_bytes(update: TensorUpdate, dtype: torch.dtype) -> int:
+    """The size on disk of a tensor the base lacks (a head the adapter saves), in the dtype it is written in."""
+    assert update.tensor is not None
+    return update.tensor.numel() * dtype.itemsize
+
+
 def _base_provenance(folder: ModelFolder, base_ref: str, streamed: Mapping[str, SequentialDigest]) -> dict[str, Any]:
     """The base's reference and the sha256 of its weight files: from the hash cache, from the bytes
     the bake read (``streamed``, by file name), or by reading the file (the index, pickles)."""
@@ -600,8 +606,10 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                     if writer is not None:
                         writer.close()
                     keys = [k for s, k in plan if s == shard]
+                    data_bytes = sum(folder.tensors[k].nbytes if k in folder.tensors else _added_bytes(updates[k], added_dtype)
+                                     for k in keys)
                     writer = SafetensorsStreamWriter(tmp / shard, keys, metadata=folder.shard_metadata.get(shard) or {"format": "pt"},
-                                                     max_dims=8)
+                                                     max_dims=8, data_bytes=data_bytes)
                     current_shard = shard
                 while len(pending_writes) >= WRITES_IN_FLIGHT:
                     pending_writes.popleft().result()

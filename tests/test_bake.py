@@ -260,6 +260,48 @@ def test_bake_writes_a_new_head_the_base_lacks(tiny, tmp_path):
     assert_loads_cleanly("bert", tmp_path / "out")
 
 
+def record_reservations(monkeypatch) -> dict[str, int]:
+    """The ``data_bytes`` bake reserves for each output shard, by file name."""
+    import sys
+
+    from adaptermath.io.safetensors_stream import SafetensorsStreamWriter
+
+    reserved: dict[str, int] = {}
+
+    class Recording(SafetensorsStreamWriter):
+        def __init__(self, path, keys, **options):
+            reserved[Path(path).name] = options.get("data_bytes")
+            super().__init__(path, keys, **options)
+
+    monkeypatch.setattr(sys.modules["adaptermath.bake"], "SafetensorsStreamWriter", Recording)
+    return reserved
+
+
+def data_bytes_of(path: Path) -> int:
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    return path.stat().st_size - 8 - header
+
+
+@pytest.mark.parametrize("case", ["sharded", "new head"])
+def test_bake_reserves_each_shard_at_its_exact_size(bf16_sharded, tiny, tmp_path, monkeypatch, case):
+    """Every output shard is reserved on disk at the size its data ends up having (a base shard's
+    tensors keep their size; an added head counts in the dtype it is written in)."""
+    reserved = record_reservations(monkeypatch)
+    if case == "sharded":
+        base, adapter = bf16_sharded
+        am.bake(base, str(adapter), output=tmp_path / "out")
+    else:
+        base = tmp_path / "base"
+        shutil.copytree(tiny["bert_base"], base)
+        state = load_file(str(base / "model.safetensors"))
+        save_file({k: v.to(torch.bfloat16) for k, v in state.items() if not k.startswith("classifier.")},
+                  str(base / "model.safetensors"), metadata={"format": "pt"})  # the head is added in bf16
+        am.bake(base, str(tiny["bert_a"]), output=tmp_path / "out", base_mismatch="ok")
+    shards = sorted((tmp_path / "out").glob("*.safetensors"))
+    assert len(shards) == (5 if case == "sharded" else 1)
+    assert reserved == {shard.name: data_bytes_of(shard) for shard in shards}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["plain", "transposed"])
 def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):

@@ -41,3 +41,35 @@ def test_missing_or_repeated_tensors_are_refused(tmp_path):
         with SafetensorsStreamWriter(tmp_path / "b.safetensors", ["x"]) as writer:
             writer.add("x", torch.ones(2))
             writer.add("x", torch.ones(2))
+
+
+@pytest.mark.parametrize("hint", ["exact", "too large", "too small"])
+def test_a_size_hint_reserves_the_file_and_changes_no_byte(tmp_path, hint):
+    """``data_bytes`` reserves the file on disk first; whatever the hint, the file is byte for byte
+    the one written without it (a reservation larger than the data is cut off on close)."""
+    generator = torch.Generator().manual_seed(1)
+    tensors = {"a": torch.randn(300, 700, generator=generator), "b": torch.randn(5, generator=generator).to(torch.bfloat16)}
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    data_bytes = {"exact": size, "too large": size + 3 * WRITE_CHUNK + 17, "too small": size // 3}[hint]
+
+    def write(path, **options):
+        with SafetensorsStreamWriter(path, list(tensors), metadata={"format": "pt"}, **options) as writer:
+            for key, tensor in tensors.items():
+                writer.add(key, tensor)
+        return path.read_bytes()
+
+    plain = write(tmp_path / "plain.safetensors")
+    assert write(tmp_path / "hinted.safetensors", data_bytes=data_bytes) == plain
+    loaded = load_file(str(tmp_path / "hinted.safetensors"))
+    assert all(torch.equal(loaded[key], tensor) for key, tensor in tensors.items())
+
+
+def test_a_reservation_is_made_before_the_data_is_written(tmp_path):
+    """With ``data_bytes`` the file holds its full length on disk before any tensor is added."""
+    path = tmp_path / "reserved.safetensors"
+    writer = SafetensorsStreamWriter(path, ["x"], data_bytes=10 * WRITE_CHUNK)
+    try:
+        assert path.stat().st_size == 8 + writer.reserve + 10 * WRITE_CHUNK
+        assert path.stat().st_blocks * 512 >= 10 * WRITE_CHUNK
+    finally:
+        writer.abort()

@@ -5,11 +5,18 @@ module by module must not. The file layout is ``u64 header length | JSON header 
 this writer reserves room for the header (sized from the known tensor names), appends each
 tensor's bytes as it arrives, then writes the header into the reserved room, padded with spaces
 (the format allows trailing whitespace). Data starts on an 8-byte boundary.
+
+A writer told how many data bytes will come (``data_bytes``) reserves the whole file on disk first
+(``posix_fallocate``), so that the file system allocates its blocks once instead of on every
+write: baking a 5 GiB model, the writer spent about 15% less time in its writes, and the whole
+bake took 2–4% less (docs/benchmarks.md). The file is cut to its true length on close, so a wrong
+estimate never leaves bytes after the data.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Iterable
@@ -29,10 +36,12 @@ class SafetensorsStreamWriter:
     """Write a safetensors file tensor by tensor. Use as a context manager.
 
     ``keys`` lists every tensor name that will be written (in any order); ``metadata`` is the
-    optional ``__metadata__`` string map. ``add`` must be called once per key.
+    optional ``__metadata__`` string map; ``data_bytes``, when known, the total size of the
+    tensors' data (the file is then reserved on disk up front). ``add`` must be called once per key.
     """
 
-    def __init__(self, path: str | Path, keys: Iterable[str], metadata: dict[str, str] | None = None, max_dims: int = 4):
+    def __init__(self, path: str | Path, keys: Iterable[str], metadata: dict[str, str] | None = None, max_dims: int = 4,
+                 data_bytes: int | None = None):
         self.path = Path(path)
         self.keys = list(keys)
         if len(set(self.keys)) != len(self.keys):
@@ -45,6 +54,12 @@ class SafetensorsStreamWriter:
         self.offset = 0
         self._handle = open(self.path, "wb")
         self._handle.write(b"\0" * (8 + self.reserve))
+        if data_bytes and hasattr(os, "posix_fallocate"):
+            self._handle.flush()
+            try:
+                os.posix_fallocate(self._handle.fileno(), 0, 8 + self.reserve + data_bytes)
+            except OSError:  # no room reserved (e.g. a file system without it): the writes allocate as they go
+                pass
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
         if key in self.entries:
@@ -76,6 +91,9 @@ class SafetensorsStreamWriter:
             self._handle.close()
             raise ValueError("safetensors header larger than reserved")
         text += b" " * (self.reserve - len(text))
+        self._handle.flush()
+        if os.fstat(self._handle.fileno()).st_size > 8 + self.reserve + self.offset:
+            self._handle.truncate(8 + self.reserve + self.offset)  # room reserved for more data than came
         self._handle.seek(0)
         self._handle.write(struct.pack("<Q", self.reserve))
         self._handle.write(text)
