@@ -18,7 +18,7 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
 
 Each variant runs as its own process (interpreter start and imports included), after an
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
-RSS is the child's VmHWM. Median of ``--repeats`` (interleaved), and the fastest run: on this virtual
+RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and the fastest run: on this virtual
 machine the same copy takes 0.4–2.3 s from run to run (writing into freshly freed memory is what
 varies), and slowdowns only ever add, so the fastest runs compare the work itself:
 
@@ -216,7 +216,9 @@ def child(variant: str, args: dict[str, Any]) -> None:
 
 
 def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
-    """Each variant ``repeats`` times, interleaved (floor, bake, peft, floor, …) so that a busy
+    """Each variant ``repeats`` times, interleaved and the order rotated each round (floor, bake, peft,
+    then bake, peft, floor, …), so that no variant always runs after the same one (a PEFT run frees
+    gigabytes, and writing into freshly freed memory is slower on this VM) and a busy
     machine slows them alike; median wall time, CPU time, in-call time and the largest peak RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
            "ADAPTERMATH_HASH_CACHE": "0", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
@@ -227,8 +229,9 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
         subprocess.run([sys.executable, __file__, "--child", "hash-base", json.dumps(args)], env=cached_env, check=True,
                        capture_output=True)
     samples: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": [], "work": [], "rss": []} for v in variants}
-    for _ in range(repeats):
-        for variant in variants:
+    for round_ in range(repeats):
+        shift = round_ % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
             out = Path(args["out"])
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
