@@ -302,6 +302,26 @@ def test_bake_reserves_each_shard_at_its_exact_size(bf16_sharded, tiny, tmp_path
     assert reserved == {shard.name: data_bytes_of(shard) for shard in shards}
 
 
+def test_bake_without_room_for_a_shard_stops_before_writing_it(bf16_sharded, tmp_path, monkeypatch):
+    """A disk without room for an output shard is a one-line error when the shard is reserved, before
+    any of its tensors is written; nothing is left behind."""
+    import errno
+
+    from adaptermath.errors import OutputWriteError
+
+    base, adapter = bf16_sharded
+    reserved = []
+
+    def no_room(fd, offset, length):
+        reserved.append(length)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(OutputWriteError, match="No space left on device"):
+        am.bake(base, str(adapter), output=tmp_path / "out")
+    assert len(reserved) == 1 and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["plain", "transposed"])
 def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):

@@ -73,3 +73,26 @@ def test_a_reservation_is_made_before_the_data_is_written(tmp_path):
         assert path.stat().st_blocks * 512 >= 10 * WRITE_CHUNK
     finally:
         writer.abort()
+
+
+def test_a_reservation_that_does_not_fit_fails_before_writing(tmp_path, monkeypatch):
+    """No room for the reserved file (ENOSPC, EDQUOT, EFBIG) is an error at once; a file system that
+    cannot reserve space (e.g. EOPNOTSUPP) is written without a reservation."""
+    import errno
+    import os
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(OSError) as raised:
+        SafetensorsStreamWriter(tmp_path / "full.safetensors", ["x"], data_bytes=8)
+    assert raised.value.errno == errno.ENOSPC
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    with SafetensorsStreamWriter(tmp_path / "plain.safetensors", ["x"], data_bytes=8) as writer:
+        writer.add("x", torch.ones(2))
+    assert torch.equal(load_file(str(tmp_path / "plain.safetensors"))["x"], torch.ones(2))
