@@ -18,9 +18,10 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
 
 Each variant runs as its own process (interpreter start and imports included), after an
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
-RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and the fastest run: on this virtual
-machine the same copy takes 0.4–2.3 s from run to run (writing into freshly freed memory is what
-varies), and slowdowns only ever add, so the fastest runs compare the work itself:
+RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and
+the fastest run: on this virtual machine the same copy takes 0.4–2.3 s from run to run (writing
+into freshly freed memory is what varies), and slowdowns only ever add, so the fastest runs
+compare the work itself:
 
 * ``floor``       read every base shard in 16 MiB blocks into one reused buffer and write a file of the
                   same size (no torch import);

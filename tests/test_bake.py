@@ -248,13 +248,18 @@ def test_bake_refuses_an_output_inside_the_base(tiny, tmp_path):
                "lies inside the base model or adapter", base / "m2")
 
 
-def test_bake_writes_a_new_head_the_base_lacks(tiny, tmp_path):
-    """A base saved without the classifier gets the adapter's head added to its last shard."""
-    base = tmp_path / "base"
+def bert_base_without_head(tiny, base: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The tiny BERT base saved in ``dtype`` without its classifier (the adapter's head must be added)."""
     shutil.copytree(tiny["bert_base"], base)
     state = load_file(str(base / "model.safetensors"))
-    save_file({k: v for k, v in state.items() if not k.startswith("classifier.")}, str(base / "model.safetensors"),
+    save_file({k: v.to(dtype) for k, v in state.items() if not k.startswith("classifier.")}, str(base / "model.safetensors"),
               metadata={"format": "pt"})
+    return base
+
+
+def test_bake_writes_a_new_head_the_base_lacks(tiny, tmp_path):
+    """A base saved without the classifier gets the adapter's head added to its last shard."""
+    base = bert_base_without_head(tiny, tmp_path / "base")
     result = am.bake(base, str(tiny["bert_a"]), output=tmp_path / "out", base_mismatch="ok")
     assert sorted(result.added) == ["classifier.bias", "classifier.weight"]
     assert_loads_cleanly("bert", tmp_path / "out")
@@ -278,7 +283,8 @@ def record_reservations(monkeypatch) -> dict[str, int]:
 
 
 def data_bytes_of(path: Path) -> int:
-    header = int.from_bytes(path.read_bytes()[:8], "little")
+    with open(path, "rb") as handle:
+        header = int.from_bytes(handle.read(8), "little")
     return path.stat().st_size - 8 - header
 
 
@@ -291,11 +297,7 @@ def test_bake_reserves_each_shard_at_its_exact_size(bf16_sharded, tiny, tmp_path
         base, adapter = bf16_sharded
         am.bake(base, str(adapter), output=tmp_path / "out")
     else:
-        base = tmp_path / "base"
-        shutil.copytree(tiny["bert_base"], base)
-        state = load_file(str(base / "model.safetensors"))
-        save_file({k: v.to(torch.bfloat16) for k, v in state.items() if not k.startswith("classifier.")},
-                  str(base / "model.safetensors"), metadata={"format": "pt"})  # the head is added in bf16
+        base = bert_base_without_head(tiny, tmp_path / "base", torch.bfloat16)  # the head is added in bf16
         am.bake(base, str(tiny["bert_a"]), output=tmp_path / "out", base_mismatch="ok")
     shards = sorted((tmp_path / "out").glob("*.safetensors"))
     assert len(shards) == (5 if case == "sharded" else 1)
@@ -319,7 +321,7 @@ def test_bake_without_room_for_a_shard_stops_before_writing_it(bf16_sharded, tmp
     monkeypatch.setattr(os, "posix_fallocate", no_room)
     with pytest.raises(OutputWriteError, match="No space left on device"):
         am.bake(base, str(adapter), output=tmp_path / "out")
-    assert len(reserved) == 1 and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert len(reserved) == 1 and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
