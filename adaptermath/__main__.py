@@ -1,5 +1,5 @@
 """``python -m adaptermath``: the same as the ``adaptermath`` console script."""
 
-from adaptermath.cli.main import main
+from adaptermath.cli.entry import run
 
-main(prog_name="adaptermath")
+run()

@@ -4,12 +4,20 @@ SIGTERM is turned into :class:`Terminated` (a ``KeyboardInterrupt``), so a kille
 Ctrl-C: the atomic writers remove their temporary folders, and the CLI prints one line,
 ``interrupted; nothing written``, exiting 130 (SIGINT) or 143 (SIGTERM) -- never a traceback, also
 while the command modules are still being imported.
+
+A finished command leaves through :func:`exit_without_teardown`: the atexit handlers run and the
+standard streams are flushed, then the process ends without tearing the interpreter down, which
+after ``import torch`` takes longer (0.3-0.5 s) than many commands' work.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
+import os
 import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 INTERRUPTED_MESSAGE = "interrupted; nothing written"
@@ -46,8 +54,40 @@ def exit_interrupted(exc: BaseException) -> NoReturn:
     sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
+def exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` gives: 0 for ``None``, an integer as it is, and 1 for anything else
+    (which is printed to stderr, as the interpreter does)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def exit_without_teardown(code: object) -> NoReturn:
+    """End the process with ``sys.exit(code)``'s status but without the interpreter's teardown.
+
+    In order: cyclic garbage is collected (so that its finalizers run), the atexit handlers run, stdout
+    and stderr are flushed, and ``os._exit`` ends the process. The teardown skipped is freeing every
+    module (about 170 000 objects once torch is imported) and libtorch's static destructors. While a
+    non-daemon thread still runs, the normal exit is taken instead, so that it is joined first."""
+    status = exit_status(code)
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(status)
+    gc.collect()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`adaptermath ... | head`) or a closed stream
+            pass
+    os._exit(status)
+
+
 def run() -> None:
-    """Entry point: install the handlers, import the commands, run the group."""
+    """Entry point: install the handlers, import the commands, run the group, exit without teardown."""
     install_signal_handlers()
     try:
         from .main import main
@@ -55,3 +95,5 @@ def run() -> None:
         main(prog_name="adaptermath")
     except KeyboardInterrupt as exc:
         exit_interrupted(exc)
+    except SystemExit as exc:
+        exit_without_teardown(exc.code)
