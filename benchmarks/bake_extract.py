@@ -19,14 +19,15 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
 Each variant runs as its own process (interpreter start and imports included), after an
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
 RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and
-the fastest run: on this virtual machine the same copy takes 0.4–2.3 s from run to run (writing
-into freshly freed memory is what varies), and slowdowns only ever add, so the fastest runs
-compare the work itself:
+the ratios within each round (median and range): on this virtual machine the same copy takes
+0.4–2.3 s from run to run (writing into freshly freed memory is what varies, and it drifts over
+minutes), so a ratio of two runs a few seconds apart is steadier than a ratio of medians:
 
 * ``floor``       read every base shard in 16 MiB blocks into one reused buffer and write a file of the
                   same size (no torch import);
-* ``am-bake``     ``adaptermath.bake(base, adapter, out)`` (sha256 cache off: the base is hashed, as on
-                  the first bake of a base);
+* ``am-bake``     the console script, ``adaptermath bake BASE ADAPTER -o OUT --force`` (its entry point, run
+                  in the child after torch, adaptermath and the command's modules are imported; sha256
+                  cache off: the base is hashed, as on the first bake of a base);
 * ``am-bake-cached``  the same with the base's sha256 in the hash cache (``ADAPTERMATH_CACHE`` in the
                   work folder, filled once before the runs), as on every later bake of that base;
 * ``peft``        ``AutoModelForCausalLM.from_pretrained(dtype="auto")`` (the base's own dtype, so that
@@ -177,7 +178,8 @@ def child(variant: str, args: dict[str, Any]) -> None:
         import torch  # noqa: F401
         import adaptermath  # noqa: F401
 
-        for module in ("adaptermath.bake", "adaptermath.extract"):  # adaptermath imports these lazily
+        for module in ("adaptermath.bake", "adaptermath.extract", "adaptermath.cli.main", "adaptermath.cli.commands.bake",
+                       "rich.table"):  # adaptermath and its CLI import these lazily
             importlib.import_module(module)
         if variant == "peft":
             import peft  # noqa: F401
@@ -189,10 +191,14 @@ def child(variant: str, args: dict[str, Any]) -> None:
             with open(shard, "rb", buffering=0) as src, open(out / shard.name, "wb", buffering=0) as dst:
                 while count := src.readinto(block):
                     dst.write(block[:count])
-    elif variant in ("am-bake", "am-bake-cached"):
-        import adaptermath as am
+    elif variant in ("am-bake", "am-bake-cached"):  # the console script, as a user runs it; it ends in os._exit
+        import atexit
 
-        am.bake(args["base"], args["adapter"], output=out / "model", force=True)
+        from adaptermath.cli.entry import run
+
+        sys.argv = ["adaptermath", "bake", args["base"], args["adapter"], "-o", str(out / "model"), "--force"]
+        atexit.register(lambda: print(json.dumps({"peak_rss_mib": peak_rss_mib(), "work_s": time.perf_counter() - start})))
+        run()
     elif variant == "peft":
         import torch
         from peft import PeftModel
@@ -303,12 +309,15 @@ def machine() -> dict[str, Any]:
             "safetensors": safetensors.__version__}
 
 
+def per_round(numerators: list[float], denominators: list[float]) -> str:
+    """The ratio within each round (the variants of one round run seconds apart): median (min–max)."""
+    ratios = sorted(n / d for n, d in zip(numerators, denominators, strict=True))
+    return f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def render(results: dict[str, Any]) -> str:
-    fastest = any("works" in row for case in results["bake"] for row in case["rows"])
     head = ("| model | layers | weights GiB | variant | wall s (median) | in-call s | CPU s | runs | peak RSS MiB | wall vs floor "
-            "| in-call vs floor |")
-    head += " wall vs floor, fastest runs | in-call vs floor, fastest runs |" if fastest else ""
-    head += " vs PEFT (wall) |"
+            "| in-call vs floor | wall vs floor, per round | in-call vs floor, per round | PEFT's wall / bake's, per round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in results["bake"]:
         rows = {r["variant"]: r for r in case["rows"]}
@@ -317,15 +326,13 @@ def render(results: dict[str, Any]) -> str:
             other = row["variant"] != "floor"
             vs_floor = f"{row['wall_s'] / floor['wall_s']:.2f}×" if other else ""
             work_vs_floor = f"{row['work_s'] / floor['work_s']:.2f}×" if other else ""
-            vs_peft = f"{peft['wall_s'] / row['wall_s']:.1f}× faster" if peft and row["variant"].startswith("am-bake") else ""
+            round_wall = per_round(row["walls"], floor["walls"]) if other else ""
+            round_work = per_round(row["works"], floor["works"]) if other else ""
+            vs_peft = per_round(peft["walls"], row["walls"]) if peft and row["variant"].startswith("am-bake") else ""
             rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
-            line = (f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
-                    f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} |")
-            if fastest:
-                best_wall = f"{min(row['walls']) / min(floor['walls']):.2f}×" if other else ""
-                best_work = f"{min(row['works']) / min(floor['works']):.2f}×" if other else ""
-                line += f" {best_wall} | {best_work} |"
-            lines.append(line + f" {vs_peft} |")
+            lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
+                         f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | "
+                         f"{round_wall} | {round_work} | {vs_peft} |")
     if not results["extract"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
