@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -309,10 +310,30 @@ def machine() -> dict[str, Any]:
             "safetensors": safetensors.__version__}
 
 
+def median_interval(n: int) -> tuple[int, float]:
+    """The distribution-free interval for a median of ``n`` values: the ``k``-th smallest to the ``k``-th
+    largest, for the largest ``k`` with coverage 1 − 2·P(Binomial(n, ½) < k) ≥ 95% (``k`` = 1, the range,
+    below 6 values, where no interval reaches 95%). Returns ``k`` and the coverage."""
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= 0.95:
+        k += 1
+    return k, coverage(k)
+
+
+def ranked(k: int, end: str) -> str:
+    """``ranked(1, "smallest")`` = "smallest", ``ranked(4, "largest")`` = "4th largest"."""
+    return end if k == 1 else f"{k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} {end}"
+
+
 def per_round(numerators: list[float], denominators: list[float]) -> str:
-    """The ratio within each round (the variants of one round run seconds apart): median (min–max)."""
+    """The ratio within each round (the variants of one round run seconds apart): its median and the
+    distribution-free interval of :func:`median_interval`."""
     ratios = sorted(n / d for n, d in zip(numerators, denominators, strict=True))
-    return f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+    k, _ = median_interval(len(ratios))
+    return f"{statistics.median(ratios):.2f}× ({ratios[k - 1]:.2f}–{ratios[-k]:.2f})"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -326,13 +347,20 @@ def render(results: dict[str, Any]) -> str:
             other = row["variant"] != "floor"
             vs_floor = f"{row['wall_s'] / floor['wall_s']:.2f}×" if other else ""
             work_vs_floor = f"{row['work_s'] / floor['work_s']:.2f}×" if other else ""
-            round_wall = per_round(row["walls"], floor["walls"]) if other else ""
-            round_work = per_round(row["works"], floor["works"]) if other else ""
-            vs_peft = per_round(peft["walls"], row["walls"]) if peft and row["variant"].startswith("am-bake") else ""
+            single_runs = other and "works" in row  # runs before run 4 kept no single runs
+            round_wall = per_round(row["walls"], floor["walls"]) if single_runs else ""
+            round_work = per_round(row["works"], floor["works"]) if single_runs else ""
+            vs_peft = per_round(peft["walls"], row["walls"]) if single_runs and peft and row["variant"].startswith("am-bake") else ""
             rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] is not None else "—"
             lines.append(f"| {case['shape']} | {case['layers']} | {case['gib']:.2f} | {row['variant']} | {row['wall_s']:.2f} | "
                          f"{row['work_s']:.2f} | {row['cpu_s']:.2f} | {row['runs']} | {rss} | {vs_floor} | {work_vs_floor} | "
                          f"{round_wall} | {round_work} | {vs_peft} |")
+    rounds = sorted({row["runs"] for case in results["bake"] for row in case["rows"] if "works" in row})
+    notes = ", ".join(f"{n} rounds: the {ranked(k, 'smallest')} to the {ranked(k, 'largest')} ratio, {100 * cover:.1f}%"
+                      for n in rounds for k, cover in [median_interval(n)])
+    if rounds:
+        lines += ["", f"Per round: the ratio of the two variants within each round, median (a distribution-free interval "
+                      f"for that median, {notes})."]
     if not results["extract"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",

@@ -143,6 +143,6 @@ def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
     extract_run = json.loads((root / "benchmarks" / "bake_extract.json").read_text())
     assert bake_run["bake"] and not bake_run["extract"] and extract_run["extract"]
     bake_table = module.render(bake_run).strip()
-    extract_table = module.render(extract_run).strip().split("\n\n")[1]
+    extract_table = module.render(extract_run).strip().split("\n\n")[-1]
     page = (root / "docs" / "benchmarks.md").read_text()
     assert bake_table in page and extract_table in page
