@@ -132,7 +132,7 @@ def test_bake_and_extract_commands_import_no_heavy_module_at_module_level():
 
 def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
     """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render` prints: the bake tables of runs 8
-    and 9 (benchmarks/bake.json, benchmarks/bake-floor.json) and the extract table of run 1
+    and 10 (benchmarks/bake.json, benchmarks/bake-floor.json) and the extract table of run 1
     (benchmarks/bake_extract.json)."""
     import importlib.util
 
