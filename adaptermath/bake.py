@@ -114,10 +114,14 @@ class TensorUpdate:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             weight = out[start:stop] if direct else weight_buffer[: stop - start]
+            block = base[start:stop]
+            if not direct:  # the exact upcast, into the reused buffer: given mixed dtypes, torch would
+                weight.copy_(block)  # upcast through a fresh temporary of its own
+                block = weight
             if self.kind == "ia3":
                 assert self.vector is not None
                 vector = self.vector[start:stop] if self.vector.shape[0] == rows and rows > 1 else self.vector
-                torch.mul(base[start:stop], vector, out=weight)  # the base block is upcast exactly, then scaled
+                torch.mul(block, vector, out=weight)
             else:
                 assert self.A is not None and self.B is not None and delta_buffer is not None
                 delta = delta_buffer[: stop - start]
@@ -126,7 +130,7 @@ class TensorUpdate:
                 else:
                     torch.mm(self.B[start:stop], self.A, out=delta)
                 delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
-                torch.add(base[start:stop], delta, out=weight)  # the two roundings into one FMA: last bit)
+                torch.add(block, delta, out=weight)  # the two roundings into one FMA: last bit)
             if not direct:
                 out[start:stop].copy_(weight)  # the one rounding to the base's dtype
         return out
