@@ -29,7 +29,7 @@ import shutil
 import threading
 import warnings
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +83,7 @@ class TensorUpdate:
         LoRA on a matrix and (IA)^3; a replacement or a convolution's LoRA makes a new tensor."""
         return self.kind == "ia3" or (self.kind == "lora" and self.layout != "reshaped")
 
-    def apply(self, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, out: torch.Tensor | None = None, helper: Executor | None = None) -> torch.Tensor:
         """The updated tensor in ``base``'s dtype: computed in float32 and rounded once, written into
         ``out`` (a contiguous ``uint8`` buffer of at least ``base``'s size, e.g. from a :class:`BufferPool`;
         ``base`` is left as read) or, without ``out``, in place (``base`` must then be a fresh buffer the
@@ -91,7 +91,9 @@ class TensorUpdate:
 
         Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in reused float32 buffers
         (a float32 base's blocks are computed straight into ``out``), so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
-        then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit.
+        then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit. With a
+        ``helper`` executor, the second half of the rows is computed on it while the caller computes
+        the first (torch releases the GIL inside each operation); every row's arithmetic is unchanged.
         """
         if self.kind == "replace":
             assert self.tensor is not None
@@ -107,12 +109,26 @@ class TensorUpdate:
         rows = base.shape[0]
         width = max(1, base[0].numel()) if base.dim() else 1
         step = max(1, BLOCK_ELEMENTS // width)
-        block_shape = (min(step, rows), *base.shape[1:])
+        if helper is not None and rows >= 2 * step:
+            half = (rows // 2 + step - 1) // step * step
+            second = helper.submit(self._apply_rows, base, out, half, rows, step)
+            try:
+                self._apply_rows(base, out, 0, half, step)
+            finally:
+                second.result()
+        else:
+            self._apply_rows(base, out, 0, rows, step)
+        return out
+
+    def _apply_rows(self, base: torch.Tensor, out: torch.Tensor, first: int, last: int, step: int) -> None:
+        """Rows ``first:last`` of :meth:`apply`, ``step`` rows per block, through buffers of their own."""
+        rows = base.shape[0]
+        block_shape = (min(step, last - first), *base.shape[1:])
         weight_buffer = torch.empty(block_shape if base.dtype != torch.float32 else (0,), dtype=torch.float32)
         delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" else None
         direct = base.dtype == torch.float32  # no rounding step: the result goes straight into out
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
+        for start in range(first, last, step):
+            stop = min(last, start + step)
             weight = out[start:stop] if direct else weight_buffer[: stop - start]
             block = base[start:stop]
             if not direct:  # the exact upcast, into the reused buffer: given mixed dtypes, torch would
@@ -133,7 +149,6 @@ class TensorUpdate:
                 torch.add(block, delta, out=weight)  # the two roundings into one FMA: last bit)
             if not direct:
                 out[start:stop].copy_(weight)  # the one rounding to the base's dtype
-        return out
 
     def _apply_whole(self, base: torch.Tensor) -> torch.Tensor:
         assert self.A is not None and self.B is not None
@@ -539,7 +554,8 @@ def one_torch_thread() -> Iterator[None]:
     """Run torch on one intra-op thread inside the block, then restore the caller's count.
 
     bake's parallelism is its pipeline: hashing and writing run on threads of their own beside the
-    update, whose row blocks (about 1 MiB) are too small to split well. Extra torch threads only
+    update, and a helper thread computes the second half of each updated tensor's rows, whose row
+    blocks (about 1 MiB) are too small for torch to split well. Extra torch threads only
     compete with them, and OpenMP's workers spin while they wait: with one of two cores busy
     elsewhere, baking SmolLM2-135M took 20 s on two torch threads against 1 s on one.
     """
@@ -559,8 +575,9 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
     total = len(folder.tensors) + len(added)
     weight_map: dict[str, str] = {}
     with atomic_output_dir(output, force=force) as tmp, ThreadPoolExecutor(max_workers=1) as hasher, \
-            ThreadPoolExecutor(max_workers=1) as writer_thread:
-        # A three-thread pipeline (hashing and writing release the GIL). Base tensors are read as views of
+            ThreadPoolExecutor(max_workers=1) as writer_thread, ThreadPoolExecutor(max_workers=1) as update_helper:
+        # A pipeline of four threads (hashing, writing and torch's operations release the GIL; the update
+        # helper computes the second half of each updated tensor's rows). Base tensors are read as views of
         # the mapped shards: no copy and no fresh memory. While tensor i is updated (into a pooled buffer:
         # the mapped bytes are never written), tensor i's bytes are hashed for the provenance (the base's
         # shards in one pass, unless the hash cache has them; the adapters' files first), tensors i−2 and
@@ -601,7 +618,8 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                     assert update is not None and update.tensor is not None
                     tensor = update.tensor.to(added_dtype).contiguous()
                 elif update is not None:
-                    tensor = update.apply(view, out=buffers.take(folder.tensors[key].nbytes) if update.blockwise else None)
+                    tensor = update.apply(view, out=buffers.take(folder.tensors[key].nbytes) if update.blockwise else None,
+                                          helper=update_helper)
                 else:
                     tensor = view
                 if shard != current_shard:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -326,11 +327,35 @@ def test_bake_without_room_for_a_shard_stops_before_writing_it(bf16_sharded, tmp
     assert len(reserved) == 1 and list(tmp_path.iterdir()) == []
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    """A one-thread executor that counts what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture(params=[False, True], ids=["one thread", "helper"])
+def helper(request):
+    """No helper, or a helper executor that computes the second half of the rows (and must be used)."""
+    if not request.param:
+        yield None
+        return
+    with CountingExecutor() as executor:
+        yield executor
+    assert executor.submitted >= 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["plain", "transposed"])
-def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):
+def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout, helper):
     """A block-wise, one-BLAS-call update of a matrix several blocks tall equals PEFT's
-    W + (B·A)·s computed in float32 over the whole matrix, then rounded once."""
+    W + (B·A)·s computed in float32 over the whole matrix, then rounded once (also with half of the
+    rows computed on a helper thread)."""
     from adaptermath.bake import BLOCK_ELEMENTS, TensorUpdate
 
     generator = torch.Generator().manual_seed(3)
@@ -342,18 +367,19 @@ def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout):
     expected = (weight.float() + (B @ A) * 0.75).to(dtype)
     stored = weight if layout == "plain" else weight.T.contiguous()
     update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=0.75, layout=layout)
-    got = update.apply(stored.clone())
+    got = update.apply(stored.clone(), helper=helper)
     assert torch.equal(got if layout == "plain" else got.T, expected)
     read = stored.clone()
-    into = update.apply(read, out=torch.empty(stored.numel() * stored.element_size(), dtype=torch.uint8))
+    into = update.apply(read, out=torch.empty(stored.numel() * stored.element_size(), dtype=torch.uint8), helper=helper)
     assert torch.equal(into if layout == "plain" else into.T, expected) and torch.equal(read, stored)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis):
+def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis, helper):
     """(IA)^3 scales rows (attention) or columns (feed-forward): W·l in float32, rounded once,
-    written into a separate buffer (the tensor as read stays as it was) or in place."""
+    written into a separate buffer (the tensor as read stays as it was) or in place (also with half
+    of the rows computed on a helper thread)."""
     from adaptermath.bake import BLOCK_ELEMENTS, TensorUpdate
 
     generator = torch.Generator().manual_seed(4)
@@ -364,8 +390,8 @@ def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis):
     update = TensorUpdate(key="w", module="m", kind="ia3", vector=vector)
     read = weight.clone()
     buffer = torch.empty(weight.numel() * weight.element_size(), dtype=torch.uint8)
-    assert torch.equal(update.apply(read, out=buffer), expected) and torch.equal(read, weight)
-    assert torch.equal(update.apply(weight.clone()), expected)
+    assert torch.equal(update.apply(read, out=buffer, helper=helper), expected) and torch.equal(read, weight)
+    assert torch.equal(update.apply(weight.clone(), helper=helper), expected)
 
 
 def test_buffer_pool_reuses_the_buffer_under_a_typed_view():
@@ -407,13 +433,21 @@ def test_bake_updates_on_one_torch_thread_and_restores_the_count(tiny, tmp_path,
     from adaptermath.bake import TensorUpdate
 
     seen: list[int] = []
+    helpers: list[object] = []
     original = TensorUpdate.apply
-    monkeypatch.setattr(TensorUpdate, "apply", lambda self, *a, **k: seen.append(torch.get_num_threads()) or original(self, *a, **k))
+
+    def recorded(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        helpers.append(kwargs.get("helper"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TensorUpdate, "apply", recorded)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         am.bake(tiny["llama_base"], str(tiny["lora_a"]), output=tmp_path / "baked")
         assert seen and set(seen) == {1}
+        assert all(isinstance(helper, Executor) for helper in helpers)  # the second half of the rows goes to it
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
