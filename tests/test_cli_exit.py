@@ -13,7 +13,6 @@ import pytest
 
 from adaptermath.cli.entry import exit_status
 
-REPO = Path(__file__).resolve().parent.parent
 BUFFERED = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
 
 # Runs the console script's entry point in a child. `Finalised.__del__` runs only when the interpreter
@@ -52,7 +51,7 @@ run()
 
 def _run(tmp_path: Path, thread: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "marker"), thread, *argv], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env=BUFFERED)
+                          text=True, timeout=120, cwd=tmp_path, env=BUFFERED)
 
 
 def test_a_finished_command_skips_the_teardown_but_runs_atexit_and_flushes(tmp_path: Path) -> None:
@@ -89,7 +88,7 @@ def test_python_dash_m_adaptermath_exits_through_the_entry_point(tmp_path: Path)
         sys.argv = ["adaptermath", "--version"]
         runpy.run_module("adaptermath", run_name="__main__")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env=BUFFERED)
     assert done.returncode == 0 and done.stdout.startswith("adaptermath, version ")
     assert "torn down" not in done.stderr
