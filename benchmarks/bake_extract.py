@@ -19,7 +19,8 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
 Each variant runs as its own process (interpreter start and imports included), after an
 ``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
 RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and
-the ratios within each round (median and range): on this virtual machine the same copy takes
+the ratios within each round (their median and a distribution-free interval for it, 96–98% for 7–15
+rounds; :func:`median_interval`): on this virtual machine the same copy takes
 0.4–2.3 s from run to run (writing into freshly freed memory is what varies, and it drifts over
 minutes), so a ratio of two runs a few seconds apart is steadier than a ratio of medians:
 
