@@ -130,36 +130,39 @@ def test_bake_and_extract_commands_import_no_heavy_module_at_module_level():
             assert not [m for m in modules if m.split(".")[0] in heavy or m in heavy], (name, modules)
 
 
-def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
-    """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render` prints: the bake tables of runs 8
-    and 10 (benchmarks/bake.json, benchmarks/bake-floor.json) and the extract table of run 1
-    (benchmarks/bake_extract.json)."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bake_extract_benchmark():
+    """benchmarks/bake_extract.py, imported from its path (benchmarks/ is not a package)."""
     import importlib.util
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bake_extract_benchmark", root / "benchmarks" / "bake_extract.py")
+    spec = importlib.util.spec_from_file_location("bake_extract_benchmark", ROOT / "benchmarks" / "bake_extract.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    bake_run = json.loads((root / "benchmarks" / "bake.json").read_text())
-    extract_run = json.loads((root / "benchmarks" / "bake_extract.json").read_text())
+    return module
+
+
+def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
+    """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render` prints: the bake table
+    (benchmarks/bake.json), the table against two floors (benchmarks/bake-floor.json) and the extract table
+    (benchmarks/bake_extract.json)."""
+    module = bake_extract_benchmark()
+    bake_run = json.loads((ROOT / "benchmarks" / "bake.json").read_text())
+    extract_run = json.loads((ROOT / "benchmarks" / "bake_extract.json").read_text())
     assert bake_run["bake"] and not bake_run["extract"] and extract_run["extract"]
-    floor_run = json.loads((root / "benchmarks" / "bake-floor.json").read_text())
+    floor_run = json.loads((ROOT / "benchmarks" / "bake-floor.json").read_text())
     bake_table = module.render(bake_run).strip()
     floor_table = module.render(floor_run).strip()
     extract_table = module.render(extract_run).strip().split("\n\n")[-1]
-    page = (root / "docs" / "benchmarks.md").read_text()
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert bake_table in page and floor_table in page and extract_table in page
 
 
 def test_benchmark_median_interval_is_the_binomial_order_statistic_interval():
     """15 rounds: P(Bin(15, ½) ≤ 3) = (1 + 15 + 105 + 455) / 2¹⁵, so the 4th smallest to the 4th largest cover
     1 − 2·576/32768 ≥ 95%, and the 5th would not (1 − 2·1941/32768 < 95%); 7 rounds reach 95% only with the range."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bake_extract_benchmark", root / "benchmarks" / "bake_extract.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bake_extract_benchmark()
     assert module.median_interval(15) == (4, 1 - 2 * 576 / 32768)
     assert module.median_interval(7) == (1, 1 - 2 / 128)
     assert module.per_round([2.0] * 14 + [9.0], [1.0] * 15) == "2.00× (2.00–2.00)"
