@@ -145,7 +145,8 @@ class TensorUpdate:
                     delta.copy_(torch.mm(self.B, self.A[:, start:stop]).T)
                 else:
                     torch.mm(self.B[start:stop], self.A, out=delta)
-                delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
+                if self.scaling != 1.0:  # x·1 = x exactly
+                    delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
                 torch.add(block, delta, out=weight)  # the two roundings into one FMA: last bit)
             if not direct:
                 out[start:stop].copy_(weight)  # the one rounding to the base's dtype
@@ -578,7 +579,8 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             ThreadPoolExecutor(max_workers=1) as writer_thread, ThreadPoolExecutor(max_workers=1) as update_helper:
         # A pipeline of four threads (hashing, writing and torch's operations release the GIL; the update
         # helper computes the second half of each updated tensor's rows). Base tensors are read as views of
-        # the mapped shards: no copy and no fresh memory. While tensor i is updated (into a pooled buffer:
+        # the mapped shards: no copy and no fresh memory; an unchanged tensor is copied file to file by the
+        # kernel (mapped only while its shard is hashed). While tensor i is updated (into a pooled buffer:
         # the mapped bytes are never written), tensor i's bytes are hashed for the provenance (the base's
         # shards in one pass, unless the hash cache has them; the adapters' files first), tensors i−2 and
         # i−1 are written (at most WRITES_IN_FLIGHT wait), and the kernel reads tensor i+1 ahead. A tensor's pages are dropped from the process
@@ -594,11 +596,20 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             span = folder.tensors[key]
             digests[span.shard].update(folder.data_start(span.shard) + span.begin, tensor.reshape(-1).view(torch.uint8).numpy())
 
-        def store(writer: SafetensorsStreamWriter, key: str, tensor: torch.Tensor, view: torch.Tensor | None,
+        def store(writer: SafetensorsStreamWriter, key: str, tensor: torch.Tensor | None, view: torch.Tensor | None,
                   hashed: Future[None] | None) -> None:
-            writer.add(key, tensor)
-            if tensor is not view:
-                buffers.give_back(tensor)
+            if tensor is None:  # unchanged: the kernel copies it file to file
+                span = folder.tensors[key]
+                source = folder.file_range(key)
+                assert source is not None
+                try:
+                    writer.add_from_file(key, span.dtype_name, span.shape, *source)
+                except OSError as exc:
+                    raise ModelFolderError(f"{folder.source}: cannot copy tensor {key} from {span.shard} ({exc})") from None
+            else:
+                writer.add(key, tensor)
+                if tensor is not view:
+                    buffers.give_back(tensor)
             if hashed is not None:
                 hashed.result()
             if view is not None:
@@ -611,17 +622,22 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             for index, (shard, key) in enumerate(plan):
                 if index + 1 < len(plan) and plan[index + 1][1] in folder.tensors:
                     folder.prefetch(plan[index + 1][1])
-                view = folder.view(key) if key in folder.tensors else None
-                hashed = hasher.submit(digest, key, view) if view is not None and shard in digests else None
+                span = folder.tensors.get(key)
                 update = updates.get(key)
-                if view is None:
+                copied = span is not None and update is None and folder.pickled is None  # left to the kernel
+                hashing = span is not None and shard in digests
+                view = folder.view(key) if span is not None and (hashing or not copied) else None
+                hashed = hasher.submit(digest, key, view) if hashing else None
+                tensor: torch.Tensor | None
+                if span is None:
                     assert update is not None and update.tensor is not None
                     tensor = update.tensor.to(added_dtype).contiguous()
                 elif update is not None:
-                    tensor = update.apply(view, out=buffers.take(folder.tensors[key].nbytes) if update.blockwise else None,
+                    assert view is not None
+                    tensor = update.apply(view, out=buffers.take(span.nbytes) if update.blockwise else None,
                                           helper=update_helper)
                 else:
-                    tensor = view
+                    tensor = None if copied else view
                 if shard != current_shard:
                     while pending_writes:
                         pending_writes.popleft().result()
@@ -637,7 +653,7 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                     pending_writes.popleft().result()
                 assert writer is not None
                 pending_writes.append(writer_thread.submit(store, writer, key, tensor, view, hashed))
-                result.bytes_written += tensor.numel() * tensor.element_size()
+                result.bytes_written += tensor.numel() * tensor.element_size() if tensor is not None else folder.tensors[key].nbytes
                 weight_map[key] = shard
                 del tensor, view
                 if progress:

@@ -234,6 +234,13 @@ class ModelFolder:
             raise ModelFolderError(f"{self.source}: cannot map tensor {key} from {span.shard} ({exc})") from None
         return raw.view(span.dtype).reshape(span.shape)
 
+    def file_range(self, key: str) -> tuple[int, int, int] | None:
+        """A tensor's bytes as ``(file descriptor, offset, length)`` in its open shard, to be copied file to
+        file (valid until :meth:`close`); ``None`` for a pickled folder, whose tensors are in memory."""
+        if self.pickled is not None:
+            return None
+        return self._readers[self.tensors[key].shard].file_range(key)
+
     def prefetch(self, key: str) -> None:
         """Start reading a tensor's bytes from disk ahead of its :meth:`view` (a hint; no-op for pickles)."""
         if self.pickled is None:

@@ -451,3 +451,36 @@ def test_bake_updates_on_one_torch_thread_and_restores_the_count(tiny, tmp_path,
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_bake_copies_unchanged_tensors_file_to_file(bf16_sharded, tmp_path, monkeypatch):
+    """Tensors the adapter leaves alone never pass through the process: each goes to the writer as a file
+    range (copied by the kernel), and comes out byte for byte."""
+    from adaptermath.io.safetensors_stream import SafetensorsStreamWriter
+
+    base, adapter = bf16_sharded
+    copied: list[str] = []
+    original = SafetensorsStreamWriter.add_from_file
+
+    def recorded(self, key, *args, **kwargs):
+        copied.append(key)
+        return original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(SafetensorsStreamWriter, "add_from_file", recorded)
+    am.bake(base, str(adapter), output=tmp_path / "baked")
+    got, base_state = model_state(tmp_path / "baked"), model_state(base)
+    unchanged = {key for key in base_state if "q_proj" not in key and "up_proj" not in key}
+    assert set(copied) == unchanged and len(unchanged) > 4
+    assert all(torch.equal(got[key], base_state[key]) for key in unchanged)
+
+
+def test_bake_reports_a_shard_that_ends_while_copied(bf16_sharded, tmp_path, monkeypatch):
+    """A shard cut short while bake copies from it ends bake with a one-line error and no output."""
+    from adaptermath.io import safetensors_stream
+
+    base, adapter = bf16_sharded
+    monkeypatch.setattr(safetensors_stream, "_copy_range", lambda *args: 0)  # the source's end, reached at once
+    result = CliRunner().invoke(main, ["bake", str(base), str(adapter), "-o", str(tmp_path / "baked")])
+    assert result.exit_code == 2, result.output
+    assert "cannot copy tensor" in result.output and "bytes early" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "baked").exists()

@@ -96,3 +96,53 @@ def test_a_reservation_that_does_not_fit_fails_before_writing(tmp_path, monkeypa
     with SafetensorsStreamWriter(tmp_path / "plain.safetensors", ["x"], data_bytes=8) as writer:
         writer.add("x", torch.ones(2))
     assert torch.equal(load_file(str(tmp_path / "plain.safetensors"))["x"], torch.ones(2))
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "read and write"])
+def test_a_tensor_copied_from_another_file_reads_back_exactly(tmp_path, monkeypatch, kernel):
+    """``add_from_file`` copies a tensor's bytes file to file, between tensors written from memory; where the
+    kernel cannot copy (EXDEV: another file system on an old kernel), it reads and writes in pieces."""
+    import errno
+    import os
+
+    from safetensors.torch import save_file
+
+    from adaptermath.io.safetensors_read import SafetensorsTensorReader
+
+    if not kernel:
+        def no_kernel_copy(*args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", no_kernel_copy, raising=False)
+    generator = torch.Generator().manual_seed(1)
+    source = {"big": torch.randn(3 * WRITE_CHUNK // 8 + 123, 2, generator=generator).to(torch.bfloat16),  # several pieces
+              "tiny": torch.arange(5, dtype=torch.int32)}
+    save_file(source, str(tmp_path / "source.safetensors"))
+    reader = SafetensorsTensorReader(tmp_path / "source.safetensors")
+    own = torch.randn(4, 4, generator=generator)
+    path = tmp_path / "out.safetensors"
+    with SafetensorsStreamWriter(path, ["own", "big", "tiny", "after"]) as writer:
+        writer.add("own", own)
+        for key, tensor in source.items():
+            writer.add_from_file(key, reader.header[key]["dtype"], tensor.shape, *reader.file_range(key))
+        writer.add("after", own * 2)
+    reader.close()
+    loaded = load_file(str(path))
+    assert torch.equal(loaded["own"], own) and torch.equal(loaded["after"], own * 2)
+    for key, tensor in source.items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
+
+
+def test_a_copy_whose_source_ends_early_is_an_error(tmp_path):
+    """A source shorter than the tensor it should hold (a shard truncated under the reader) raises OSError."""
+    import os
+
+    (tmp_path / "short.bin").write_bytes(b"\1" * 100)
+    fd = os.open(tmp_path / "short.bin", os.O_RDONLY)
+    try:
+        writer = SafetensorsStreamWriter(tmp_path / "out.safetensors", ["x"])
+        with pytest.raises(OSError, match="ended 28 bytes early"):
+            writer.add_from_file("x", "U8", [128], fd, 0, 128)
+        writer.abort()
+    finally:
+        os.close(fd)

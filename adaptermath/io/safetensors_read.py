@@ -79,6 +79,12 @@ class SafetensorsTensorReader:
             warnings.simplefilter("ignore", UserWarning)
             return torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=self._data_start + begin)
 
+    def file_range(self, key: str) -> tuple[int, int, int]:
+        """Where tensor ``key``'s bytes lie: this reader's open file descriptor (valid until :meth:`close`),
+        their offset in the file and their length, for a copy that leaves the bytes in the kernel."""
+        begin, end = self._spans[key]
+        return self._fd, self._data_start + begin, end - begin
+
     def prefetch(self, key: str) -> None:
         """Ask the kernel to start reading tensor ``key``'s bytes from disk now (``MADV_WILLNEED``),
         so that a file not in the page cache is read ahead while the previous tensor is processed."""
