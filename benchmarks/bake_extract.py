@@ -17,7 +17,8 @@ Inputs are random models written by the script to ``--workdir`` as a Hugging Fac
   decaying spectrum (singular values 0.3·0.97^j, j < 256, so no rank captures it all), stored in bf16.
 
 Each variant runs as its own process (interpreter start and imports included), after an
-``os.sync()``, with inputs warm in the page cache and ``OMP_NUM_THREADS=1`` for every tool; peak
+``os.sync()``, with inputs warm in the page cache (or, with ``--cold``, read from disk: see below) and
+``OMP_NUM_THREADS=1`` for every tool; peak
 RSS is the child's VmHWM. Median of ``--repeats`` (interleaved, the order rotated each round), and
 the ratios within each round (their median and a distribution-free interval for it, 96–98% for 7–15
 rounds; :func:`median_interval`): on this virtual machine the same copy takes
@@ -29,6 +30,9 @@ minutes), so a ratio of two runs a few seconds apart is steadier than a ratio of
 * ``floor-mapped`` the same copy done bake's way (no torch import): each base shard memory-mapped, its copy
                   reserved at full size with ``posix_fallocate``, written in 1 MiB ``write()`` calls
                   straight from the map;
+* ``floor-kernel`` the copy done inside the kernel, as ``cp`` does it (no torch import): ``copy_file_range``
+                  from each base shard to its copy, no byte passing through the process; the fastest
+                  copy measured on this machine, and the strictest floor;
 * ``am-bake``     the console script, ``adaptermath bake BASE ADAPTER -o OUT --force`` (its entry point, run
                   in the child after torch, adaptermath and the command's modules are imported; sha256
                   cache off: the base is hashed, as on the first bake of a base);
@@ -40,6 +44,12 @@ minutes), so a ratio of two runs a few seconds apart is steadier than a ratio of
 * ``am-extract``  ``adaptermath.extract(base, ft, out, rank=K)``;
 * ``mergekit``    ``mergekit-extract-lora --max-rank K`` (mergekit 0.1.5, from its own virtual
                   environment ``--mergekit-venv``: a dense SVD per module).
+
+``--cold`` measures against the disk itself ("at disk speed"): every child, once its imports are done,
+flushes dirty pages (``os.sync()``) and empties the page cache (``/proc/sys/vm/drop_caches``, so it must
+run as root), and its in-call time runs until a final ``os.sync()`` has put the written shards on disk.
+The base is then read from disk and the output written to it, as for a model larger than memory;
+without ``--cold`` both stay in memory and bake's arithmetic, not the disk, sets its pace.
 
 Extraction errors are computed here for both outputs, per module, against the true
 ΔW = W_ft − W_base (float32): ‖ΔW − s·B·A‖_F / ‖ΔW‖_F; the table gives the mean and maximum over modules
@@ -175,8 +185,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages to disk, then empty the page cache: the next read of any file comes from disk
+    (the pages of files mapped by a process, such as its loaded libraries, stay)."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold needs to write {DROP_CACHES} (run as root): {exc}") from exc
+
+
 def child(variant: str, args: dict[str, Any]) -> None:
     out = Path(args["out"])
+    cold = bool(args.get("cold"))
     if not variant.startswith("floor"):  # the in-call time excludes interpreter start and imports
         import importlib
 
@@ -189,6 +213,8 @@ def child(variant: str, args: dict[str, Any]) -> None:
         if variant == "peft":
             import peft  # noqa: F401
             import transformers  # noqa: F401
+    if cold:
+        drop_page_cache()
     start = time.perf_counter()
     if variant == "floor":
         block = memoryview(bytearray(BLOCK))  # one reused buffer: fresh blocks would fault in new pages each time
@@ -208,13 +234,27 @@ def child(variant: str, args: dict[str, Any]) -> None:
                     for offset in range(0, size, 1 << 20):  # bake's 1 MiB writes
                         dst.write(view[offset:offset + (1 << 20)])
                     view.release()
+    elif variant == "floor-kernel":  # cp's way: the kernel copies page cache to page cache
+        for shard in sorted(Path(args["base"]).glob("*.safetensors")):
+            with open(shard, "rb") as src, open(out / shard.name, "wb") as dst:
+                size, done = os.fstat(src.fileno()).st_size, 0
+                while done < size:
+                    copied = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+                    if copied == 0:
+                        raise SystemExit(f"{shard} ended early")
+                    done += copied
     elif variant in ("am-bake", "am-bake-cached"):  # the console script, as a user runs it; it ends in os._exit
         import atexit
 
         from adaptermath.cli.entry import run
 
         sys.argv = ["adaptermath", "bake", args["base"], args["adapter"], "-o", str(out / "model"), "--force"]
-        atexit.register(lambda: print(json.dumps({"peak_rss_mib": peak_rss_mib(), "work_s": time.perf_counter() - start})))
+        def report() -> None:
+            if cold:
+                os.sync()
+            print(json.dumps({"peak_rss_mib": peak_rss_mib(), "work_s": time.perf_counter() - start}))
+
+        atexit.register(report)
         run()
     elif variant == "peft":
         import torch
@@ -236,6 +276,8 @@ def child(variant: str, args: dict[str, Any]) -> None:
         am.extract(args["base"], args["ft"], out / "lora", rank=args["rank"], force=True)
     else:
         raise SystemExit(f"unknown variant {variant}")
+    if cold:
+        os.sync()
     print(json.dumps({"peak_rss_mib": peak_rss_mib(), "work_s": time.perf_counter() - start}))
 
 
@@ -250,7 +292,7 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
     cached_env = {**env, "ADAPTERMATH_HASH_CACHE": "1", "ADAPTERMATH_CACHE": str(cache)}
     if "am-bake-cached" in variants:
         shutil.rmtree(cache, ignore_errors=True)
-        subprocess.run([sys.executable, __file__, "--child", "hash-base", json.dumps(args)], env=cached_env, check=True,
+        subprocess.run([sys.executable, __file__, "--child", "hash-base", json.dumps({**args, "cold": False})], env=cached_env, check=True,
                        capture_output=True)
     samples: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": [], "work": [], "rss": []} for v in variants}
     for round_ in range(repeats):
@@ -352,11 +394,19 @@ def per_round(numerators: list[float], denominators: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}× ({ratios[k - 1]:.2f}–{ratios[-k]:.2f})"
 
 
+def fastest_floor(rows: dict[str, dict[str, Any]]) -> list[float]:
+    """Round by round, the in-call time of the fastest floor variant that ran in that round."""
+    floors = [row["works"] for name, row in rows.items() if name.startswith("floor")]
+    return [min(times) for times in zip(*floors, strict=True)]
+
+
 def render(results: dict[str, Any]) -> str:
     mapped_floor = any(row["variant"] == "floor-mapped" for case in results["bake"] for row in case["rows"])
+    kernel_floor = any(row["variant"] == "floor-kernel" for case in results["bake"] for row in case["rows"])
     head = ("| model | layers | weights GiB | variant | wall s (median) | in-call s | CPU s | runs | peak RSS MiB | wall vs floor "
             "| in-call vs floor | wall vs floor, per round | in-call vs floor, per round | PEFT's wall / bake's, per round |")
     head += " in-call vs floor-mapped, per round |" if mapped_floor else ""
+    head += " in-call vs the fastest floor, per round |" if kernel_floor else ""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in results["bake"]:
         rows = {r["variant"]: r for r in case["rows"]}
@@ -375,6 +425,8 @@ def render(results: dict[str, Any]) -> str:
                     f"{round_wall} | {round_work} | {vs_peft} |")
             if mapped_floor:
                 line += f" {per_round(row['works'], mapped['works']) if mapped and not row['variant'].startswith('floor') else ''} |"
+            if kernel_floor:
+                line += f" {per_round(row['works'], fastest_floor(rows)) if not row['variant'].startswith('floor') else ''} |"
             lines.append(line)
     rounds = sorted({row["runs"] for case in results["bake"] for row in case["rows"] if "works" in row})
     notes = ", ".join(f"{n} rounds: the {ranked(k, 'smallest')} to the {ranked(k, 'largest')} ratio, {100 * cover:.1f}%"
@@ -382,6 +434,11 @@ def render(results: dict[str, Any]) -> str:
     if rounds:
         lines += ["", f"Per round: the ratio of the two variants within each round, median (a distribution-free interval "
                       f"for that median, {notes})."]
+    if kernel_floor:
+        lines += ["", "The fastest floor: in each round, the fastest of the floors that ran in it."]
+    if results.get("cold"):
+        lines += ["", "Cold (`--cold`): each run starts with an empty page cache, so the base is read from disk, and its "
+                      "in-call time ends when its output is on disk (`os.sync()`)."]
     if not results["extract"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
@@ -407,7 +464,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rank", type=int, default=32, help="Extraction rank.")
     parser.add_argument("--mergekit-venv", type=Path, default=Path(__file__).resolve().parent.parent / ".venv-mergekit")
-    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, cached, mapped, mergekit, extract, smollm2).")
+    parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, cached, mapped, kernel, mergekit, extract, smollm2).")
+    parser.add_argument("--cold", action="store_true", help="Empty the page cache before every run and time until the output "
+                        "is on disk (needs root; see above).")
     parser.add_argument("--json", type=Path, help="Write the results here.")
     parser.add_argument("--render", type=Path, help="Print the markdown tables of a results file and exit.")
     args = parser.parse_args()
@@ -420,6 +479,8 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv[1:]), "bake": [], "extract": []}
+    if args.cold:
+        results["cold"] = True
     cases: list[tuple[str, int, Path, Path]] = []
     for layers in [int(n) for n in args.layers.split(",")]:
         base, adapter = work / f"7b-{layers}l", work / f"7b-{layers}l-lora"
@@ -441,9 +502,9 @@ def main() -> None:
             cases.append(("smollm2-135m (fp32)", 30, smol, adapter))
     for shape_name, layers, base, adapter in cases:
         gib = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**30
-        common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out")}
+        common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out"), "cold": args.cold}
         bakes = ["am-bake"] + ([] if "cached" in skip else ["am-bake-cached"])
-        floors = ["floor"] + ([] if "mapped" in skip else ["floor-mapped"])
+        floors = ["floor"] + ([] if "mapped" in skip else ["floor-mapped"]) + ([] if "kernel" in skip else ["floor-kernel"])
         rows = run_variants([*floors, *bakes] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
         results["bake"].append({"shape": shape_name, "layers": layers, "gib": gib, "rows": rows})
         print(json.dumps(results["bake"][-1]), flush=True)
@@ -453,7 +514,7 @@ def main() -> None:
         if not (ft / "config.json").is_file():
             write_model(base, "1b", 2, seed=7)
             write_model(ft, "1b", 2, seed=8, delta_from=base)
-        common = {"base": str(base), "ft": str(ft), "out": str(work / "out"), "rank": args.rank,
+        common = {"base": str(base), "ft": str(ft), "out": str(work / "out"), "rank": args.rank, "cold": args.cold,
                   "mergekit_venv": str(args.mergekit_venv)}
         case: dict[str, Any] = {"shape": "1b", "layers": 2, "rank": args.rank, "rows": [], "errors": {}}
         variants = ["am-extract"] + ([] if "mergekit" in skip else ["mergekit"])
