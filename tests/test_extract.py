@@ -145,9 +145,16 @@ def bake_extract_benchmark():
 
 def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
     """docs/benchmarks.md shows exactly what `benchmarks/bake_extract.py --render` prints: the bake table
-    (benchmarks/bake.json), the table against two floors (benchmarks/bake-floor.json) and the extract table
+    (benchmarks/bake.json), the tables against two and three floors (benchmarks/bake-floor.json,
+    benchmarks/bake-warm.json), from disk (benchmarks/bake-cold.json) and the extract table
     (benchmarks/bake_extract.json)."""
     module = bake_extract_benchmark()
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    for name in ("bake-warm.json", "bake-cold.json"):
+        run = json.loads((ROOT / "benchmarks" / name).read_text())
+        assert {"floor-kernel", "am-bake"} <= {row["variant"] for row in run["bake"][0]["rows"]}
+        assert run.get("cold", False) == (name == "bake-cold.json")
+        assert module.render(run).strip() in page, name
     bake_run = json.loads((ROOT / "benchmarks" / "bake.json").read_text())
     extract_run = json.loads((ROOT / "benchmarks" / "bake_extract.json").read_text())
     assert bake_run["bake"] and not bake_run["extract"] and extract_run["extract"]
@@ -155,7 +162,6 @@ def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
     bake_table = module.render(bake_run).strip()
     floor_table = module.render(floor_run).strip()
     extract_table = module.render(extract_run).strip().split("\n\n")[-1]
-    page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert bake_table in page and floor_table in page and extract_table in page
 
 
@@ -166,3 +172,11 @@ def test_benchmark_median_interval_is_the_binomial_order_statistic_interval():
     assert module.median_interval(15) == (4, 1 - 2 * 576 / 32768)
     assert module.median_interval(7) == (1, 1 - 2 / 128)
     assert module.per_round([2.0] * 14 + [9.0], [1.0] * 15) == "2.00× (2.00–2.00)"
+
+
+def test_benchmark_fastest_floor_is_taken_round_by_round():
+    """Each round's fastest floor, whichever variant it is; bake's rows are not floors."""
+    module = bake_extract_benchmark()
+    rows = {"floor": {"works": [3.0, 2.0, 5.0]}, "floor-kernel": {"works": [1.0, 4.0, 6.0]},
+            "floor-mapped": {"works": [2.0, 3.0, 4.5]}, "am-bake": {"works": [0.1, 0.1, 0.1]}}
+    assert module.fastest_floor(rows) == [1.0, 2.0, 4.5]
