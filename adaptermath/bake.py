@@ -42,6 +42,7 @@ from .compose import ComposedAdapter, compose
 from .errors import AdapterMathError, CompositionError
 from .io import SafetensorsStreamWriter, atomic_output_dir
 from .io.atomic import check_output_path
+from .io.safetensors_stream import dtype_name
 from .io.output_safety import check_output_location
 from .io.sequential_digest import SequentialDigest
 from .model_folder import SAFETENSORS_INDEX, ModelFolder, ModelFolderError, open_model_folder
@@ -51,9 +52,7 @@ from .recipe.paths import _relative_to
 BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
 BASE_LAYER = ".base_layer."
-POOLED_BUFFERS = 4
 WRITES_IN_FLIGHT = 2  # tensors handed to the writer and not yet written: the update may run one ahead
-SMALL_BUFFER = 1 << 20  # bytes: smaller tensors get fresh heap memory
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -85,8 +84,7 @@ class TensorUpdate:
 
     def apply(self, base: torch.Tensor, out: torch.Tensor | None = None, helper: Executor | None = None) -> torch.Tensor:
         """The updated tensor in ``base``'s dtype: computed in float32 and rounded once, written into
-        ``out`` (a contiguous ``uint8`` buffer of at least ``base``'s size, e.g. from a :class:`BufferPool`;
-        ``base`` is left as read) or, without ``out``, in place (``base`` must then be a fresh buffer the
+        ``out`` (a contiguous ``uint8`` buffer of at least ``base``'s size; ``base`` is left as read) or, without ``out``, in place (``base`` must then be a fresh buffer the
         caller gives up, as :meth:`ModelFolder.read` returns).
 
         Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in reused float32 buffers
@@ -106,32 +104,54 @@ class TensorUpdate:
             out = base  # each row block is read into float32 before it is overwritten: in place is safe
         else:
             out = out[: base.numel() * base.element_size()].view(base.dtype).reshape(base.shape)
+        self._rows_in_halves(base, out, None, helper)
+        return out
+
+    def stream(self, base: torch.Tensor, sink: Callable[[int, torch.Tensor], None], helper: Executor | None = None) -> None:
+        """:meth:`apply` for a :attr:`blockwise` update, handing each finished row block to
+        ``sink(first_row, block)`` (in ``base``'s dtype, contiguous; valid only during the call) instead of
+        keeping the whole result: written out at once, a block is still in cache. With a ``helper``,
+        ``sink`` is called from two threads at once, for different rows. The bits are :meth:`apply`'s."""
+        assert self.blockwise
+        if self.source is not None:
+            base = self.source.to(base.dtype).reshape(base.shape).clone()
+        self._rows_in_halves(base, None, sink, helper)
+
+    def _rows_in_halves(self, base: torch.Tensor, out: torch.Tensor | None,
+                        sink: Callable[[int, torch.Tensor], None] | None, helper: Executor | None) -> None:
         rows = base.shape[0]
         width = max(1, base[0].numel()) if base.dim() else 1
         step = max(1, BLOCK_ELEMENTS // width)
         if helper is not None and rows >= 2 * step:
             half = (rows // 2 + step - 1) // step * step
-            second = helper.submit(self._apply_rows, base, out, half, rows, step)
+            second = helper.submit(self._apply_rows, base, out, half, rows, step, sink)
             try:
-                self._apply_rows(base, out, 0, half, step)
+                self._apply_rows(base, out, 0, half, step, sink)
             finally:
                 second.result()
         else:
-            self._apply_rows(base, out, 0, rows, step)
-        return out
+            self._apply_rows(base, out, 0, rows, step, sink)
 
-    def _apply_rows(self, base: torch.Tensor, out: torch.Tensor, first: int, last: int, step: int) -> None:
-        """Rows ``first:last`` of :meth:`apply`, ``step`` rows per block, through buffers of their own."""
+    def _apply_rows(self, base: torch.Tensor, out: torch.Tensor | None, first: int, last: int, step: int,
+                    sink: Callable[[int, torch.Tensor], None] | None = None) -> None:
+        """Rows ``first:last`` of :meth:`apply` (into ``out``) or :meth:`stream` (to ``sink``), ``step`` rows
+        per block, through buffers of their own."""
         rows = base.shape[0]
         block_shape = (min(step, last - first), *base.shape[1:])
-        weight_buffer = torch.empty(block_shape if base.dtype != torch.float32 else (0,), dtype=torch.float32)
+        exact = base.dtype == torch.float32  # no rounding step
+        into_out = exact and sink is None  # the float32 result goes straight into out
+        weight_buffer = torch.empty(block_shape if not into_out else (0,), dtype=torch.float32)
         delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" else None
-        direct = base.dtype == torch.float32  # no rounding step: the result goes straight into out
+        rounded_buffer = torch.empty(block_shape, dtype=base.dtype) if sink is not None and not exact else None
         for start in range(first, last, step):
             stop = min(last, start + step)
-            weight = out[start:stop] if direct else weight_buffer[: stop - start]
+            if into_out:
+                assert out is not None
+                weight = out[start:stop]
+            else:
+                weight = weight_buffer[: stop - start]
             block = base[start:stop]
-            if not direct:  # the exact upcast, into the reused buffer: given mixed dtypes, torch would
+            if not exact:  # the exact upcast, into the reused buffer: given mixed dtypes, torch would
                 weight.copy_(block)  # upcast through a fresh temporary of its own
                 block = weight
             if self.kind == "ia3":
@@ -148,60 +168,21 @@ class TensorUpdate:
                 if self.scaling != 1.0:  # x·1 = x exactly
                     delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
                 torch.add(block, delta, out=weight)  # the two roundings into one FMA: last bit)
-            if not direct:
+            if sink is not None:
+                if rounded_buffer is None:
+                    sink(start, weight)
+                else:
+                    rounded = rounded_buffer[: stop - start]
+                    rounded.copy_(weight)  # the one rounding to the base's dtype
+                    sink(start, rounded)
+            elif not exact:
+                assert out is not None
                 out[start:stop].copy_(weight)  # the one rounding to the base's dtype
 
     def _apply_whole(self, base: torch.Tensor) -> torch.Tensor:
         assert self.A is not None and self.B is not None
         delta = ((self.B @ self.A) * self.scaling).reshape(base.shape)
         return (base.float() + delta).to(base.dtype).contiguous()
-
-
-class BufferPool:
-    """Buffers for updated tensors, reused across tensors: fresh memory costs a page fault and
-    zeroing per page, which for a model streamed once costs more than the copy itself (reading a
-    7B-shaped model into fresh buffers took 5x as long as into reused ones).
-
-    A request takes the smallest free buffer that fits it and is at most twice its size, so that a
-    small tensor (a norm vector) never takes a matrix's buffer and the next matrix has to fault a
-    new one; requests under :data:`SMALL_BUFFER` bytes always get fresh memory (from the heap,
-    cheap). At most :data:`POOLED_BUFFERS` free buffers are kept, the least recently returned one
-    dropped first; a buffer is handed back once its tensor is written.
-    """
-
-    def __init__(self) -> None:
-        self._free: list[torch.Tensor] = []  # oldest first
-        self._lent: dict[int, torch.Tensor] = {}  # by the address of their storage
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> torch.Tensor:
-        """A free buffer of ``nbytes`` to ``2·nbytes`` bytes (the smallest), or a new one of exactly ``nbytes``."""
-        if nbytes < SMALL_BUFFER:
-            return torch.empty(max(nbytes, 1), dtype=torch.uint8)
-        with self._lock:
-            fitting = [b for b in self._free if nbytes <= b.numel() <= 2 * nbytes]
-            if fitting:
-                chosen = min(fitting, key=lambda b: b.numel())
-                self._free = [b for b in self._free if b is not chosen]
-            else:
-                chosen = torch.empty(nbytes, dtype=torch.uint8)
-            self._lent[chosen.untyped_storage().data_ptr()] = chosen
-            return chosen
-
-    def give_back(self, tensor: torch.Tensor) -> None:
-        """Return the buffer under ``tensor`` (any view of a buffer this pool lent; anything else is ignored).
-        Buffers are found by their storage: a dtype view of a ``uint8`` buffer is not a view of it to torch."""
-        with self._lock:
-            buffer = self._lent.pop(tensor.untyped_storage().data_ptr(), None)
-            if buffer is None:
-                return
-            self._free.append(buffer)
-            if len(self._free) > POOLED_BUFFERS:
-                self._free.pop(0)
-
-    @property
-    def free_buffers(self) -> int:
-        return len(self._free)
 
 
 @dataclass
@@ -568,6 +549,16 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _stream_update(update: TensorUpdate, view: torch.Tensor, writer: SafetensorsStreamWriter, position: int,
+                   row_bytes: int, helper: Executor) -> None:
+    """Compute a block-wise update and write each finished row block at its place in the output file
+    while it is still in cache (from this thread and the helper's)."""
+    def sink(first_row: int, block: torch.Tensor) -> None:
+        writer.write_at(position + first_row * row_bytes, block.reshape(-1).view(torch.uint8).numpy())
+
+    update.stream(view, sink, helper=helper)
+
+
 def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list[str], output: Path, force: bool,
            progress: ProgressCallback | None, composed: ComposedAdapter, base_ref: str, recipe: Mapping[str, Any],
            base_mismatch: str, result: BakeResult) -> None:
@@ -580,36 +571,36 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
         # A pipeline of four threads (hashing, writing and torch's operations release the GIL; the update
         # helper computes the second half of each updated tensor's rows). Base tensors are read as views of
         # the mapped shards: no copy and no fresh memory; an unchanged tensor is copied file to file by the
-        # kernel (mapped only while its shard is hashed). While tensor i is updated (into a pooled buffer:
-        # the mapped bytes are never written), tensor i's bytes are hashed for the provenance (the base's
-        # shards in one pass, unless the hash cache has them; the adapters' files first), tensors i−2 and
-        # i−1 are written (at most WRITES_IN_FLIGHT wait), and the kernel reads tensor i+1 ahead. A tensor's pages are dropped from the process
-        # once it is hashed and written.
+        # kernel (mapped only while its shard is hashed). Every tensor's place in its shard is reserved in
+        # on-disk order, and its bytes are written there (pwrite) from any thread. While tensor i is updated
+        # (each row block written as soon as it is computed, from a small buffer still in cache; the mapped
+        # bytes are never written), tensor i's bytes are hashed for the provenance (the base's shards in one
+        # pass, unless the hash cache has them; the adapters' files first), tensors i−2 and i−1 are copied
+        # (at most WRITES_IN_FLIGHT wait), and the kernel reads tensor i+1 ahead. A tensor's pages are
+        # dropped from the process once it is hashed and written.
         digests = _streamed_digests(folder)
         adapter_hashes = [hasher.submit(adapter.file_hashes) for adapter in composed.adapters.values()]
         plan = [(shard, key) for shard in folder.shards
                 for key in folder.keys_in(shard) + (added if shard == last_shard else [])]
 
-        buffers = BufferPool()
-
         def digest(key: str, tensor: torch.Tensor) -> None:
             span = folder.tensors[key]
             digests[span.shard].update(folder.data_start(span.shard) + span.begin, tensor.reshape(-1).view(torch.uint8).numpy())
 
-        def store(writer: SafetensorsStreamWriter, key: str, tensor: torch.Tensor | None, view: torch.Tensor | None,
-                  hashed: Future[None] | None) -> None:
-            if tensor is None:  # unchanged: the kernel copies it file to file
+        def store(writer: SafetensorsStreamWriter, key: str, position: int, tensor: torch.Tensor | None,
+                  copied: bool, view: torch.Tensor | None, hashed: Future[None] | None) -> None:
+            """Write tensor ``key`` at ``position``: from memory, copied file to file by the kernel, or (a
+            streamed update) already written; then, once it is hashed, drop its mapped pages."""
+            if copied:
                 span = folder.tensors[key]
                 source = folder.file_range(key)
                 assert source is not None
                 try:
-                    writer.add_from_file(key, span.dtype_name, span.shape, *source)
+                    writer.copy_at(position, *source, key=key)
                 except OSError as exc:
                     raise ModelFolderError(f"{folder.source}: cannot copy tensor {key} from {span.shard} ({exc})") from None
-            else:
-                writer.add(key, tensor)
-                if tensor is not view:
-                    buffers.give_back(tensor)
+            elif tensor is not None and tensor.numel():
+                writer.write_at(position, tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
             if hashed is not None:
                 hashed.result()
             if view is not None:
@@ -622,22 +613,6 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
             for index, (shard, key) in enumerate(plan):
                 if index + 1 < len(plan) and plan[index + 1][1] in folder.tensors:
                     folder.prefetch(plan[index + 1][1])
-                span = folder.tensors.get(key)
-                update = updates.get(key)
-                copied = span is not None and update is None and folder.pickled is None  # left to the kernel
-                hashing = span is not None and shard in digests
-                view = folder.view(key) if span is not None and (hashing or not copied) else None
-                hashed = hasher.submit(digest, key, view) if hashing else None
-                tensor: torch.Tensor | None
-                if span is None:
-                    assert update is not None and update.tensor is not None
-                    tensor = update.tensor.to(added_dtype).contiguous()
-                elif update is not None:
-                    assert view is not None
-                    tensor = update.apply(view, out=buffers.take(span.nbytes) if update.blockwise else None,
-                                          helper=update_helper)
-                else:
-                    tensor = None if copied else view
                 if shard != current_shard:
                     while pending_writes:
                         pending_writes.popleft().result()
@@ -649,11 +624,33 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                     writer = SafetensorsStreamWriter(tmp / shard, keys, metadata=folder.shard_metadata.get(shard) or {"format": "pt"},
                                                      max_dims=8, data_bytes=data_bytes)
                     current_shard = shard
+                assert writer is not None
+                span = folder.tensors.get(key)
+                update = updates.get(key)
+                copied = span is not None and update is None and folder.pickled is None  # left to the kernel
+                streamed = span is not None and update is not None and update.blockwise and len(span.shape) > 0
+                hashing = span is not None and shard in digests
+                view = folder.view(key) if span is not None and (hashing or not copied) else None
+                hashed = hasher.submit(digest, key, view) if hashing else None
+                tensor: torch.Tensor | None = None
+                if span is None:
+                    assert update is not None and update.tensor is not None
+                    tensor = update.tensor.to(added_dtype).contiguous()
+                    position = writer.reserve(key, dtype_name(tensor.dtype), tensor.shape, tensor.numel() * tensor.element_size())
+                else:
+                    position = writer.reserve(key, span.dtype_name, span.shape, span.nbytes)
+                    if streamed:
+                        assert update is not None and view is not None
+                        _stream_update(update, view, writer, position, span.nbytes // span.shape[0], update_helper)
+                    elif update is not None:
+                        assert view is not None
+                        tensor = update.apply(view)
+                    elif not copied:
+                        tensor = view
                 while len(pending_writes) >= WRITES_IN_FLIGHT:
                     pending_writes.popleft().result()
-                assert writer is not None
-                pending_writes.append(writer_thread.submit(store, writer, key, tensor, view, hashed))
-                result.bytes_written += tensor.numel() * tensor.element_size() if tensor is not None else folder.tensors[key].nbytes
+                pending_writes.append(writer_thread.submit(store, writer, key, position, tensor, copied, view, hashed))
+                result.bytes_written += writer.entries[key]["data_offsets"][1] - writer.entries[key]["data_offsets"][0]
                 weight_map[key] = shard
                 del tensor, view
                 if progress:

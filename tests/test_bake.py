@@ -350,6 +350,25 @@ def helper(request):
     assert executor.submitted >= 1
 
 
+def streamed_result(update, base: torch.Tensor, helper) -> torch.Tensor:
+    """The blocks ``TensorUpdate.stream`` hands out, put together by their first rows (each row exactly once)."""
+    import threading
+
+    result = torch.full_like(base, float("nan"))
+    seen = torch.zeros(base.shape[0], dtype=torch.int64)
+    lock = threading.Lock()
+
+    def sink(first: int, block: torch.Tensor) -> None:
+        assert block.dtype == base.dtype and block.is_contiguous()
+        with lock:
+            result[first:first + block.shape[0]] = block
+            seen[first:first + block.shape[0]] += 1
+
+    update.stream(base, sink, helper=helper)
+    assert torch.equal(seen, torch.ones_like(seen))
+    return result
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["plain", "transposed"])
 def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout, helper):
@@ -372,6 +391,8 @@ def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout, helpe
     read = stored.clone()
     into = update.apply(read, out=torch.empty(stored.numel() * stored.element_size(), dtype=torch.uint8), helper=helper)
     assert torch.equal(into if layout == "plain" else into.T, expected) and torch.equal(read, stored)
+    streamed = streamed_result(update, read, helper)
+    assert torch.equal(streamed if layout == "plain" else streamed.T, expected) and torch.equal(read, stored)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -392,24 +413,7 @@ def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis, help
     buffer = torch.empty(weight.numel() * weight.element_size(), dtype=torch.uint8)
     assert torch.equal(update.apply(read, out=buffer, helper=helper), expected) and torch.equal(read, weight)
     assert torch.equal(update.apply(weight.clone(), helper=helper), expected)
-
-
-def test_buffer_pool_reuses_the_buffer_under_a_typed_view():
-    """A tensor read into a pooled buffer is a dtype view (torch does not see it as a view of the
-    buffer); handing it back must still return the buffer, or every read faults in fresh memory."""
-    from adaptermath.bake import SMALL_BUFFER, BufferPool
-
-    pool = BufferPool()
-    buffer = pool.take(4 * SMALL_BUFFER)
-    tensor = buffer[: 4 * SMALL_BUFFER].view(torch.bfloat16).reshape(2, -1)
-    pool.give_back(tensor)
-    assert pool.free_buffers == 1
-    assert pool.take(3 * SMALL_BUFFER) is buffer  # fits, and at most twice the request
-    pool.give_back(buffer)
-    assert pool.take(SMALL_BUFFER) is not buffer  # four times the request: a new one
-    assert pool.take(16).numel() == 16  # small reads are never pooled
-    pool.give_back(torch.empty(8 * SMALL_BUFFER, dtype=torch.uint8))  # not lent by this pool: ignored
-    assert pool.free_buffers == 1
+    assert torch.equal(streamed_result(update, read, helper), expected) and torch.equal(read, weight)
 
 
 def test_tensor_update_into_a_buffer_leaves_the_read_bytes_alone():
@@ -434,14 +438,14 @@ def test_bake_updates_on_one_torch_thread_and_restores_the_count(tiny, tmp_path,
 
     seen: list[int] = []
     helpers: list[object] = []
-    original = TensorUpdate.apply
+    original = TensorUpdate.stream
 
     def recorded(self, *args, **kwargs):
         seen.append(torch.get_num_threads())
         helpers.append(kwargs.get("helper"))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(TensorUpdate, "apply", recorded)
+    monkeypatch.setattr(TensorUpdate, "stream", recorded)  # LoRA on matrices: streamed block by block
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -460,13 +464,13 @@ def test_bake_copies_unchanged_tensors_file_to_file(bf16_sharded, tmp_path, monk
 
     base, adapter = bf16_sharded
     copied: list[str] = []
-    original = SafetensorsStreamWriter.add_from_file
+    original = SafetensorsStreamWriter.copy_at
 
-    def recorded(self, key, *args, **kwargs):
+    def recorded(self, *args, key="", **kwargs):
         copied.append(key)
-        return original(self, key, *args, **kwargs)
+        return original(self, *args, key=key, **kwargs)
 
-    monkeypatch.setattr(SafetensorsStreamWriter, "add_from_file", recorded)
+    monkeypatch.setattr(SafetensorsStreamWriter, "copy_at", recorded)
     am.bake(base, str(adapter), output=tmp_path / "baked")
     got, base_state = model_state(tmp_path / "baked"), model_state(base)
     unchanged = {key for key in base_state if "q_proj" not in key and "up_proj" not in key}

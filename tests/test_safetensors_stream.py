@@ -69,7 +69,7 @@ def test_a_reservation_is_made_before_the_data_is_written(tmp_path):
     path = tmp_path / "reserved.safetensors"
     writer = SafetensorsStreamWriter(path, ["x"], data_bytes=10 * WRITE_CHUNK)
     try:
-        assert path.stat().st_size == 8 + writer.reserve + 10 * WRITE_CHUNK
+        assert path.stat().st_size == 8 + writer.reserve_bytes + 10 * WRITE_CHUNK
         assert path.stat().st_blocks * 512 >= 10 * WRITE_CHUNK
     finally:
         writer.abort()
@@ -146,3 +146,26 @@ def test_a_copy_whose_source_ends_early_is_an_error(tmp_path):
         writer.abort()
     finally:
         os.close(fd)
+
+
+def test_reserved_tensors_written_out_of_order_from_threads_read_back_exactly(tmp_path):
+    """``reserve`` lays tensors out in the order reserved; their bytes may then arrive in any order, in
+    pieces, from several threads (``write_at``), as bake's update threads write their row blocks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    generator = torch.Generator().manual_seed(2)
+    first = torch.randn(300, 64, generator=generator).to(torch.bfloat16)
+    second = torch.randn(10, generator=generator)
+    path = tmp_path / "out.safetensors"
+    with SafetensorsStreamWriter(path, ["first", "second"], data_bytes=first.numel() * 2 + 40) as writer:
+        at_first = writer.reserve("first", "BF16", first.shape, first.numel() * 2)
+        at_second = writer.reserve("second", "F32", second.shape, 40)
+        assert at_second == at_first + first.numel() * 2
+        writer.write_at(at_second, second.numpy())
+        row_bytes = 64 * 2
+        blocks = [(start, first[start:start + 32]) for start in range(0, 300, 32)][::-1]
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            list(pool.map(lambda item: writer.write_at(at_first + item[0] * row_bytes,
+                                                       item[1].contiguous().view(torch.uint8).numpy()), blocks))
+    loaded = load_file(str(path))
+    assert torch.equal(loaded["first"], first) and torch.equal(loaded["second"], second)

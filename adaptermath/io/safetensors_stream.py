@@ -26,7 +26,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -38,6 +38,13 @@ _DTYPE_NAMES = {
 WRITE_CHUNK = 1 << 20  # bytes per write() call
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the data would not fit either: fail before writing it
 _MAX_ENTRY_OVERHEAD = 160  # {"dtype":"BF16","shape":[..],"data_offsets":[..,..]} with 20-digit numbers
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (``torch.bfloat16`` → ``"BF16"``); ``ValueError`` if it has none."""
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype} cannot be stored in safetensors")
+    return _DTYPE_NAMES[dtype]
 
 
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}  # then read and write
@@ -60,7 +67,8 @@ class SafetensorsStreamWriter:
 
     ``keys`` lists every tensor name that will be written (in any order); ``metadata`` is the
     optional ``__metadata__`` string map; ``data_bytes``, when known, the total size of the
-    tensors' data (the file is then reserved on disk up front). ``add`` must be called once per key.
+    tensors' data (the file is then reserved on disk up front). Each key is written once: :meth:`add`
+    (from memory), :meth:`add_from_file`, or :meth:`reserve` and then :meth:`write_at` / :meth:`copy_at`.
     """
 
     def __init__(self, path: str | Path, keys: Iterable[str], metadata: dict[str, str] | None = None, max_dims: int = 4,
@@ -72,55 +80,65 @@ class SafetensorsStreamWriter:
         self.metadata = dict(metadata or {})
         reserve = sum(len(json.dumps(k)) + _MAX_ENTRY_OVERHEAD + 21 * max_dims for k in self.keys)
         reserve += len(json.dumps({"__metadata__": self.metadata})) + 64
-        self.reserve = (reserve + 7) // 8 * 8
+        self.reserve_bytes = (reserve + 7) // 8 * 8
         self.entries: dict[str, dict] = {}
         self.offset = 0
         self._handle = open(self.path, "wb")
-        self._handle.write(b"\0" * (8 + self.reserve))
+        self._handle.write(b"\0" * (8 + self.reserve_bytes))
+        self._handle.flush()  # from here on every write is positioned (pwrite)
         if data_bytes and hasattr(os, "posix_fallocate"):
-            self._handle.flush()
             try:
-                os.posix_fallocate(self._handle.fileno(), 0, 8 + self.reserve + data_bytes)
+                os.posix_fallocate(self._handle.fileno(), 0, 8 + self.reserve_bytes + data_bytes)
             except OSError as exc:  # a file system that cannot reserve space: the writes allocate as they go
                 if exc.errno in _NO_ROOM:
                     self._handle.close()
                     raise
 
-    def add(self, key: str, tensor: torch.Tensor) -> None:
+    def reserve(self, key: str, dtype_name: str, shape: Iterable[int], nbytes: int) -> int:
+        """Give tensor ``key`` (safetensors dtype name, e.g. ``"BF16"``, and shape) the next ``nbytes`` of the
+        data, and return the file position where its bytes go; they may then be written in any order, from
+        any thread (:meth:`write_at`). Tensors are laid out in the order they are reserved."""
         if key in self.entries:
             raise ValueError(f"tensor {key} written twice")
-        if tensor.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype {tensor.dtype} cannot be stored in safetensors")
+        position = 8 + self.reserve_bytes + self.offset
+        self.entries[key] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [self.offset, self.offset + nbytes]}
+        self.offset += nbytes
+        return position
+
+    def write_at(self, position: int, data: Any) -> None:
+        """Write ``data`` (any buffer) at file ``position``, in bounded ``pwrite`` calls: on Linux 6.x one
+        multi-megabyte write() into the page cache was 2-3x slower than the same bytes in 1 MiB pieces
+        (benchmarks/merge_speed.py, docs/benchmarks.md)."""
+        view = memoryview(data).cast("B")
+        fd = self._handle.fileno()
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:done + WRITE_CHUNK], position + done)
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        """Write tensor ``key`` from memory (any layout; it is made contiguous)."""
+        name = dtype_name(tensor.dtype)
         data = tensor.detach().to("cpu").contiguous()
-        if data.numel():
-            raw = memoryview(data.reshape(-1).view(torch.uint8).numpy())
-            # Bounded write() calls: on Linux 6.x one multi-megabyte write() into the page cache was
-            # 2-3x slower than the same bytes in 1 MiB pieces (benchmarks/merge_speed.py, docs/benchmarks.md).
-            for start in range(0, len(raw), WRITE_CHUNK):
-                self._handle.write(raw[start:start + WRITE_CHUNK])
         size = data.numel() * data.element_size()
-        self.entries[key] = {"dtype": _DTYPE_NAMES[data.dtype], "shape": list(data.shape), "data_offsets": [self.offset, self.offset + size]}
-        self.offset += size
+        position = self.reserve(key, name, data.shape, size)
+        if size:
+            self.write_at(position, data.reshape(-1).view(torch.uint8).numpy())
 
     def add_from_file(self, key: str, dtype_name: str, shape: Iterable[int], source_fd: int, source_offset: int,
                       nbytes: int) -> None:
-        """Write tensor ``key`` (safetensors dtype name, e.g. ``"BF16"``, and shape) as the ``nbytes`` bytes at
-        ``source_offset`` of the open file ``source_fd``, copied by the kernel (``copy_file_range``); where the
-        kernel cannot (another file system on an old kernel, no such call), by positioned reads. Raises
-        ``OSError`` if the source ends early."""
-        if key in self.entries:
-            raise ValueError(f"tensor {key} written twice")
-        self._handle.flush()
-        position = self._handle.tell()
+        """Write tensor ``key`` as the ``nbytes`` bytes at ``source_offset`` of the open file ``source_fd``."""
+        self.copy_at(self.reserve(key, dtype_name, shape, nbytes), source_fd, source_offset, nbytes, key)
+
+    def copy_at(self, position: int, source_fd: int, source_offset: int, nbytes: int, key: str = "") -> None:
+        """Write the ``nbytes`` bytes at ``source_offset`` of the open file ``source_fd`` at file ``position``,
+        copied by the kernel (``copy_file_range``); where the kernel cannot (another file system on an old
+        kernel, no such call), by positioned reads and writes. Raises ``OSError`` if the source ends early."""
         done = 0
         while done < nbytes:
             copied = _copy_range(source_fd, self._handle.fileno(), nbytes - done, source_offset + done, position + done)
             if copied == 0:
                 raise OSError(f"the source of tensor {key} ended {nbytes - done} bytes early")
             done += copied
-        self._handle.seek(position + nbytes)
-        self.entries[key] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [self.offset, self.offset + nbytes]}
-        self.offset += nbytes
 
     def close(self) -> None:
         missing = [k for k in self.keys if k not in self.entries]
@@ -132,15 +150,15 @@ class SafetensorsStreamWriter:
             header["__metadata__"] = self.metadata
         header.update(self.entries)
         text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        if len(text) > self.reserve:
+        if len(text) > self.reserve_bytes:
             self._handle.close()
             raise ValueError("safetensors header larger than reserved")
-        text += b" " * (self.reserve - len(text))
+        text += b" " * (self.reserve_bytes - len(text))
         self._handle.flush()
-        if os.fstat(self._handle.fileno()).st_size > 8 + self.reserve + self.offset:
-            self._handle.truncate(8 + self.reserve + self.offset)  # room reserved for more data than came
+        if os.fstat(self._handle.fileno()).st_size > 8 + self.reserve_bytes + self.offset:
+            self._handle.truncate(8 + self.reserve_bytes + self.offset)  # room reserved for more data than came
         self._handle.seek(0)
-        self._handle.write(struct.pack("<Q", self.reserve))
+        self._handle.write(struct.pack("<Q", self.reserve_bytes))
         self._handle.write(text)
         self._handle.close()
 
