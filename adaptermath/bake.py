@@ -628,7 +628,7 @@ def _write(folder: ModelFolder, updates: Mapping[str, TensorUpdate], added: list
                 span = folder.tensors.get(key)
                 update = updates.get(key)
                 copied = span is not None and update is None and folder.pickled is None  # left to the kernel
-                streamed = span is not None and update is not None and update.blockwise and len(span.shape) > 0
+                streamed = span is not None and update is not None and update.blockwise
                 hashing = span is not None and shard in digests
                 view = folder.view(key) if span is not None and (hashing or not copied) else None
                 hashed = hasher.submit(digest, key, view) if hashing else None

@@ -100,7 +100,7 @@ def test_a_reservation_that_does_not_fit_fails_before_writing(tmp_path, monkeypa
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "read and write"])
 def test_a_tensor_copied_from_another_file_reads_back_exactly(tmp_path, monkeypatch, kernel):
-    """``add_from_file`` copies a tensor's bytes file to file, between tensors written from memory; where the
+    """``copy_at`` copies a reserved tensor's bytes file to file, between tensors written from memory; where the
     kernel cannot copy (EXDEV: another file system on an old kernel), it reads and writes in pieces."""
     import errno
     import os
@@ -124,7 +124,9 @@ def test_a_tensor_copied_from_another_file_reads_back_exactly(tmp_path, monkeypa
     with SafetensorsStreamWriter(path, ["own", "big", "tiny", "after"]) as writer:
         writer.add("own", own)
         for key, tensor in source.items():
-            writer.add_from_file(key, reader.header[key]["dtype"], tensor.shape, *reader.file_range(key))
+            source_fd, offset, nbytes = reader.file_range(key)
+            position = writer.reserve(key, reader.header[key]["dtype"], tensor.shape, nbytes)
+            writer.copy_at(position, source_fd, offset, nbytes, key=key)
         writer.add("after", own * 2)
     reader.close()
     loaded = load_file(str(path))
@@ -142,7 +144,7 @@ def test_a_copy_whose_source_ends_early_is_an_error(tmp_path):
     try:
         writer = SafetensorsStreamWriter(tmp_path / "out.safetensors", ["x"])
         with pytest.raises(OSError, match="ended 28 bytes early"):
-            writer.add_from_file("x", "U8", [128], fd, 0, 128)
+            writer.copy_at(writer.reserve("x", "U8", [128], 128), fd, 0, 128, key="x")
         writer.abort()
     finally:
         os.close(fd)

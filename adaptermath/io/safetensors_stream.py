@@ -2,11 +2,12 @@
 
 ``safetensors.torch.save_file`` needs every tensor in memory at once; merging a large model
 module by module must not. The file layout is ``u64 header length | JSON header | data``, so
-this writer reserves room for the header (sized from the known tensor names), appends each
-tensor's bytes as it arrives, then writes the header into the reserved room, padded with spaces
-(the format allows trailing whitespace). Data starts on an 8-byte boundary.
+this writer reserves room for the header (sized from the known tensor names), gives each tensor
+the next stretch of the data as it is announced (:meth:`SafetensorsStreamWriter.reserve`), writes its
+bytes there with positioned writes (in any order, from any thread), then writes the header into the
+reserved room, padded with spaces (the format allows trailing whitespace). Data starts on an 8-byte boundary.
 
-A tensor copied unchanged from another safetensors file (:meth:`SafetensorsStreamWriter.add_from_file`)
+A tensor copied unchanged from another safetensors file (:meth:`SafetensorsStreamWriter.copy_at`)
 never passes through the process: the kernel copies its bytes file to file (``copy_file_range``, as
 ``cp`` does), falling back to reads and writes where it cannot.
 
@@ -68,7 +69,7 @@ class SafetensorsStreamWriter:
     ``keys`` lists every tensor name that will be written (in any order); ``metadata`` is the
     optional ``__metadata__`` string map; ``data_bytes``, when known, the total size of the
     tensors' data (the file is then reserved on disk up front). Each key is written once: :meth:`add`
-    (from memory), :meth:`add_from_file`, or :meth:`reserve` and then :meth:`write_at` / :meth:`copy_at`.
+    (from memory), or :meth:`reserve` and then :meth:`write_at` / :meth:`copy_at`.
     """
 
     def __init__(self, path: str | Path, keys: Iterable[str], metadata: dict[str, str] | None = None, max_dims: int = 4,
@@ -123,11 +124,6 @@ class SafetensorsStreamWriter:
         position = self.reserve(key, name, data.shape, size)
         if size:
             self.write_at(position, data.reshape(-1).view(torch.uint8).numpy())
-
-    def add_from_file(self, key: str, dtype_name: str, shape: Iterable[int], source_fd: int, source_offset: int,
-                      nbytes: int) -> None:
-        """Write tensor ``key`` as the ``nbytes`` bytes at ``source_offset`` of the open file ``source_fd``."""
-        self.copy_at(self.reserve(key, dtype_name, shape, nbytes), source_fd, source_offset, nbytes, key)
 
     def copy_at(self, position: int, source_fd: int, source_offset: int, nbytes: int, key: str = "") -> None:
         """Write the ``nbytes`` bytes at ``source_offset`` of the open file ``source_fd`` at file ``position``,
