@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import threading
@@ -53,6 +54,7 @@ BASE_MISMATCH_CHOICES = ("error", "ok")
 BARE_OPERAND = "adapter"
 BASE_LAYER = ".base_layer."
 WRITES_IN_FLIGHT = 2  # tensors handed to the writer and not yet written: the update may run one ahead
+FUSED_MAX_RANK = 128  # see TensorUpdate.fused
 BLOCK_ELEMENTS = 1 << 18  # rows per block: about 1 MiB of float32 temporaries (cache-resident)
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -75,6 +77,18 @@ class TensorUpdate:
     vector: torch.Tensor | None = None  # (IA)^3 l, float32, shaped to broadcast against the stored weight
     tensor: torch.Tensor | None = None  # replacement (modules_to_save)
     source: torch.Tensor | None = None  # the weight to update instead of the base's (a saved base_layer copy)
+
+    @property
+    def fused(self) -> bool:
+        """Whether a plain LoRA block is computed in one ``addmm`` (W + s·(B·A)) rather than PEFT's
+        three steps (ΔW = B·A; ΔW·s; W + ΔW), with the same bits: s is a power of two, so ΔW·s is exact
+        (barring an under- or overflow of ΔW·s) and it does not matter whether the BLAS scales the
+        finished sum or fuses the scaling into the final add; and the rank is at most
+        :data:`FUSED_MAX_RANK`, so the BLAS sums the r products of each entry in one pass (in
+        blocks of the rank, from 256 on here, its partial sums would be added to W one at a time)."""
+        if self.kind != "lora" or self.layout != "plain" or self.A is None or self.scaling <= 0:
+            return False
+        return math.frexp(self.scaling)[0] == 0.5 and self.A.shape[0] <= FUSED_MAX_RANK
 
     @property
     def blockwise(self) -> bool:
@@ -141,7 +155,7 @@ class TensorUpdate:
         exact = base.dtype == torch.float32  # no rounding step
         into_out = exact and sink is None  # the float32 result goes straight into out
         weight_buffer = torch.empty(block_shape if not into_out else (0,), dtype=torch.float32)
-        delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" else None
+        delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" and not self.fused else None
         rounded_buffer = torch.empty(block_shape, dtype=base.dtype) if sink is not None and not exact else None
         for start in range(first, last, step):
             stop = min(last, start + step)
@@ -159,15 +173,19 @@ class TensorUpdate:
                 vector = self.vector[start:stop] if self.vector.shape[0] == rows and rows > 1 else self.vector
                 torch.mul(block, vector, out=weight)
             else:
-                assert self.A is not None and self.B is not None and delta_buffer is not None
-                delta = delta_buffer[: stop - start]
-                if self.layout == "transposed":  # stored (in, out): rows start:stop of (B·A)ᵀ
-                    delta.copy_(torch.mm(self.B, self.A[:, start:stop]).T)
+                assert self.A is not None and self.B is not None
+                if self.fused:
+                    torch.addmm(block, self.B[start:stop], self.A, alpha=self.scaling, out=weight)
                 else:
-                    torch.mm(self.B[start:stop], self.A, out=delta)
-                if self.scaling != 1.0:  # x·1 = x exactly
-                    delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW (one addmm would fuse
-                torch.add(block, delta, out=weight)  # the two roundings into one FMA: last bit)
+                    assert delta_buffer is not None
+                    delta = delta_buffer[: stop - start]
+                    if self.layout == "transposed":  # stored (in, out): rows start:stop of (B·A)ᵀ
+                        delta.copy_(torch.mm(self.B, self.A[:, start:stop]).T)
+                    else:
+                        torch.mm(self.B[start:stop], self.A, out=delta)
+                    if self.scaling != 1.0:  # x·1 = x exactly
+                        delta.mul_(self.scaling)  # PEFT's order: ΔW = (B·A)·s, then W + ΔW
+                    torch.add(block, delta, out=weight)
             if sink is not None:
                 if rounded_buffer is None:
                     sink(start, weight)

@@ -371,21 +371,23 @@ def streamed_result(update, base: torch.Tensor, helper) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["plain", "transposed"])
-def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout, helper):
+@pytest.mark.parametrize("scaling,rank", [(0.75, 16), (2.0, 16), (0.5, 128), (1.0, 48)])
+def test_tensor_update_is_peft_two_step_formula_bit_for_bit(dtype, layout, scaling, rank, helper):
     """A block-wise, one-BLAS-call update of a matrix several blocks tall equals PEFT's
     W + (B·A)·s computed in float32 over the whole matrix, then rounded once (also with half of the
-    rows computed on a helper thread)."""
+    rows computed on a helper thread, and in one addmm where s is a power of two)."""
     from adaptermath.bake import BLOCK_ELEMENTS, TensorUpdate
 
     generator = torch.Generator().manual_seed(3)
-    out_f, in_f, rank = 700, 1536, 16
+    out_f, in_f = 700, 1536
     assert out_f * in_f > 3 * BLOCK_ELEMENTS
     A = torch.randn(rank, in_f, generator=generator) * 0.05
     B = torch.randn(out_f, rank, generator=generator) * 0.05
     weight = torch.randn(out_f, in_f, generator=generator).to(dtype)
-    expected = (weight.float() + (B @ A) * 0.75).to(dtype)
+    expected = (weight.float() + (B @ A) * scaling).to(dtype)
     stored = weight if layout == "plain" else weight.T.contiguous()
-    update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=0.75, layout=layout)
+    update = TensorUpdate(key="w", module="m", kind="lora", A=A, B=B, scaling=scaling, layout=layout)
+    assert update.fused == (layout == "plain" and scaling != 0.75)
     got = update.apply(stored.clone(), helper=helper)
     assert torch.equal(got if layout == "plain" else got.T, expected)
     read = stored.clone()
@@ -414,6 +416,21 @@ def test_ia3_tensor_update_is_the_float32_product_rounded_once(dtype, axis, help
     assert torch.equal(update.apply(read, out=buffer, helper=helper), expected) and torch.equal(read, weight)
     assert torch.equal(update.apply(weight.clone(), helper=helper), expected)
     assert torch.equal(streamed_result(update, read, helper), expected) and torch.equal(read, weight)
+
+
+def test_only_power_of_two_scalings_of_small_ranks_are_fused():
+    """One addmm has PEFT's bits only where ΔW·s is exact (s = 2^k) and the BLAS sums each entry's
+    r products in one pass; elsewhere the update keeps PEFT's three steps."""
+    from adaptermath.bake import FUSED_MAX_RANK, TensorUpdate
+
+    def update(scaling: float, rank: int, layout: str = "plain") -> TensorUpdate:
+        return TensorUpdate(key="w", module="m", kind="lora", A=torch.zeros(rank, 8), B=torch.zeros(8, rank),
+                            scaling=scaling, layout=layout)
+
+    assert all(update(s, 16).fused for s in (0.25, 0.5, 1.0, 2.0, 4.0))
+    assert not any(update(s, 16).fused for s in (0.75, 1 / 3, 2 ** 0.5, 0.0, -2.0))
+    assert update(2.0, FUSED_MAX_RANK).fused and not update(2.0, FUSED_MAX_RANK + 1).fused
+    assert not update(2.0, 16, layout="transposed").fused and not update(2.0, 16, layout="reshaped").fused
 
 
 def test_tensor_update_into_a_buffer_leaves_the_read_bytes_alone():
