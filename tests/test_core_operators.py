@@ -210,6 +210,7 @@ def test_param_vs_delta_deviation_edge_cases():
     assert param_vs_delta_deviation([(-1.0, x)], "B") == 0.0  # ⊖x is exact in both spaces
     assert param_vs_delta_deviation([(-1.0, x)], "A") == 0.0
     assert param_vs_delta_deviation([(0.5, x)], "B") == pytest.approx(0.5, rel=1e-6)  # |λ² − λ| / λ
+    assert param_vs_delta_deviation([(0.5, LoraModule("m", x.A, torch.zeros_like(x.B), x.scaling))], "A") == 0.0  # B = 0
     assert param_vs_delta_deviation([(1.0, x), (-1.0, x)], "B") == 0.0  # both updates are zero
     # The same update as (2A, B/2): ΔW_delta = 0 while ΔW_param = (B − B/2)(A + 2A) ≠ 0.
     y = LoraModule("m", 2 * x.A, x.B / 2, x.scaling)

@@ -78,7 +78,8 @@ def param_vs_delta_deviation(terms: Sequence[tuple[float, LoraModule]], negate_f
     float64 and rounded once to float32, so a small deviation keeps its accuracy: D is never the
     difference of two large norms. ‖ΔW_delta‖ is accurate to float32 rounding of the operands' own
     updates, which matters only when ΔW_delta nearly cancels.
-    Returns 0 when both updates are zero and ``inf`` when only ΔW_delta is.
+    One term is the closed form ||c| − 1|. Returns 0 when both updates are zero and ``inf`` when only
+    ΔW_delta is.
     """
     if negate_factor not in ("A", "B"):
         raise CompositionError(f"negate_factor must be 'A' or 'B', got {negate_factor!r}")
@@ -91,6 +92,8 @@ def param_vs_delta_deviation(terms: Sequence[tuple[float, LoraModule]], negate_f
     gram_B = _block_grams(Bs, columns=True)
     gram_A = _block_grams(As, columns=False)
     reference = _weighted_norm2(c * s, gram_B, gram_A)
+    if len(terms) == 1:  # D = c·(|c| − 1)·X·A against ΔW_delta = c·X·A, whichever factor carries the sign
+        return abs(abs(float(c[0])) - 1.0) if reference > 0.0 else 0.0
     if negate_factor == "B":
         A_bar = torch.zeros(As[0].shape, dtype=torch.float64)
         for coefficient, A in zip(c.tolist(), As):
