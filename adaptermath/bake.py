@@ -103,7 +103,7 @@ class TensorUpdate:
 
         Rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries in reused float32 buffers
         (a float32 base's blocks are computed straight into ``out``), so the temporaries stay in cache; each entry's arithmetic is the same as PEFT's (ΔW = (B·A)·s,
-        then W + ΔW; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit. With a
+        then W + ΔW, or one ``addmm`` with the same bits where :attr:`fused`; (IA)^3: W·l), so the float32 result equals PEFT's merge bit for bit. With a
         ``helper`` executor, the second half of the rows is computed on it while the caller computes
         the first (torch releases the GIL inside each operation); every row's arithmetic is unchanged.
         """
