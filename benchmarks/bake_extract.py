@@ -51,6 +51,12 @@ run as root), and its in-call time runs until a final ``os.sync()`` has put the 
 The base is then read from disk and the output written to it, as for a model larger than memory;
 without ``--cold`` both stay in memory and bake's arithmetic, not the disk, sets its pace.
 
+``--settle`` (with ``--cold``) runs an untimed copy of the base before every timed run: the page cache
+emptied, every shard copied from disk by ``copy_file_range``, synced, and deleted. Every timed run then
+follows the same work. On the benchmark's VM a run right after a bake is slower, whatever it is: a
+cold ``floor-kernel`` copy of the 5 GiB model took 9–13 s after a bake and 4.6–5.9 s after a copy
+(by hand, docs/benchmarks.md), so without it the rotation of variants decides part of each ratio.
+
 Extraction errors are computed here for both outputs, per module, against the true
 ΔW = W_ft − W_base (float32): ‖ΔW − s·B·A‖_F / ‖ΔW‖_F; the table gives the mean and maximum over modules
 and the optimum (Eckart–Young: the exact rank-K truncation).
@@ -198,6 +204,24 @@ def drop_page_cache() -> None:
         raise SystemExit(f"--cold needs to write {DROP_CACHES} (run as root): {exc}") from exc
 
 
+def settle(base: Path, scratch: Path) -> None:
+    """The untimed run before each timed one under ``--settle``: the base copied from disk as
+    ``floor-kernel`` copies it, put on disk, and deleted."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    drop_page_cache()
+    for shard in sorted(base.glob("*.safetensors")):
+        with open(shard, "rb") as src, open(scratch / shard.name, "wb") as dst:
+            size, done = os.fstat(src.fileno()).st_size, 0
+            while done < size:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+                if copied == 0:
+                    raise SystemExit(f"{shard} ended early")
+                done += copied
+    os.sync()
+    shutil.rmtree(scratch)
+
+
 def child(variant: str, args: dict[str, Any]) -> None:
     out = Path(args["out"])
     cold = bool(args.get("cold"))
@@ -300,6 +324,8 @@ def run_variants(variants: list[str], args: dict[str, Any], repeats: int) -> lis
         for variant in variants[shift:] + variants[:shift]:
             out = Path(args["out"])
             shutil.rmtree(out, ignore_errors=True)
+            if args.get("settle"):
+                settle(Path(args["base"]), out.parent / "settle")
             out.mkdir(parents=True)
             os.sync()
             if variant == "mergekit":
@@ -439,6 +465,9 @@ def render(results: dict[str, Any]) -> str:
     if results.get("cold"):
         lines += ["", "Cold (`--cold`): each run starts with an empty page cache, so the base is read from disk, and its "
                       "in-call time ends when its output is on disk (`os.sync()`)."]
+    if results.get("settle"):
+        lines += ["", "Settled (`--settle`): before every timed run, an untimed copy of the base from disk, synced and "
+                      "deleted, so that every run follows the same work."]
     if not results["extract"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| model | layers | rank | variant | wall s (median) | CPU s | runs | peak RSS MiB | speed-up | rel. error mean | max | rank-K optimum (mean) |",
@@ -467,6 +496,8 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="Comma list of variants to leave out (peft, cached, mapped, kernel, mergekit, extract, smollm2).")
     parser.add_argument("--cold", action="store_true", help="Empty the page cache before every run and time until the output "
                         "is on disk (needs root; see above).")
+    parser.add_argument("--settle", action="store_true", help="With --cold: before every timed run, an untimed copy of "
+                        "the base from disk, so that every run follows the same work (see above).")
     parser.add_argument("--json", type=Path, help="Write the results here.")
     parser.add_argument("--render", type=Path, help="Print the markdown tables of a results file and exit.")
     args = parser.parse_args()
@@ -479,8 +510,12 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv[1:]), "bake": [], "extract": []}
+    if args.settle and not args.cold:
+        parser.error("--settle needs --cold")
     if args.cold:
         results["cold"] = True
+    if args.settle:
+        results["settle"] = True
     cases: list[tuple[str, int, Path, Path]] = []
     for layers in [int(n) for n in args.layers.split(",")]:
         base, adapter = work / f"7b-{layers}l", work / f"7b-{layers}l-lora"
@@ -502,7 +537,8 @@ def main() -> None:
             cases.append(("smollm2-135m (fp32)", 30, smol, adapter))
     for shape_name, layers, base, adapter in cases:
         gib = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**30
-        common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out"), "cold": args.cold}
+        common = {"base": str(base), "adapter": str(adapter), "out": str(work / "out"), "cold": args.cold,
+                  "settle": args.settle}
         bakes = ["am-bake"] + ([] if "cached" in skip else ["am-bake-cached"])
         floors = ["floor"] + ([] if "mapped" in skip else ["floor-mapped"]) + ([] if "kernel" in skip else ["floor-kernel"])
         rows = run_variants([*floors, *bakes] + ([] if "peft" in skip else ["peft"]), common, args.repeats)
