@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -163,6 +164,32 @@ def test_benchmark_tables_in_the_docs_come_from_the_committed_results():
     floor_table = module.render(floor_run).strip()
     extract_table = module.render(extract_run).strip().split("\n\n")[-1]
     assert bake_table in page and floor_table in page and extract_table in page
+
+
+def test_benchmark_settle_copies_the_base_from_disk_and_leaves_nothing(tmp_path, monkeypatch):
+    """--settle's untimed run: the page cache emptied (here recorded, not done), every shard copied
+    byte for byte, then the copy deleted; the rendered table says the runs were settled."""
+    module = bake_extract_benchmark()
+    base = tmp_path / "base"
+    base.mkdir()
+    shards = {f"model-0000{i}-of-00002.safetensors": os.urandom(3000 + i) for i in (1, 2)}
+    for name, data in shards.items():
+        (base / name).write_bytes(data)
+    copied: dict[str, bytes] = {}
+    real_rmtree = module.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path).is_dir():
+            copied.update({p.name: p.read_bytes() for p in Path(path).glob("*.safetensors")})
+        real_rmtree(path, *args, **kwargs)
+
+    drops: list[bool] = []
+    monkeypatch.setattr(module, "drop_page_cache", lambda: drops.append(True))
+    monkeypatch.setattr(module.shutil, "rmtree", rmtree)
+    module.settle(base, tmp_path / "settle")
+    assert drops == [True] and copied == shards and not (tmp_path / "settle").exists()
+    run = json.loads((ROOT / "benchmarks" / "bake-cold.json").read_text())
+    assert run.get("settle") and "Settled (`--settle`)" in module.render(run)
 
 
 def test_benchmark_median_interval_is_the_binomial_order_statistic_interval():
