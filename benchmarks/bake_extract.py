@@ -210,16 +210,22 @@ def settle(base: Path, scratch: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     drop_page_cache()
+    copy_shards_in_kernel(base, scratch)
+    os.sync()
+    shutil.rmtree(scratch)
+
+
+def copy_shards_in_kernel(base: Path, target: Path) -> None:
+    """Copy every base shard into ``target`` the way ``cp`` does: ``copy_file_range``, the kernel copying
+    page cache to page cache, no byte passing through the process."""
     for shard in sorted(base.glob("*.safetensors")):
-        with open(shard, "rb") as src, open(scratch / shard.name, "wb") as dst:
+        with open(shard, "rb") as src, open(target / shard.name, "wb") as dst:
             size, done = os.fstat(src.fileno()).st_size, 0
             while done < size:
                 copied = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
                 if copied == 0:
                     raise SystemExit(f"{shard} ended early")
                 done += copied
-    os.sync()
-    shutil.rmtree(scratch)
 
 
 def child(variant: str, args: dict[str, Any]) -> None:
@@ -258,15 +264,8 @@ def child(variant: str, args: dict[str, Any]) -> None:
                     for offset in range(0, size, 1 << 20):  # bake's 1 MiB writes
                         dst.write(view[offset:offset + (1 << 20)])
                     view.release()
-    elif variant == "floor-kernel":  # cp's way: the kernel copies page cache to page cache
-        for shard in sorted(Path(args["base"]).glob("*.safetensors")):
-            with open(shard, "rb") as src, open(out / shard.name, "wb") as dst:
-                size, done = os.fstat(src.fileno()).st_size, 0
-                while done < size:
-                    copied = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
-                    if copied == 0:
-                        raise SystemExit(f"{shard} ended early")
-                    done += copied
+    elif variant == "floor-kernel":
+        copy_shards_in_kernel(Path(args["base"]), out)
     elif variant in ("am-bake", "am-bake-cached"):  # the console script, as a user runs it; it ends in os._exit
         import atexit
 
