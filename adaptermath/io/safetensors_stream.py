@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -85,6 +86,7 @@ class SafetensorsStreamWriter:
         self.entries: dict[str, dict] = {}
         self.offset = 0
         self._handle = open(self.path, "wb")
+        self._file_lock = threading.Lock()  # one positioned write at a time: see write_at
         self._handle.write(b"\0" * (8 + self.reserve_bytes))
         self._handle.flush()  # from here on every write is positioned (pwrite)
         if data_bytes and hasattr(os, "posix_fallocate"):
@@ -109,12 +111,16 @@ class SafetensorsStreamWriter:
     def write_at(self, position: int, data: Any) -> None:
         """Write ``data`` (any buffer) at file ``position``, in bounded ``pwrite`` calls: on Linux 6.x one
         multi-megabyte write() into the page cache was 2-3x slower than the same bytes in 1 MiB pieces
-        (benchmarks/merge_speed.py, docs/benchmarks.md)."""
+        (benchmarks/merge_speed.py, docs/benchmarks.md). Threads take turns: ext4 holds the file's inode
+        lock through each buffered write, and a second writer spins on it, burning the CPU that computing
+        or hashing threads could use; waiting on this lock instead, bake was faster in 8 of 8 alternating
+        pairs in memory (docs/benchmarks.md)."""
         view = memoryview(data).cast("B")
         fd = self._handle.fileno()
         done = 0
         while done < len(view):
-            done += os.pwrite(fd, view[done:done + WRITE_CHUNK], position + done)
+            with self._file_lock:
+                done += os.pwrite(fd, view[done:done + WRITE_CHUNK], position + done)
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
         """Write tensor ``key`` from memory (any layout; it is made contiguous)."""
