@@ -155,7 +155,8 @@ class TensorUpdate:
         exact = base.dtype == torch.float32  # no rounding step
         into_out = exact and sink is None  # the float32 result goes straight into out
         weight_buffer = torch.empty(block_shape if not into_out else (0,), dtype=torch.float32)
-        delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" and not self.fused else None
+        fused = self.fused
+        delta_buffer = torch.empty(block_shape, dtype=torch.float32) if self.kind == "lora" and not fused else None
         rounded_buffer = torch.empty(block_shape, dtype=base.dtype) if sink is not None and not exact else None
         for start in range(first, last, step):
             stop = min(last, start + step)
@@ -174,7 +175,7 @@ class TensorUpdate:
                 torch.mul(block, vector, out=weight)
             else:
                 assert self.A is not None and self.B is not None
-                if self.fused:
+                if fused:
                     torch.addmm(block, self.B[start:stop], self.A, alpha=self.scaling, out=weight)
                 else:
                     assert delta_buffer is not None

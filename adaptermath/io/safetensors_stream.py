@@ -134,7 +134,9 @@ class SafetensorsStreamWriter:
     def copy_at(self, position: int, source_fd: int, source_offset: int, nbytes: int, key: str = "") -> None:
         """Write the ``nbytes`` bytes at ``source_offset`` of the open file ``source_fd`` at file ``position``,
         copied by the kernel (``copy_file_range``); where the kernel cannot (another file system on an old
-        kernel, no such call), by positioned reads and writes. Raises ``OSError`` if the source ends early."""
+        kernel, no such call), by positioned reads and writes. Raises ``OSError`` if the source ends early.
+        It does not take :meth:`write_at`'s lock: one call may copy hundreds of megabytes, and the kernel
+        takes the file's lock for each piece of its own copy, so other writers get their turns between them."""
         done = 0
         while done < nbytes:
             copied = _copy_range(source_fd, self._handle.fileno(), nbytes - done, source_offset + done, position + done)
